@@ -1,0 +1,431 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * RedisGate: Redis over HTTP, in the Upstash REST format, served inside
+ * nginx's event loop.  This file is the module's face: directives,
+ * configuration and process hooks.  The work is in src/.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_redisgate.h"
+
+
+static void *ngx_http_redisgate_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_redisgate_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_redisgate_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_redisgate_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_redisgate(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_redisgate_command_list(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_redisgate_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_redisgate_init_process(ngx_cycle_t *cycle);
+static void ngx_http_redisgate_exit_process(ngx_cycle_t *cycle);
+
+
+extern time_t  ngx_http_redisgate_worker_start;
+
+
+static ngx_conf_num_bounds_t  ngx_http_redisgate_pool_size_bounds = {
+    ngx_conf_check_num_bounds, 1, 64
+};
+
+
+static ngx_command_t  ngx_http_redisgate_commands[] = {
+
+    { ngx_string("redisgate"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_redisgate,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_instance"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE23,
+      ngx_http_redisgate_instance,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_redisgate_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_connect_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_main_conf_t, connect_timeout),
+      NULL },
+
+    { ngx_string("redisgate_reconnect_backoff"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      ngx_http_redisgate_backoff,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_pool_size"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_main_conf_t, pool_size),
+      &ngx_http_redisgate_pool_size_bounds },
+
+    { ngx_string("redisgate_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_loc_conf_t, timeout),
+      NULL },
+
+    { ngx_string("redisgate_max_commands"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_loc_conf_t, max_commands),
+      NULL },
+
+    { ngx_string("redisgate_deny"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_redisgate_command_list,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_loc_conf_t, deny),
+      NULL },
+
+    { ngx_string("redisgate_allow"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_redisgate_command_list,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_loc_conf_t, allow),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_redisgate_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_http_redisgate_create_main_conf,   /* create main configuration */
+    ngx_http_redisgate_init_main_conf,     /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_redisgate_create_loc_conf,    /* create location configuration */
+    ngx_http_redisgate_merge_loc_conf      /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_redisgate_module = {
+    NGX_MODULE_V1,
+    &ngx_http_redisgate_module_ctx,        /* module context */
+    ngx_http_redisgate_commands,           /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_redisgate_init_process,       /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_redisgate_exit_process,       /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static void *
+ngx_http_redisgate_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf;
+
+    rmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_redisgate_main_conf_t));
+    if (rmcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&rmcf->instances, cf->pool, 4,
+                       sizeof(ngx_http_redisgate_instance_t))
+        != NGX_OK
+        || ngx_array_init(&rmcf->keys, cf->pool, 4,
+                          sizeof(ngx_http_redisgate_key_t))
+           != NGX_OK
+        || ngx_array_init(&rmcf->backends, cf->pool, 4,
+                          sizeof(ngx_http_redisgate_backend_t *))
+           != NGX_OK)
+    {
+        return NULL;
+    }
+
+    rmcf->connect_timeout = NGX_CONF_UNSET_MSEC;
+    rmcf->backoff_min = NGX_CONF_UNSET_MSEC;
+    rmcf->backoff_max = NGX_CONF_UNSET_MSEC;
+    rmcf->pool_size = NGX_CONF_UNSET_UINT;
+
+    return rmcf;
+}
+
+
+static char *
+ngx_http_redisgate_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf = conf;
+
+    ngx_uint_t                     i;
+    ngx_http_redisgate_backend_t  **bp;
+
+    ngx_conf_init_msec_value(rmcf->connect_timeout, 3000);
+    ngx_conf_init_msec_value(rmcf->backoff_min, 100);
+    ngx_conf_init_msec_value(rmcf->backoff_max, 5000);
+    ngx_conf_init_uint_value(rmcf->pool_size, 2);
+
+    if (ngx_http_redisgate_static_init(cf, rmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    bp = rmcf->backends.elts;
+
+    for (i = 0; i < rmcf->backends.nelts; i++) {
+        bp[i]->pool_size = rmcf->pool_size;
+        bp[i]->connect_timeout = rmcf->connect_timeout;
+        bp[i]->backoff_min = rmcf->backoff_min;
+        bp[i]->backoff_max = rmcf->backoff_max;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_redisgate_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_redisgate_loc_conf_t  *rlcf;
+
+    rlcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_redisgate_loc_conf_t));
+    if (rlcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     rlcf->skip = 0;
+     *     rlcf->deny = NULL;
+     *     rlcf->allow = NULL;
+     *     rlcf->rules = NULL;
+     */
+
+    rlcf->timeout = NGX_CONF_UNSET_MSEC;
+    rlcf->max_commands = NGX_CONF_UNSET_UINT;
+
+    return rlcf;
+}
+
+
+static char *
+ngx_http_redisgate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_redisgate_loc_conf_t  *prev = parent;
+    ngx_http_redisgate_loc_conf_t  *conf = child;
+
+    ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 5000);
+    ngx_conf_merge_uint_value(conf->max_commands, prev->max_commands, 10000);
+
+    if (ngx_http_redisgate_policy_merge(cf, prev, conf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_redisgate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_redisgate_loc_conf_t  *rlcf = conf;
+
+    u_char                    *p, *last;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (rlcf->skip) {
+        return "is duplicate";
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    clcf->handler = ngx_http_redisgate_handler;
+
+    /*
+     * The instance id follows the location's prefix: "/redis/" is one
+     * path segment to skip.  Regular expression locations count one.
+     */
+
+    rlcf->skip = 0;
+
+    p = clcf->name.data;
+    last = p + clcf->name.len;
+
+#if (NGX_PCRE)
+    if (clcf->regex) {
+        last = p;
+    }
+#endif
+
+    while (p < last) {
+        while (p < last && *p == '/') {
+            p++;
+        }
+
+        if (p == last) {
+            break;
+        }
+
+        rlcf->skip++;
+
+        while (p < last && *p != '/') {
+            p++;
+        }
+    }
+
+    if (rlcf->skip == 0) {
+        rlcf->skip = 1;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* redisgate_deny and redisgate_allow: names, or "name|subcommand" */
+
+static char *
+ngx_http_redisgate_command_list(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    char  *p = conf;
+
+    ngx_str_t     *value, *name;
+    ngx_uint_t     i;
+    ngx_array_t  **list;
+
+    list = (ngx_array_t **) (p + cmd->offset);
+
+    if (*list == NULL) {
+        *list = ngx_array_create(cf->pool, 4, sizeof(ngx_str_t));
+        if (*list == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (value[i].len == 0 || value[i].len >= NGX_HTTP_REDISGATE_NAME_MAX) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid command name \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        name = ngx_array_push(*list);
+        if (name == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *name = value[i];
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_redisgate_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (rmcf->backoff_min != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    rmcf->backoff_min = ngx_parse_time(&value[1], 0);
+    rmcf->backoff_max = ngx_parse_time(&value[2], 0);
+
+    if (rmcf->backoff_min == (ngx_msec_t) NGX_ERROR
+        || rmcf->backoff_max == (ngx_msec_t) NGX_ERROR
+        || rmcf->backoff_min == 0
+        || rmcf->backoff_max < rmcf->backoff_min)
+    {
+        return "takes a minimum and a maximum time, 0 < min <= max";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_init_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                        i;
+    ngx_http_redisgate_backend_t    **bp;
+    ngx_http_redisgate_main_conf_t   *rmcf;
+
+    rmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_redisgate_module);
+    if (rmcf == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_http_redisgate_worker_start = ngx_time();
+
+    bp = rmcf->backends.elts;
+
+    for (i = 0; i < rmcf->backends.nelts; i++) {
+        bp[i]->log = cycle->log;
+
+        if (ngx_http_redisgate_redis_init_backend(bp[i], cycle->pool)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_redisgate_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                        i;
+    ngx_http_redisgate_backend_t    **bp;
+    ngx_http_redisgate_main_conf_t   *rmcf;
+
+    rmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_redisgate_module);
+    if (rmcf == NULL) {
+        return;
+    }
+
+    bp = rmcf->backends.elts;
+
+    for (i = 0; i < rmcf->backends.nelts; i++) {
+        ngx_http_redisgate_redis_close_backend(bp[i]);
+    }
+}

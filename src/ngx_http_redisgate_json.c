@@ -1,0 +1,370 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * Request bodies: ["CMD", "arg", 1, true] for one command,
+ * [["CMD", ...], ...] for /pipeline and /multi-exec.  Decoded as the body
+ * arrives, with yajl's event parser, so no tree of the body is ever built.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include <yajl/yajl_parse.h>
+
+#include "ngx_http_redisgate_parse.h"
+
+
+struct ngx_http_redisgate_json_s {
+    yajl_handle                  handle;
+    ngx_http_redisgate_alloc_t  *alloc;
+
+    ngx_uint_t                   pipeline;
+    ngx_uint_t                   max_commands;
+    ngx_uint_t                   depth;
+    ngx_uint_t                   closed;
+
+    ngx_http_redisgate_cmd_t    *cmds;
+    ngx_uint_t                   ncmds;
+    ngx_uint_t                   cmds_cap;
+
+    ngx_str_t                   *argv;
+    ngx_uint_t                   argc;
+    ngx_uint_t                   argv_cap;
+
+    const char                  *error;
+};
+
+
+static int ngx_http_redisgate_json_null(void *ctx);
+static int ngx_http_redisgate_json_boolean(void *ctx, int value);
+static int ngx_http_redisgate_json_number(void *ctx, const char *s,
+    size_t len);
+static int ngx_http_redisgate_json_string_arg(void *ctx,
+    const unsigned char *s, size_t len);
+static int ngx_http_redisgate_json_start_map(void *ctx);
+static int ngx_http_redisgate_json_map_key(void *ctx, const unsigned char *s,
+    size_t len);
+static int ngx_http_redisgate_json_start_array(void *ctx);
+static int ngx_http_redisgate_json_end_array(void *ctx);
+static int ngx_http_redisgate_json_arg(ngx_http_redisgate_json_t *j,
+    const u_char *s, size_t len, ngx_uint_t is_string);
+static void *ngx_http_redisgate_json_grow(ngx_http_redisgate_json_t *j,
+    void *old, ngx_uint_t n, ngx_uint_t *cap, size_t size);
+
+
+static yajl_callbacks  ngx_http_redisgate_json_callbacks = {
+    ngx_http_redisgate_json_null,
+    ngx_http_redisgate_json_boolean,
+    NULL,
+    NULL,
+    ngx_http_redisgate_json_number,
+    ngx_http_redisgate_json_string_arg,
+    ngx_http_redisgate_json_start_map,
+    ngx_http_redisgate_json_map_key,
+    NULL,
+    ngx_http_redisgate_json_start_array,
+    ngx_http_redisgate_json_end_array
+};
+
+
+ngx_http_redisgate_json_t *
+ngx_http_redisgate_json_create(ngx_uint_t pipeline, ngx_uint_t max_commands,
+    ngx_http_redisgate_alloc_t *a)
+{
+    ngx_http_redisgate_json_t  *j;
+
+    j = a->alloc(a->data, sizeof(ngx_http_redisgate_json_t));
+    if (j == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(j, sizeof(ngx_http_redisgate_json_t));
+
+    j->alloc = a;
+    j->pipeline = pipeline;
+    j->max_commands = max_commands;
+
+    j->handle = yajl_alloc(&ngx_http_redisgate_json_callbacks, NULL, j);
+    if (j->handle == NULL) {
+        return NULL;
+    }
+
+    /* values are bytes for Redis, not necessarily text */
+    yajl_config(j->handle, yajl_dont_validate_strings, 1);
+
+    return j;
+}
+
+
+void
+ngx_http_redisgate_json_destroy(ngx_http_redisgate_json_t *j)
+{
+    if (j->handle) {
+        yajl_free(j->handle);
+        j->handle = NULL;
+    }
+}
+
+
+ngx_int_t
+ngx_http_redisgate_json_feed(ngx_http_redisgate_json_t *j, u_char *data,
+    size_t len)
+{
+    yajl_status  rc;
+
+    rc = yajl_parse(j->handle, data, len);
+
+    if (rc == yajl_status_ok) {
+        return NGX_OK;
+    }
+
+    if (j->error == NULL) {
+        j->error = "invalid JSON in the request body";
+    }
+
+    return NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_redisgate_json_finish(ngx_http_redisgate_json_t *j,
+    ngx_http_redisgate_cmd_t **cmds, ngx_uint_t *n)
+{
+    if (yajl_complete_parse(j->handle) != yajl_status_ok || !j->closed) {
+        if (j->error == NULL) {
+            j->error = "invalid JSON in the request body";
+        }
+
+        return NGX_ERROR;
+    }
+
+    *cmds = j->cmds;
+    *n = j->ncmds;
+
+    return NGX_OK;
+}
+
+
+const char *
+ngx_http_redisgate_json_error(ngx_http_redisgate_json_t *j)
+{
+    return j->error;
+}
+
+
+static int
+ngx_http_redisgate_json_null(void *ctx)
+{
+    ngx_http_redisgate_json_t *j = ctx;
+
+    j->error = "null is not a valid argument";
+    return 0;
+}
+
+
+static int
+ngx_http_redisgate_json_boolean(void *ctx, int value)
+{
+    ngx_http_redisgate_json_t *j = ctx;
+
+    if (value) {
+        return ngx_http_redisgate_json_arg(j, (u_char *) "true", 4, 0);
+    }
+
+    return ngx_http_redisgate_json_arg(j, (u_char *) "false", 5, 0);
+}
+
+
+static int
+ngx_http_redisgate_json_number(void *ctx, const char *s, size_t len)
+{
+    /* the token text exactly as sent: 1.5, 1e+21, 100 */
+    return ngx_http_redisgate_json_arg(ctx, (const u_char *) s, len, 0);
+}
+
+
+static int
+ngx_http_redisgate_json_string_arg(void *ctx, const unsigned char *s,
+    size_t len)
+{
+    return ngx_http_redisgate_json_arg(ctx, s, len, 1);
+}
+
+
+static int
+ngx_http_redisgate_json_start_map(void *ctx)
+{
+    ngx_http_redisgate_json_t *j = ctx;
+
+    j->error = "JSON objects are not valid arguments";
+    return 0;
+}
+
+
+static int
+ngx_http_redisgate_json_map_key(void *ctx, const unsigned char *s, size_t len)
+{
+    ngx_http_redisgate_json_t *j = ctx;
+
+    j->error = "JSON objects are not valid arguments";
+    return 0;
+}
+
+
+static int
+ngx_http_redisgate_json_start_array(void *ctx)
+{
+    ngx_http_redisgate_json_t *j = ctx;
+
+    if (j->closed) {
+        j->error = "the request body holds more than one JSON value";
+        return 0;
+    }
+
+    j->depth++;
+
+    if (j->depth == 1 + j->pipeline) {
+        j->argc = 0;
+        return 1;
+    }
+
+    if (j->depth > 1 + j->pipeline) {
+        j->error = "nested arrays are not valid arguments";
+        return 0;
+    }
+
+    return 1;
+}
+
+
+static int
+ngx_http_redisgate_json_end_array(void *ctx)
+{
+    ngx_http_redisgate_json_t *j = ctx;
+
+    ngx_http_redisgate_cmd_t  *cmd;
+
+    if (j->depth == 1 + j->pipeline) {
+        if (j->argc == 0) {
+            j->error = "empty command";
+            return 0;
+        }
+
+        if (j->ncmds == j->max_commands) {
+            j->error = "too many commands in one request";
+            return 0;
+        }
+
+        if (j->ncmds == j->cmds_cap) {
+            j->cmds = ngx_http_redisgate_json_grow(j, j->cmds, j->ncmds,
+                                      &j->cmds_cap,
+                                      sizeof(ngx_http_redisgate_cmd_t));
+            if (j->cmds == NULL) {
+                return 0;
+            }
+        }
+
+        cmd = &j->cmds[j->ncmds++];
+        cmd->argv = j->argv;
+        cmd->argc = j->argc;
+
+        j->argv = NULL;
+        j->argc = 0;
+        j->argv_cap = 0;
+    }
+
+    if (--j->depth == 0) {
+        if (j->ncmds == 0) {
+            j->error = "empty pipeline";
+            return 0;
+        }
+
+        j->closed = 1;
+    }
+
+    return 1;
+}
+
+
+static int
+ngx_http_redisgate_json_arg(ngx_http_redisgate_json_t *j, const u_char *s,
+    size_t len, ngx_uint_t is_string)
+{
+    u_char     *data;
+    ngx_str_t  *arg;
+
+    if (j->depth != 1 + j->pipeline) {
+        if (j->depth == 0) {
+            j->error = "the request body must be a JSON array";
+
+        } else {
+            j->error = "each command must be a JSON array";
+        }
+
+        return 0;
+    }
+
+    if (j->argc == 0 && !is_string) {
+        j->error = "the command name must be a string";
+        return 0;
+    }
+
+    if (j->argc == j->argv_cap) {
+        j->argv = ngx_http_redisgate_json_grow(j, j->argv, j->argc,
+                                               &j->argv_cap,
+                                               sizeof(ngx_str_t));
+        if (j->argv == NULL) {
+            return 0;
+        }
+    }
+
+    /* yajl's buffers are gone after this callback: keep a copy */
+
+    data = NULL;
+
+    if (len) {
+        data = j->alloc->alloc(j->alloc->data, len);
+        if (data == NULL) {
+            j->error = "out of memory";
+            return 0;
+        }
+
+        ngx_memcpy(data, s, len);
+    }
+
+    arg = &j->argv[j->argc++];
+    arg->data = data;
+    arg->len = len;
+
+    return 1;
+}
+
+
+static void *
+ngx_http_redisgate_json_grow(ngx_http_redisgate_json_t *j, void *old,
+    ngx_uint_t n, ngx_uint_t *cap, size_t size)
+{
+    void        *p;
+    ngx_uint_t   want;
+
+    want = *cap ? *cap * 2 : 8;
+
+    p = j->alloc->alloc(j->alloc->data, want * size);
+    if (p == NULL) {
+        j->error = "out of memory";
+        return NULL;
+    }
+
+    if (n) {
+        ngx_memcpy(p, old, n * size);
+    }
+
+    *cap = want;
+
+    return p;
+}

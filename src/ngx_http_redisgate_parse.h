@@ -1,0 +1,109 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * The pure parts of RedisGate: routes, request bodies, reply encoding.
+ * They use nginx's types and macros but call no nginx function and take
+ * their memory from an allocator, so they build outside nginx too (tests,
+ * fuzzers).
+ */
+
+
+#ifndef _NGX_HTTP_REDISGATE_PARSE_H_INCLUDED_
+#define _NGX_HTTP_REDISGATE_PARSE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include <hiredis/hiredis.h>
+
+
+typedef struct {
+    void                 *(*alloc)(void *data, size_t size);
+    void                   *data;
+} ngx_http_redisgate_alloc_t;
+
+
+typedef struct {
+    ngx_str_t              *argv;
+    ngx_uint_t              argc;
+} ngx_http_redisgate_cmd_t;
+
+
+#define NGX_HTTP_REDISGATE_ROUTE_NONE      0   /* /redis/{id}, no body */
+#define NGX_HTTP_REDISGATE_ROUTE_JSON      1   /* /redis/{id} + body */
+#define NGX_HTTP_REDISGATE_ROUTE_PIPELINE  2
+#define NGX_HTTP_REDISGATE_ROUTE_MULTI     3
+#define NGX_HTTP_REDISGATE_ROUTE_PATH      4   /* /redis/{id}/cmd/arg... */
+
+#define NGX_HTTP_REDISGATE_UUID_LEN        36
+
+
+typedef struct {
+    ngx_uint_t              kind;
+    u_char                  instance[NGX_HTTP_REDISGATE_UUID_LEN];
+
+    /* path style: path segments, then the body's slot, then query pairs */
+    ngx_http_redisgate_cmd_t  cmd;
+    ngx_uint_t              body_slot;      /* index of the body argument */
+    unsigned                has_body_slot:1;
+
+    ngx_str_t               token;          /* from ?_token= */
+    const char             *error;          /* why NGX_ABORT */
+} ngx_http_redisgate_route_t;
+
+
+/*
+ * path is the raw (still percent-encoded) path after the location prefix:
+ * "{id}", "{id}/pipeline", "{id}/get/key"...  Returns NGX_OK, NGX_DECLINED
+ * when the instance id is not a UUID, NGX_ABORT with rt->error on bad
+ * input, NGX_ERROR when out of memory.
+ */
+ngx_int_t ngx_http_redisgate_parse_route(ngx_http_redisgate_route_t *rt,
+    u_char *path, size_t len, u_char *query, size_t query_len,
+    ngx_uint_t body, ngx_http_redisgate_alloc_t *a);
+
+/* decodes %XX in place semantics into dst; NGX_ERROR on malformed input */
+ngx_int_t ngx_http_redisgate_percent_decode(u_char *dst, size_t *dst_len,
+    u_char *src, size_t len);
+
+
+typedef struct ngx_http_redisgate_json_s  ngx_http_redisgate_json_t;
+
+/* a streaming decoder of ["CMD",...] or [["CMD",...],...] bodies */
+ngx_http_redisgate_json_t *ngx_http_redisgate_json_create(
+    ngx_uint_t pipeline, ngx_uint_t max_commands,
+    ngx_http_redisgate_alloc_t *a);
+ngx_int_t ngx_http_redisgate_json_feed(ngx_http_redisgate_json_t *j,
+    u_char *data, size_t len);
+ngx_int_t ngx_http_redisgate_json_finish(ngx_http_redisgate_json_t *j,
+    ngx_http_redisgate_cmd_t **cmds, ngx_uint_t *n);
+const char *ngx_http_redisgate_json_error(ngx_http_redisgate_json_t *j);
+void ngx_http_redisgate_json_destroy(ngx_http_redisgate_json_t *j);
+
+
+#define NGX_HTTP_REDISGATE_ENC_BASE64      0x01
+#define NGX_HTTP_REDISGATE_ENC_MAP         0x02  /* top array as object */
+
+/* JSON of a reply: sizes first, then writes exactly that many bytes */
+size_t ngx_http_redisgate_json_value_len(redisReply *reply, ngx_uint_t flags);
+u_char *ngx_http_redisgate_json_value(u_char *p, redisReply *reply,
+    ngx_uint_t flags);
+size_t ngx_http_redisgate_json_string_len(u_char *s, size_t n,
+    ngx_uint_t base64);
+u_char *ngx_http_redisgate_json_string(u_char *p, u_char *s, size_t n,
+    ngx_uint_t base64);
+
+/* RESP2 bytes of a reply, and of a command to send */
+size_t ngx_http_redisgate_resp_reply_len(redisReply *reply);
+u_char *ngx_http_redisgate_resp_reply(u_char *p, redisReply *reply);
+size_t ngx_http_redisgate_resp_command_len(ngx_http_redisgate_cmd_t *cmd);
+u_char *ngx_http_redisgate_resp_command(u_char *p,
+    ngx_http_redisgate_cmd_t *cmd);
+
+
+#endif /* _NGX_HTTP_REDISGATE_PARSE_H_INCLUDED_ */

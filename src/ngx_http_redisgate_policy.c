@@ -1,0 +1,354 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * What a key may run: the gateway's deny-list (operators change it with
+ * redisgate_deny and redisgate_allow), blocking commands, then scopes.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_redisgate.h"
+
+
+static ngx_int_t ngx_http_redisgate_policy_add(ngx_array_t *rules,
+    ngx_str_t *name, ngx_uint_t deny);
+static int ngx_libc_cdecl ngx_http_redisgate_rule_cmp(const void *one,
+    const void *two);
+static ngx_http_redisgate_rule_t *ngx_http_redisgate_rule_find(
+    ngx_array_t *rules, u_char *name, size_t len);
+static ngx_uint_t ngx_http_redisgate_blocks(u_char *name, size_t len,
+    ngx_http_redisgate_cmd_t *cmd);
+
+
+/*
+ * Transactions and connection state belong to the gateway; streaming
+ * commands have no endpoint yet; server-wide commands reach beyond one
+ * tenant's data (FLUSHALL empties every database of the server).
+ * Blocking commands are refused by their flag in the command table.
+ */
+
+static char  *ngx_http_redisgate_default_deny[] = {
+    "multi", "exec", "discard", "watch", "unwatch",
+    "select", "auth", "hello", "quit", "reset",
+    "client|kill", "client|pause", "client|unpause", "client|reply",
+    "client|setname", "client|setinfo", "client|tracking", "client|caching",
+    "client|no-evict", "client|no-touch", "client|unblock",
+    "subscribe", "psubscribe", "ssubscribe",
+    "unsubscribe", "punsubscribe", "sunsubscribe", "monitor",
+    "wait", "waitaof",
+    "config", "shutdown", "debug", "replicaof", "slaveof", "sync", "psync",
+    "replconf", "module", "acl", "cluster", "failover", "readonly",
+    "readwrite", "asking", "save", "bgsave", "bgrewriteaof", "swapdb",
+    "move", "migrate", "restore-asking", "latency", "memory|doctor",
+    "memory|malloc-stats", "memory|purge", "script|kill", "function|kill",
+    "flushall", "pfdebug", "pfselftest", "sentinel",
+    NULL
+};
+
+
+/* per-instance commands that destroy data wholesale: scope "admin" */
+
+static char  *ngx_http_redisgate_admin_commands[] = {
+    "flushdb", "flushall", "script|flush", "function|flush",
+    "function|delete", "function|restore",
+    NULL
+};
+
+
+/* replies that are field/value pairs, sent as objects on request */
+
+static char  *ngx_http_redisgate_map_commands[] = {
+    "hgetall", "config|get",
+    NULL
+};
+
+
+ngx_int_t
+ngx_http_redisgate_policy_merge(ngx_conf_t *cf,
+    ngx_http_redisgate_loc_conf_t *prev, ngx_http_redisgate_loc_conf_t *conf)
+{
+    char        **name;
+    ngx_str_t     s, *names;
+    ngx_uint_t    i;
+    ngx_array_t  *rules;
+
+    if (conf->deny == NULL && conf->allow == NULL) {
+        conf->rules = prev->rules;
+
+        if (conf->rules) {
+            return NGX_OK;
+        }
+    }
+
+    rules = ngx_array_create(cf->pool, 64, sizeof(ngx_http_redisgate_rule_t));
+    if (rules == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (prev->rules) {
+        if (ngx_array_push_n(rules, prev->rules->nelts) == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(rules->elts, prev->rules->elts,
+                   prev->rules->nelts * sizeof(ngx_http_redisgate_rule_t));
+
+    } else {
+        for (name = ngx_http_redisgate_default_deny; *name; name++) {
+            s.data = (u_char *) *name;
+            s.len = ngx_strlen(*name);
+
+            if (ngx_http_redisgate_policy_add(rules, &s, 1) != NGX_OK) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    if (conf->deny) {
+        names = conf->deny->elts;
+
+        for (i = 0; i < conf->deny->nelts; i++) {
+            if (ngx_http_redisgate_policy_add(rules, &names[i], 1) != NGX_OK) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    if (conf->allow) {
+        names = conf->allow->elts;
+
+        for (i = 0; i < conf->allow->nelts; i++) {
+            if (ngx_http_redisgate_policy_add(rules, &names[i], 0) != NGX_OK) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    ngx_qsort(rules->elts, rules->nelts, sizeof(ngx_http_redisgate_rule_t),
+              ngx_http_redisgate_rule_cmp);
+
+    conf->rules = rules;
+
+    return NGX_OK;
+}
+
+
+/* a later rule for the same name replaces the earlier one */
+
+static ngx_int_t
+ngx_http_redisgate_policy_add(ngx_array_t *rules, ngx_str_t *name,
+    ngx_uint_t deny)
+{
+    ngx_uint_t                  i;
+    ngx_http_redisgate_rule_t  *rule;
+
+    rule = rules->elts;
+
+    for (i = 0; i < rules->nelts; i++) {
+        if (rule[i].name.len == name->len
+            && ngx_strncasecmp(rule[i].name.data, name->data, name->len) == 0)
+        {
+            rule[i].deny = deny;
+            return NGX_OK;
+        }
+    }
+
+    rule = ngx_array_push(rules);
+    if (rule == NULL) {
+        return NGX_ERROR;
+    }
+
+    rule->name.len = name->len;
+    rule->name.data = ngx_pnalloc(rules->pool, name->len);
+    if (rule->name.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_strlow(rule->name.data, name->data, name->len);
+    rule->deny = deny;
+
+    return NGX_OK;
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_redisgate_rule_cmp(const void *one, const void *two)
+{
+    const ngx_http_redisgate_rule_t  *a = one, *b = two;
+    ngx_int_t                         rc;
+
+    rc = ngx_memcmp(a->name.data, b->name.data,
+                    ngx_min(a->name.len, b->name.len));
+
+    if (rc) {
+        return rc;
+    }
+
+    return (int) a->name.len - (int) b->name.len;
+}
+
+
+static ngx_http_redisgate_rule_t *
+ngx_http_redisgate_rule_find(ngx_array_t *rules, u_char *name, size_t len)
+{
+    ngx_http_redisgate_rule_t  key;
+
+    key.name.data = name;
+    key.name.len = len;
+
+    return bsearch(&key, rules->elts, rules->nelts,
+                   sizeof(ngx_http_redisgate_rule_t),
+                   ngx_http_redisgate_rule_cmp);
+}
+
+
+static ngx_uint_t
+ngx_http_redisgate_in_list(char **list, u_char *name, size_t len)
+{
+    for ( /* void */ ; *list; list++) {
+        if (ngx_strlen(*list) == len && ngx_memcmp(*list, name, len) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * NGX_OK: it may run.  NGX_DECLINED: the gateway never runs it (400).
+ * NGX_ABORT: the key's scopes do not allow it (403).  reason says why.
+ */
+
+ngx_int_t
+ngx_http_redisgate_policy_check(ngx_http_redisgate_loc_conf_t *rlcf,
+    ngx_http_redisgate_cmd_t *cmd, ngx_uint_t scopes, ngx_str_t *reason,
+    ngx_uint_t *map_reply)
+{
+    u_char                              *name;
+    size_t                               len, sub_len;
+    ngx_uint_t                           flags, need;
+    ngx_http_redisgate_rule_t           *rule;
+    const ngx_http_redisgate_command_t  *c;
+
+    *map_reply = 0;
+
+    /* the caller's buffer of NGX_HTTP_REDISGATE_NAME_MAX bytes */
+    name = reason->data;
+
+    len = ngx_http_redisgate_command_name(name, NGX_HTTP_REDISGATE_NAME_MAX,
+                                          cmd, 0);
+
+    c = len ? ngx_http_redisgate_command_find(name, len) : NULL;
+
+    flags = c ? c->flags : 0;
+    sub_len = 0;
+
+    if (flags & NGX_HTTP_REDISGATE_CMD_CONTAINER) {
+        sub_len = ngx_http_redisgate_command_name(name,
+                                          NGX_HTTP_REDISGATE_NAME_MAX, cmd, 1);
+
+        if (sub_len > len) {
+            c = ngx_http_redisgate_command_find(name, sub_len);
+            flags = c ? c->flags : 0;
+            len = sub_len;
+        }
+    }
+
+    reason->len = len;
+
+    if (len == 0) {
+        /* no command Redis knows: pass it through ("write") */
+        goto scopes;
+    }
+
+    rule = ngx_http_redisgate_rule_find(rlcf->rules, name, len);
+
+    if (rule == NULL && sub_len > 0) {
+        /* "client" denies every "client|..." without a rule of its own */
+        rule = ngx_http_redisgate_rule_find(rlcf->rules, name,
+                                            ngx_strlchr(name, name + len, '|')
+                                            - name);
+    }
+
+    if (rule) {
+        if (rule->deny) {
+            return NGX_DECLINED;
+        }
+
+    } else if ((flags & NGX_HTTP_REDISGATE_CMD_BLOCKING)
+               && ngx_http_redisgate_blocks(name, len, cmd))
+    {
+        /* a blocked command would stall every request pipelined behind it */
+        return NGX_DECLINED;
+    }
+
+    *map_reply = ngx_http_redisgate_in_list(ngx_http_redisgate_map_commands,
+                                            name, len);
+
+scopes:
+
+    if (len && ngx_http_redisgate_in_list(ngx_http_redisgate_admin_commands,
+                                          name, len))
+    {
+        need = NGX_HTTP_REDISGATE_SCOPE_ADMIN;
+
+    } else if (flags & NGX_HTTP_REDISGATE_CMD_ADMIN) {
+        need = NGX_HTTP_REDISGATE_SCOPE_ADMIN;
+
+    } else if (flags & NGX_HTTP_REDISGATE_CMD_READONLY) {
+        need = NGX_HTTP_REDISGATE_SCOPE_READ;
+
+    } else {
+        need = NGX_HTTP_REDISGATE_SCOPE_WRITE;
+    }
+
+    /* admin implies write, write implies read */
+
+    if (scopes & NGX_HTTP_REDISGATE_SCOPE_ADMIN) {
+        scopes |= NGX_HTTP_REDISGATE_SCOPE_WRITE;
+    }
+
+    if (scopes & NGX_HTTP_REDISGATE_SCOPE_WRITE) {
+        scopes |= NGX_HTTP_REDISGATE_SCOPE_READ;
+    }
+
+    if ((scopes & need) == 0) {
+        return NGX_ABORT;
+    }
+
+    return NGX_OK;
+}
+
+
+/* XREAD and XREADGROUP block only when given BLOCK */
+
+static ngx_uint_t
+ngx_http_redisgate_blocks(u_char *name, size_t len,
+    ngx_http_redisgate_cmd_t *cmd)
+{
+    ngx_uint_t  i;
+
+    if (!(len == 5 && ngx_memcmp(name, "xread", 5) == 0)
+        && !(len == 10 && ngx_memcmp(name, "xreadgroup", 10) == 0))
+    {
+        return 1;
+    }
+
+    for (i = 1; i < cmd->argc; i++) {
+        if (cmd->argv[i].len == 5
+            && ngx_strncasecmp(cmd->argv[i].data, (u_char *) "block", 5) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}

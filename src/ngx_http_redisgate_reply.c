@@ -1,0 +1,551 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * Replies out: RESP (as parsed by hiredis) to JSON, with strings either
+ * escaped into valid UTF-8 (invalid bytes become U+FFFD) or base64; and
+ * back to RESP2 bytes for Upstash-Response-Format: resp2.  Every encoder
+ * comes as a pair: one that counts bytes and one that writes them, so a
+ * reply of any size is written into one buffer allocated once.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_http_redisgate_parse.h"
+
+
+static size_t ngx_http_redisgate_utf8_seq(u_char *p, u_char *last);
+static size_t ngx_http_redisgate_number_len(long long n);
+static u_char *ngx_http_redisgate_number(u_char *p, long long n);
+
+
+static u_char  ngx_http_redisgate_base64_table[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static u_char  ngx_http_redisgate_hex_digits[] = "0123456789abcdef";
+
+
+size_t
+ngx_http_redisgate_json_value_len(redisReply *reply, ngx_uint_t flags)
+{
+    size_t  len, i;
+
+    switch (reply->type) {
+
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+        return ngx_http_redisgate_json_string_len((u_char *) reply->str,
+                                 reply->len,
+                                 flags & NGX_HTTP_REDISGATE_ENC_BASE64);
+
+    case REDIS_REPLY_ERROR:
+        return ngx_http_redisgate_json_string_len((u_char *) reply->str,
+                                                  reply->len, 0);
+
+    case REDIS_REPLY_INTEGER:
+        return ngx_http_redisgate_number_len(reply->integer);
+
+    case REDIS_REPLY_ARRAY:
+        if ((flags & NGX_HTTP_REDISGATE_ENC_MAP) && reply->elements % 2 == 0) {
+            /* {"k":v,...}: keys are strings as Redis sends them */
+            len = 2;
+
+            for (i = 0; i < reply->elements; i += 2) {
+                len += (i ? 1 : 0) + 1
+                       + ngx_http_redisgate_json_value_len(reply->element[i],
+                                 flags & ~NGX_HTTP_REDISGATE_ENC_MAP)
+                       + ngx_http_redisgate_json_value_len(
+                                 reply->element[i + 1],
+                                 flags & ~NGX_HTTP_REDISGATE_ENC_MAP);
+            }
+
+            return len;
+        }
+
+        len = 2;
+
+        for (i = 0; i < reply->elements; i++) {
+            len += (i ? 1 : 0)
+                   + ngx_http_redisgate_json_value_len(reply->element[i],
+                                     flags & ~NGX_HTTP_REDISGATE_ENC_MAP);
+        }
+
+        return len;
+
+    default: /* REDIS_REPLY_NIL */
+        return sizeof("null") - 1;
+    }
+}
+
+
+u_char *
+ngx_http_redisgate_json_value(u_char *p, redisReply *reply, ngx_uint_t flags)
+{
+    size_t  i;
+
+    switch (reply->type) {
+
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+        return ngx_http_redisgate_json_string(p, (u_char *) reply->str,
+                                  reply->len,
+                                  flags & NGX_HTTP_REDISGATE_ENC_BASE64);
+
+    case REDIS_REPLY_ERROR:
+        /* error texts are never encoded: clients match on them */
+        return ngx_http_redisgate_json_string(p, (u_char *) reply->str,
+                                              reply->len, 0);
+
+    case REDIS_REPLY_INTEGER:
+        return ngx_http_redisgate_number(p, reply->integer);
+
+    case REDIS_REPLY_ARRAY:
+        if ((flags & NGX_HTTP_REDISGATE_ENC_MAP) && reply->elements % 2 == 0) {
+            flags &= ~NGX_HTTP_REDISGATE_ENC_MAP;
+
+            *p++ = '{';
+
+            for (i = 0; i < reply->elements; i += 2) {
+                if (i) {
+                    *p++ = ',';
+                }
+
+                p = ngx_http_redisgate_json_value(p, reply->element[i],
+                                                  flags);
+                *p++ = ':';
+                p = ngx_http_redisgate_json_value(p, reply->element[i + 1],
+                                                  flags);
+            }
+
+            *p++ = '}';
+
+            return p;
+        }
+
+        flags &= ~NGX_HTTP_REDISGATE_ENC_MAP;
+
+        *p++ = '[';
+
+        for (i = 0; i < reply->elements; i++) {
+            if (i) {
+                *p++ = ',';
+            }
+
+            p = ngx_http_redisgate_json_value(p, reply->element[i], flags);
+        }
+
+        *p++ = ']';
+
+        return p;
+
+    default: /* REDIS_REPLY_NIL */
+        return ngx_cpymem(p, "null", sizeof("null") - 1);
+    }
+}
+
+
+size_t
+ngx_http_redisgate_json_string_len(u_char *s, size_t n, ngx_uint_t base64)
+{
+    u_char  *last;
+    size_t   len, seq;
+
+    if (base64) {
+        return 2 + (n + 2) / 3 * 4;
+    }
+
+    len = 2;
+    last = s + n;
+
+    while (s < last) {
+
+        if (*s < 0x80) {
+            if (*s == '"' || *s == '\\' || *s == '\n' || *s == '\r'
+                || *s == '\t')
+            {
+                len += 2;
+
+            } else if (*s < 0x20) {
+                len += 6;              /* \u00XX */
+
+            } else {
+                len++;
+            }
+
+            s++;
+            continue;
+        }
+
+        seq = ngx_http_redisgate_utf8_seq(s, last);
+
+        if (seq) {
+            len += seq;
+            s += seq;
+            continue;
+        }
+
+        /* U+FFFD for the maximal invalid subpart */
+
+        len += 3;
+        s++;
+
+        while (s < last && (*s & 0xc0) == 0x80) {
+            s++;
+        }
+    }
+
+    return len;
+}
+
+
+u_char *
+ngx_http_redisgate_json_string(u_char *p, u_char *s, size_t n,
+    ngx_uint_t base64)
+{
+    u_char  *last, *t;
+    size_t   seq;
+
+    *p++ = '"';
+
+    if (base64) {
+        t = ngx_http_redisgate_base64_table;
+
+        while (n > 2) {
+            *p++ = t[(s[0] >> 2) & 0x3f];
+            *p++ = t[((s[0] & 3) << 4) | (s[1] >> 4)];
+            *p++ = t[((s[1] & 0x0f) << 2) | (s[2] >> 6)];
+            *p++ = t[s[2] & 0x3f];
+
+            s += 3;
+            n -= 3;
+        }
+
+        if (n) {
+            *p++ = t[(s[0] >> 2) & 0x3f];
+
+            if (n == 1) {
+                *p++ = t[(s[0] & 3) << 4];
+                *p++ = '=';
+
+            } else {
+                *p++ = t[((s[0] & 3) << 4) | (s[1] >> 4)];
+                *p++ = t[(s[1] & 0x0f) << 2];
+            }
+
+            *p++ = '=';
+        }
+
+        *p++ = '"';
+
+        return p;
+    }
+
+    last = s + n;
+
+    while (s < last) {
+
+        if (*s < 0x80) {
+            switch (*s) {
+
+            case '"':
+            case '\\':
+                *p++ = '\\';
+                *p++ = *s;
+                break;
+
+            case '\n':
+                *p++ = '\\';
+                *p++ = 'n';
+                break;
+
+            case '\r':
+                *p++ = '\\';
+                *p++ = 'r';
+                break;
+
+            case '\t':
+                *p++ = '\\';
+                *p++ = 't';
+                break;
+
+            default:
+                if (*s < 0x20) {
+                    p = ngx_cpymem(p, "\\u00", 4);
+                    *p++ = ngx_http_redisgate_hex_digits[*s >> 4];
+                    *p++ = ngx_http_redisgate_hex_digits[*s & 0x0f];
+
+                } else {
+                    *p++ = *s;
+                }
+            }
+
+            s++;
+            continue;
+        }
+
+        seq = ngx_http_redisgate_utf8_seq(s, last);
+
+        if (seq) {
+            p = ngx_cpymem(p, s, seq);
+            s += seq;
+            continue;
+        }
+
+        *p++ = 0xef;
+        *p++ = 0xbf;
+        *p++ = 0xbd;
+        s++;
+
+        while (s < last && (*s & 0xc0) == 0x80) {
+            s++;
+        }
+    }
+
+    *p++ = '"';
+
+    return p;
+}
+
+
+/*
+ * The length of the well-formed UTF-8 sequence at p (RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF), or 0.
+ */
+
+static size_t
+ngx_http_redisgate_utf8_seq(u_char *p, u_char *last)
+{
+    u_char  c, lo, hi;
+    size_t  n, i;
+
+    c = p[0];
+    lo = 0x80;
+    hi = 0xbf;
+
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+
+        if (c == 0xe0) {
+            lo = 0xa0;
+
+        } else if (c == 0xed) {
+            hi = 0x9f;
+        }
+
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+
+        if (c == 0xf0) {
+            lo = 0x90;
+
+        } else if (c == 0xf4) {
+            hi = 0x8f;
+        }
+
+    } else {
+        return 0;
+    }
+
+    if ((size_t) (last - p) < n) {
+        return 0;
+    }
+
+    if (p[1] < lo || p[1] > hi) {
+        return 0;
+    }
+
+    for (i = 2; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80) {
+            return 0;
+        }
+    }
+
+    return n;
+}
+
+
+static size_t
+ngx_http_redisgate_number_len(long long n)
+{
+    size_t              len;
+    unsigned long long  u;
+
+    len = 1;
+
+    if (n < 0) {
+        len++;
+        u = 0ULL - (unsigned long long) n;
+
+    } else {
+        u = (unsigned long long) n;
+    }
+
+    while (u >= 10) {
+        u /= 10;
+        len++;
+    }
+
+    return len;
+}
+
+
+static u_char *
+ngx_http_redisgate_number(u_char *p, long long n)
+{
+    u_char              *q;
+    size_t               len;
+    unsigned long long   u;
+
+    if (n < 0) {
+        *p++ = '-';
+        u = 0ULL - (unsigned long long) n;
+
+    } else {
+        u = (unsigned long long) n;
+    }
+
+    len = ngx_http_redisgate_number_len((long long) u);
+    q = p + len;
+
+    do {
+        *--q = (u_char) ('0' + u % 10);
+        u /= 10;
+    } while (u);
+
+    return p + len;
+}
+
+
+size_t
+ngx_http_redisgate_resp_reply_len(redisReply *reply)
+{
+    size_t  len, i;
+
+    switch (reply->type) {
+
+    case REDIS_REPLY_STRING:
+        return 1 + ngx_http_redisgate_number_len(reply->len) + 2
+               + reply->len + 2;
+
+    case REDIS_REPLY_STATUS:
+    case REDIS_REPLY_ERROR:
+        return 1 + reply->len + 2;
+
+    case REDIS_REPLY_INTEGER:
+        return 1 + ngx_http_redisgate_number_len(reply->integer) + 2;
+
+    case REDIS_REPLY_ARRAY:
+        len = 1 + ngx_http_redisgate_number_len(reply->elements) + 2;
+
+        for (i = 0; i < reply->elements; i++) {
+            len += ngx_http_redisgate_resp_reply_len(reply->element[i]);
+        }
+
+        return len;
+
+    default: /* REDIS_REPLY_NIL */
+        return sizeof("$-1\r\n") - 1;
+    }
+}
+
+
+u_char *
+ngx_http_redisgate_resp_reply(u_char *p, redisReply *reply)
+{
+    size_t  i;
+
+    switch (reply->type) {
+
+    case REDIS_REPLY_STRING:
+        *p++ = '$';
+        p = ngx_http_redisgate_number(p, (long long) reply->len);
+        *p++ = '\r';
+        *p++ = '\n';
+        p = ngx_cpymem(p, reply->str, reply->len);
+        break;
+
+    case REDIS_REPLY_STATUS:
+        *p++ = '+';
+        p = ngx_cpymem(p, reply->str, reply->len);
+        break;
+
+    case REDIS_REPLY_ERROR:
+        *p++ = '-';
+        p = ngx_cpymem(p, reply->str, reply->len);
+        break;
+
+    case REDIS_REPLY_INTEGER:
+        *p++ = ':';
+        p = ngx_http_redisgate_number(p, reply->integer);
+        break;
+
+    case REDIS_REPLY_ARRAY:
+        *p++ = '*';
+        p = ngx_http_redisgate_number(p, (long long) reply->elements);
+        *p++ = '\r';
+        *p++ = '\n';
+
+        for (i = 0; i < reply->elements; i++) {
+            p = ngx_http_redisgate_resp_reply(p, reply->element[i]);
+        }
+
+        return p;
+
+    default: /* REDIS_REPLY_NIL */
+        return ngx_cpymem(p, "$-1\r\n", sizeof("$-1\r\n") - 1);
+    }
+
+    *p++ = '\r';
+    *p++ = '\n';
+
+    return p;
+}
+
+
+size_t
+ngx_http_redisgate_resp_command_len(ngx_http_redisgate_cmd_t *cmd)
+{
+    size_t      len;
+    ngx_uint_t  i;
+
+    len = 1 + ngx_http_redisgate_number_len(cmd->argc) + 2;
+
+    for (i = 0; i < cmd->argc; i++) {
+        len += 1 + ngx_http_redisgate_number_len(cmd->argv[i].len) + 2
+               + cmd->argv[i].len + 2;
+    }
+
+    return len;
+}
+
+
+u_char *
+ngx_http_redisgate_resp_command(u_char *p, ngx_http_redisgate_cmd_t *cmd)
+{
+    ngx_uint_t  i;
+
+    *p++ = '*';
+    p = ngx_http_redisgate_number(p, (long long) cmd->argc);
+    *p++ = '\r';
+    *p++ = '\n';
+
+    for (i = 0; i < cmd->argc; i++) {
+        *p++ = '$';
+        p = ngx_http_redisgate_number(p, (long long) cmd->argv[i].len);
+        *p++ = '\r';
+        *p++ = '\n';
+        p = ngx_cpymem(p, cmd->argv[i].data, cmd->argv[i].len);
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+
+    return p;
+}

@@ -1,0 +1,621 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * The static source of instances and keys: redisgate_instance and
+ * redisgate_key in nginx.conf.  Keys are given as SHA-256 hashes only, so
+ * a configuration file never holds a usable token.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_redisgate.h"
+
+
+static ngx_int_t ngx_http_redisgate_parse_address(ngx_conf_t *cf,
+    ngx_str_t *url, ngx_http_redisgate_address_t *addr);
+static ngx_int_t ngx_http_redisgate_parse_userinfo(ngx_conf_t *cf,
+    u_char *p, u_char *last, ngx_http_redisgate_address_t *addr);
+static ngx_http_redisgate_backend_t *ngx_http_redisgate_backend_get(
+    ngx_conf_t *cf, ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url);
+static ngx_int_t ngx_http_redisgate_parse_scopes(ngx_str_t *value,
+    ngx_uint_t *scopes);
+static ngx_int_t ngx_http_redisgate_hex_decode(u_char *dst, u_char *src,
+    size_t len);
+static int ngx_libc_cdecl ngx_http_redisgate_instance_cmp(const void *one,
+    const void *two);
+static int ngx_libc_cdecl ngx_http_redisgate_key_cmp(const void *one,
+    const void *two);
+
+
+static ngx_str_t  ngx_http_redisgate_default_org = ngx_string("default");
+
+
+/* redisgate_instance <uuid> <url> [organization=<name>]; */
+
+char *
+ngx_http_redisgate_instance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf = conf;
+
+    u_char                          id[NGX_HTTP_REDISGATE_UUID_LEN];
+    ngx_str_t                      *value;
+    ngx_uint_t                      i;
+    ngx_http_redisgate_route_t      rt;
+    ngx_http_redisgate_alloc_t      a;
+    ngx_http_redisgate_instance_t  *inst;
+
+    value = cf->args->elts;
+
+    a.alloc = ngx_http_redisgate_palloc;
+    a.data = cf->pool;
+
+    ngx_memzero(&rt, sizeof(ngx_http_redisgate_route_t));
+
+    if (ngx_http_redisgate_parse_route(&rt, value[1].data, value[1].len,
+                                       NULL, 0, 0, &a)
+        != NGX_OK
+        || rt.kind != NGX_HTTP_REDISGATE_ROUTE_NONE)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "instance id \"%V\" is not a UUID", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(id, rt.instance, NGX_HTTP_REDISGATE_UUID_LEN);
+
+    inst = rmcf->instances.elts;
+
+    for (i = 0; i < rmcf->instances.nelts; i++) {
+        if (ngx_memcmp(inst[i].id.data, id, NGX_HTTP_REDISGATE_UUID_LEN) == 0)
+        {
+            return "names an instance already defined";
+        }
+    }
+
+    inst = ngx_array_push(&rmcf->instances);
+    if (inst == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    inst->id.len = NGX_HTTP_REDISGATE_UUID_LEN;
+    inst->id.data = ngx_pnalloc(cf->pool, NGX_HTTP_REDISGATE_UUID_LEN);
+    if (inst->id.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(inst->id.data, id, NGX_HTTP_REDISGATE_UUID_LEN);
+
+    inst->organization = ngx_http_redisgate_default_org;
+
+    for (i = 3; i < cf->args->nelts; i++) {
+        if (ngx_strncmp(value[i].data, "organization=", 13) == 0
+            && value[i].len > 13)
+        {
+            inst->organization.data = value[i].data + 13;
+            inst->organization.len = value[i].len - 13;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    inst->backend = ngx_http_redisgate_backend_get(cf, rmcf, &value[2]);
+    if (inst->backend == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * redisgate_key sha256:<hex> [id=<name>] [organization=<name>]
+ *               [scopes=read,write,admin];
+ */
+
+char *
+ngx_http_redisgate_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf = conf;
+
+    ngx_str_t                 *value, hex;
+    ngx_uint_t                 i;
+    ngx_http_redisgate_key_t  *key;
+
+    value = cf->args->elts;
+
+    if (value[1].len != 7 + 64
+        || ngx_strncmp(value[1].data, "sha256:", 7) != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "key \"%*s...\" is not \"sha256:<64 hex digits>\": "
+                           "keys are configured by the SHA-256 of the token, "
+                           "never the token itself",
+                           ngx_min(value[1].len, (size_t) 10), value[1].data);
+        return NGX_CONF_ERROR;
+    }
+
+    key = ngx_array_push(&rmcf->keys);
+    if (key == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    hex.data = value[1].data + 7;
+    hex.len = 64;
+
+    if (ngx_http_redisgate_hex_decode(key->hash, hex.data, hex.len)
+        != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid hex digits in key hash");
+        return NGX_CONF_ERROR;
+    }
+
+    key->organization = ngx_http_redisgate_default_org;
+    key->scopes = NGX_HTTP_REDISGATE_SCOPE_READ|NGX_HTTP_REDISGATE_SCOPE_WRITE;
+
+    /* a key's id in logs defaults to the first hex digits of its hash */
+    key->id.data = hex.data;
+    key->id.len = 8;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "id=", 3) == 0 && value[i].len > 3) {
+            key->id.data = value[i].data + 3;
+            key->id.len = value[i].len - 3;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "organization=", 13) == 0
+            && value[i].len > 13)
+        {
+            key->organization.data = value[i].data + 13;
+            key->organization.len = value[i].len - 13;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "scopes=", 7) == 0) {
+            value[i].data += 7;
+            value[i].len -= 7;
+
+            if (ngx_http_redisgate_parse_scopes(&value[i], &key->scopes)
+                != NGX_OK)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid scopes \"%V\", expected a list "
+                                   "of read, write and admin", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_hex_decode(u_char *dst, u_char *src, size_t len)
+{
+    u_char      c;
+    size_t      i;
+    ngx_uint_t  n;
+
+    for (i = 0; i < len; i++) {
+        c = src[i];
+
+        if (c >= '0' && c <= '9') {
+            n = c - '0';
+
+        } else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
+            n = (c | 0x20) - 'a' + 10;
+
+        } else {
+            return NGX_ERROR;
+        }
+
+        if (i % 2 == 0) {
+            dst[i / 2] = (u_char) (n << 4);
+
+        } else {
+            dst[i / 2] |= (u_char) n;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_parse_scopes(ngx_str_t *value, ngx_uint_t *scopes)
+{
+    u_char  *p, *last, *comma;
+    size_t   len;
+
+    *scopes = 0;
+
+    p = value->data;
+    last = p + value->len;
+
+    while (p < last) {
+        comma = ngx_strlchr(p, last, ',');
+        if (comma == NULL) {
+            comma = last;
+        }
+
+        len = comma - p;
+
+        if (len == 4 && ngx_strncmp(p, "read", 4) == 0) {
+            *scopes |= NGX_HTTP_REDISGATE_SCOPE_READ;
+
+        } else if (len == 5 && ngx_strncmp(p, "write", 5) == 0) {
+            *scopes |= NGX_HTTP_REDISGATE_SCOPE_WRITE;
+
+        } else if (len == 5 && ngx_strncmp(p, "admin", 5) == 0) {
+            *scopes |= NGX_HTTP_REDISGATE_SCOPE_ADMIN;
+
+        } else {
+            return NGX_ERROR;
+        }
+
+        p = comma + 1;
+    }
+
+    return *scopes ? NGX_OK : NGX_ERROR;
+}
+
+
+/* instances sharing a URL share a backend, and so a pool */
+
+static ngx_http_redisgate_backend_t *
+ngx_http_redisgate_backend_get(ngx_conf_t *cf,
+    ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url)
+{
+    ngx_uint_t                     i;
+    ngx_http_redisgate_address_t   addr;
+    ngx_http_redisgate_backend_t  *b, **bp;
+
+    ngx_memzero(&addr, sizeof(ngx_http_redisgate_address_t));
+
+    if (ngx_http_redisgate_parse_address(cf, url, &addr) != NGX_OK) {
+        return NULL;
+    }
+
+    bp = rmcf->backends.elts;
+
+    for (i = 0; i < rmcf->backends.nelts; i++) {
+        b = bp[i];
+
+        if (b->address.host.len == addr.host.len
+            && b->address.path.len == addr.path.len
+            && b->address.port == addr.port
+            && b->address.db == addr.db
+            && ngx_strncmp(b->address.host.data, addr.host.data,
+                           addr.host.len) == 0
+            && ngx_strncmp(b->address.path.data, addr.path.data,
+                           addr.path.len) == 0
+            && b->address.user.len == addr.user.len
+            && ngx_strncmp(b->address.user.data, addr.user.data,
+                           addr.user.len) == 0
+            && b->address.password.len == addr.password.len
+            && ngx_strncmp(b->address.password.data, addr.password.data,
+                           addr.password.len) == 0)
+        {
+            return b;
+        }
+    }
+
+    b = ngx_pcalloc(cf->pool, sizeof(ngx_http_redisgate_backend_t));
+    if (b == NULL) {
+        return NULL;
+    }
+
+    b->address = addr;
+
+    bp = ngx_array_push(&rmcf->backends);
+    if (bp == NULL) {
+        return NULL;
+    }
+
+    *bp = b;
+
+    return b;
+}
+
+
+/*
+ * redis://[[user]:password@]host[:port][/db]
+ * unix://[[user]:password@]/path/to/redis.sock[?db=N]
+ * Host names are resolved once, here, as nginx does for upstream servers.
+ */
+
+static ngx_int_t
+ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
+    ngx_http_redisgate_address_t *addr)
+{
+    u_char     *p, *last, *at, *slash, *q, text[NGX_SOCKADDR_STRLEN];
+    size_t      len;
+    ngx_int_t   db;
+    ngx_url_t   u;
+
+    p = url->data;
+    last = p + url->len;
+
+    if (url->len > 8 && ngx_strncmp(p, "redis://", 8) == 0) {
+        p += 8;
+
+    } else if (url->len > 7 && ngx_strncmp(p, "unix://", 7) == 0) {
+        p += 7;
+
+        at = ngx_strlchr(p, last, '@');
+
+        if (at) {
+            if (ngx_http_redisgate_parse_userinfo(cf, p, at, addr) != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            p = at + 1;
+        }
+
+        q = ngx_strlchr(p, last, '?');
+
+        if (q) {
+            if (last - q < 5 || ngx_strncmp(q, "?db=", 4) != 0) {
+                goto invalid;
+            }
+
+            db = ngx_atoi(q + 4, last - q - 4);
+            if (db == NGX_ERROR) {
+                goto invalid;
+            }
+
+            addr->db = db;
+            last = q;
+        }
+
+        if (p == last || *p != '/') {
+            goto invalid;
+        }
+
+        /* NUL-terminated for hiredis */
+        addr->path.len = last - p;
+        addr->path.data = ngx_pnalloc(cf->pool, addr->path.len + 1);
+        if (addr->path.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        *ngx_cpymem(addr->path.data, p, addr->path.len) = '\0';
+
+        len = sizeof("unix://") - 1 + addr->path.len + sizeof("?db=") - 1
+              + NGX_INT_T_LEN;
+        addr->url.data = ngx_pnalloc(cf->pool, len);
+        if (addr->url.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        addr->url.len = ngx_sprintf(addr->url.data, "unix://%V?db=%ui",
+                                    &addr->path, addr->db)
+                        - addr->url.data;
+        return NGX_OK;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Redis URL: expected redis:// or unix:// "
+                           "(TLS, rediss://, is not supported)");
+        return NGX_ERROR;
+    }
+
+    at = NULL;
+
+    for (q = p; q < last && *q != '/'; q++) {
+        if (*q == '@') {
+            at = q;
+        }
+    }
+
+    if (at) {
+        if (ngx_http_redisgate_parse_userinfo(cf, p, at, addr) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        p = at + 1;
+    }
+
+    slash = ngx_strlchr(p, last, '/');
+
+    if (slash) {
+        if (slash + 1 < last) {
+            db = ngx_atoi(slash + 1, last - slash - 1);
+            if (db == NGX_ERROR) {
+                goto invalid;
+            }
+
+            addr->db = db;
+        }
+
+        last = slash;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url.data = p;
+    u.url.len = last - p;
+    u.default_port = 6379;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in Redis URL \"%*s\"",
+                           u.err ? u.err : "host not found",
+                           (size_t) (last - p), p);
+        return NGX_ERROR;
+    }
+
+    len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, text,
+                        NGX_SOCKADDR_STRLEN, 0);
+
+    addr->host.len = len;
+    addr->host.data = ngx_pnalloc(cf->pool, len + 1);
+    if (addr->host.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* an IPv6 address without brackets, NUL-terminated for hiredis */
+    *ngx_cpymem(addr->host.data, text, len) = '\0';
+    addr->port = u.port;
+
+    len = sizeof("redis://[]:65535/") - 1 + addr->host.len + NGX_INT_T_LEN;
+    addr->url.data = ngx_pnalloc(cf->pool, len);
+    if (addr->url.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* ngx_parse_url names the address with its port already */
+    addr->url.len = ngx_sprintf(addr->url.data, "redis://%V/%ui",
+                                &u.addrs[0].name, addr->db)
+                    - addr->url.data;
+
+    return NGX_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid Redis URL \"%V\"", url);
+
+    return NGX_ERROR;
+}
+
+
+/* "[user]:password" or "password", percent-decoded */
+
+static ngx_int_t
+ngx_http_redisgate_parse_userinfo(ngx_conf_t *cf, u_char *p, u_char *last,
+    ngx_http_redisgate_address_t *addr)
+{
+    u_char     *colon;
+    ngx_str_t  *s, raw[2];
+    ngx_uint_t  i;
+
+    colon = ngx_strlchr(p, last, ':');
+
+    if (colon) {
+        raw[0].data = p;
+        raw[0].len = colon - p;
+        raw[1].data = colon + 1;
+        raw[1].len = last - colon - 1;
+
+    } else {
+        ngx_str_null(&raw[0]);
+        raw[1].data = p;
+        raw[1].len = last - p;
+    }
+
+    for (i = 0; i < 2; i++) {
+        s = (i == 0) ? &addr->user : &addr->password;
+
+        s->data = ngx_pnalloc(cf->pool, raw[i].len + 1);
+        if (s->data == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (ngx_http_redisgate_percent_decode(s->data, &s->len, raw[i].data,
+                                              raw[i].len)
+            != NGX_OK)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "malformed percent-encoding in Redis URL "
+                               "credentials");
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_redisgate_static_init(ngx_conf_t *cf,
+    ngx_http_redisgate_main_conf_t *rmcf)
+{
+    ngx_uint_t                     i, j;
+    ngx_http_redisgate_key_t      *keys;
+
+    ngx_qsort(rmcf->instances.elts, rmcf->instances.nelts,
+              sizeof(ngx_http_redisgate_instance_t),
+              ngx_http_redisgate_instance_cmp);
+
+    ngx_qsort(rmcf->keys.elts, rmcf->keys.nelts,
+              sizeof(ngx_http_redisgate_key_t), ngx_http_redisgate_key_cmp);
+
+    keys = rmcf->keys.elts;
+
+    for (i = 1, j = 0; i < rmcf->keys.nelts; i++, j++) {
+        if (ngx_memcmp(keys[i].hash, keys[j].hash, 32) == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "key \"%V\" has the same hash as key \"%V\"",
+                               &keys[i].id, &keys[j].id);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_http_redisgate_instance_t *
+ngx_http_redisgate_static_instance(ngx_http_redisgate_main_conf_t *rmcf,
+    u_char *id)
+{
+    ngx_http_redisgate_instance_t  key;
+
+    key.id.data = id;
+    key.id.len = NGX_HTTP_REDISGATE_UUID_LEN;
+
+    return bsearch(&key, rmcf->instances.elts, rmcf->instances.nelts,
+                   sizeof(ngx_http_redisgate_instance_t),
+                   ngx_http_redisgate_instance_cmp);
+}
+
+
+ngx_http_redisgate_key_t *
+ngx_http_redisgate_static_key(ngx_http_redisgate_main_conf_t *rmcf,
+    u_char *hash)
+{
+    ngx_http_redisgate_key_t  key;
+
+    ngx_memcpy(key.hash, hash, 32);
+
+    return bsearch(&key, rmcf->keys.elts, rmcf->keys.nelts,
+                   sizeof(ngx_http_redisgate_key_t),
+                   ngx_http_redisgate_key_cmp);
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_redisgate_instance_cmp(const void *one, const void *two)
+{
+    const ngx_http_redisgate_instance_t  *a = one, *b = two;
+
+    return ngx_memcmp(a->id.data, b->id.data, NGX_HTTP_REDISGATE_UUID_LEN);
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_redisgate_key_cmp(const void *one, const void *two)
+{
+    const ngx_http_redisgate_key_t  *a = one, *b = two;
+
+    return ngx_memcmp(a->hash, b->hash, 32);
+}
