@@ -33,7 +33,13 @@ SOURCES := config ngx_http_redisgate_module.c $(wildcard src/*.c src/*.h)
 
 export NGINX_BIN MODULE
 
-.PHONY: all deps build-deps test-deps run stop test clean
+# Debian packages: to build, to run the demo and tests
+BUILD_PKGS := gcc make nginx nginx-dev libhiredis-dev libyajl-dev libpq-dev \
+              libssl-dev libpcre2-dev zlib1g-dev
+RUN_PKGS := redis-server curl
+TEST_PKGS := libtest-base-perl libtext-diff-perl perl
+
+.PHONY: all deps build-deps run-deps test-deps run stop test clean
 
 all: $(MODULE)
 
@@ -59,3 +65,42 @@ endif
 
 clean:
 	rm -rf $(BUILD)
+
+# install only what is missing, so repeated calls are quick
+define apt_install
+	@missing=$$(for p in $(1); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	        | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
+
+deps: build-deps run-deps test-deps
+
+build-deps:
+	$(call apt_install,$(BUILD_PKGS))
+
+run-deps:
+	$(call apt_install,$(RUN_PKGS))
+
+test-deps: run-deps
+	$(call apt_install,$(TEST_PKGS))
+	@command -v node >/dev/null && command -v npm >/dev/null \
+	    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	         apt-get install -y -qq nodejs npm >/dev/null; }
+	@test -d t/client/node_modules/@upstash/redis \
+	    || npm ci --prefix t/client --no-audit --no-fund --loglevel=error
+
+run: build-deps run-deps
+	@$(MAKE) --no-print-directory all >/dev/null
+	@tools/demo
+
+stop:
+	@tools/demo stop
+
+test: build-deps test-deps
+	@$(MAKE) --no-print-directory all
+	t/run-tests

@@ -225,6 +225,11 @@ ngx_http_redisgate_body_handler(ngx_http_request_t *r)
 }
 
 
+/*
+ * The steps return NGX_DECLINED to go on; anything else is the request's
+ * outcome, already answered or to answer: it goes to finalize.
+ */
+
 static ngx_int_t
 ngx_http_redisgate_process(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx)
@@ -233,17 +238,17 @@ ngx_http_redisgate_process(ngx_http_request_t *r,
     ngx_str_t   token, instance;
 
     rc = ngx_http_redisgate_read_headers(r, ctx);
-    if (rc != NGX_OK) {
+    if (rc != NGX_DECLINED) {
         return rc;
     }
 
     rc = ngx_http_redisgate_decode_body(r, ctx);
-    if (rc != NGX_OK) {
+    if (rc != NGX_DECLINED) {
         return rc;
     }
 
     rc = ngx_http_redisgate_token(r, ctx, &token);
-    if (rc != NGX_OK) {
+    if (rc != NGX_DECLINED) {
         return rc;
     }
 
@@ -270,7 +275,7 @@ ngx_http_redisgate_process(ngx_http_request_t *r,
     }
 
     rc = ngx_http_redisgate_check_commands(r, ctx);
-    if (rc != NGX_OK) {
+    if (rc != NGX_DECLINED) {
         return rc;
     }
 
@@ -380,7 +385,7 @@ ngx_http_redisgate_read_headers(ngx_http_request_t *r,
                                   "available for /multi-exec");
     }
 
-    return NGX_OK;
+    return NGX_DECLINED;
 }
 
 
@@ -441,7 +446,7 @@ ngx_http_redisgate_token(ngx_http_request_t *r, ngx_http_redisgate_ctx_t *ctx,
                                   "\"Authorization: Bearer <api key>\"");
     }
 
-    return NGX_OK;
+    return NGX_DECLINED;
 }
 
 
@@ -479,7 +484,7 @@ ngx_http_redisgate_decode_body(ngx_http_request_t *r,
             ctx->route.cmd.argv[ctx->route.body_slot] = body;
         }
 
-        return NGX_OK;
+        return NGX_DECLINED;
 
     default:
         break;
@@ -550,7 +555,7 @@ ngx_http_redisgate_decode_body(ngx_http_request_t *r,
                                        ngx_http_redisgate_json_error(j));
     }
 
-    return NGX_OK;
+    return NGX_DECLINED;
 }
 
 
@@ -687,7 +692,7 @@ ngx_http_redisgate_check_commands(ngx_http_request_t *r,
         }
     }
 
-    return NGX_OK;
+    return NGX_DECLINED;
 }
 
 

@@ -1,0 +1,59 @@
+# Shell helpers shared by tools/demo and t/run-tests: free ports and
+# servers started under a directory of their own.  Source it; do not run it.
+
+# a free loopback TCP port (nothing answers on it right now)
+redisgate_free_port() {
+    local port i
+    for i in $(seq 1 200); do
+        port=$(( (RANDOM * 32768 + RANDOM) % 30000 + 20000 ))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    echo "no free port found" >&2
+    return 1
+}
+
+# wait (at most ~10 s) until something listens on 127.0.0.1:$1
+redisgate_wait_port() {
+    local i
+    for i in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+
+# redisgate_start_redis DIR PORT: a private, unpersisted redis-server
+redisgate_start_redis() {
+    mkdir -p "$1"
+    redis-server --port "$2" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$1" --daemonize yes --pidfile "$1/redis.pid" \
+        --logfile "$1/redis.log" || return 1
+    redisgate_wait_port "$2"
+}
+
+# redisgate_stop_pidfile FILE: stop the process whose pid FILE holds
+redisgate_stop_pidfile() {
+    local pid i
+    [ -f "$1" ] || return 0
+    pid=$(cat "$1" 2>/dev/null)
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null
+    return 0
+}
+
+redisgate_random_hex() {
+    od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'
+}
+
+redisgate_sha256() {
+    printf '%s' "$1" | sha256sum | cut -d' ' -f1
+}
