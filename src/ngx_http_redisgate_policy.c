@@ -17,6 +17,8 @@
 #include "ngx_http_redisgate.h"
 
 
+static ngx_int_t ngx_http_redisgate_policy_build(ngx_conf_t *cf,
+    ngx_array_t *inherited, ngx_http_redisgate_loc_conf_t *conf);
 static ngx_int_t ngx_http_redisgate_policy_add(ngx_array_t *rules,
     ngx_str_t *name, ngx_uint_t deny);
 static int ngx_libc_cdecl ngx_http_redisgate_rule_cmp(const void *one,
@@ -74,31 +76,46 @@ ngx_int_t
 ngx_http_redisgate_policy_merge(ngx_conf_t *cf,
     ngx_http_redisgate_loc_conf_t *prev, ngx_http_redisgate_loc_conf_t *conf)
 {
+    /* the http level is never merged into anything: build it here */
+
+    if (prev->rules == NULL
+        && ngx_http_redisgate_policy_build(cf, NULL, prev) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (conf->deny == NULL && conf->allow == NULL) {
+        conf->rules = prev->rules;
+        return NGX_OK;
+    }
+
+    return ngx_http_redisgate_policy_build(cf, prev->rules, conf);
+}
+
+
+/* inherited rules (or the defaults), then this level's deny, then allow */
+
+static ngx_int_t
+ngx_http_redisgate_policy_build(ngx_conf_t *cf, ngx_array_t *inherited,
+    ngx_http_redisgate_loc_conf_t *conf)
+{
     char        **name;
     ngx_str_t     s, *names;
     ngx_uint_t    i;
     ngx_array_t  *rules;
-
-    if (conf->deny == NULL && conf->allow == NULL) {
-        conf->rules = prev->rules;
-
-        if (conf->rules) {
-            return NGX_OK;
-        }
-    }
 
     rules = ngx_array_create(cf->pool, 64, sizeof(ngx_http_redisgate_rule_t));
     if (rules == NULL) {
         return NGX_ERROR;
     }
 
-    if (prev->rules) {
-        if (ngx_array_push_n(rules, prev->rules->nelts) == NULL) {
+    if (inherited) {
+        if (ngx_array_push_n(rules, inherited->nelts) == NULL) {
             return NGX_ERROR;
         }
 
-        ngx_memcpy(rules->elts, prev->rules->elts,
-                   prev->rules->nelts * sizeof(ngx_http_redisgate_rule_t));
+        ngx_memcpy(rules->elts, inherited->elts,
+                   inherited->nelts * sizeof(ngx_http_redisgate_rule_t));
 
     } else {
         for (name = ngx_http_redisgate_default_deny; *name; name++) {

@@ -8,7 +8,7 @@ package RedisGate::Test;
 # Test::Nginx::Socket.  A block gets, unless it says otherwise:
 #   main_config   load_module of the module under test (always)
 #   http_config   the instances and keys below, before its own
-#   config        location /redis/ { redisgate; }
+#   config        location /redis/ { redisgate; } ($DefaultConfig)
 #   more_headers  Authorization: Bearer <the admin key>; $TEST_NGINX_*
 #                 variables in more_headers are expanded here.
 
@@ -17,6 +17,7 @@ use warnings;
 
 use Digest::SHA qw(sha256_hex);
 use IO::Socket::INET;
+use POSIX ();
 use Test::Nginx::Socket ();
 
 our %Tokens = (
@@ -55,6 +56,10 @@ our $HttpConfig = <<'_EOC_';
         organization=globex scopes=read,write,admin;
 _EOC_
 
+# a test file may set these before run_tests()
+our $DefaultConfig = "location /redis/ { redisgate; }\n";
+our $ExtraHttpConfig = '';
+
 sub expand {
     my $text = shift;
     $text =~ s/\$(TEST_NGINX_[_A-Z0-9]+)/
@@ -71,11 +76,11 @@ Test::Nginx::Socket::add_block_preprocessor(sub {
 
     if (!$block->no_default_keys) {
         $block->set_value('http_config',
-            $HttpConfig . ($block->http_config // ''));
+            $HttpConfig . $ExtraHttpConfig . ($block->http_config // ''));
     }
 
     if (!defined $block->config) {
-        $block->set_value('config', "location /redis/ { redisgate; }\n");
+        $block->set_value('config', $DefaultConfig);
     }
 
     if (!defined $block->more_headers) {
@@ -87,28 +92,92 @@ Test::Nginx::Socket::add_block_preprocessor(sub {
     }
 });
 
-# a command sent straight to the test Redis (db 0 unless given), for setup
-sub redis {
-    my ($db, @args) = @_;
-    my $sock = IO::Socket::INET->new(
-        PeerAddr => '127.0.0.1', PeerPort => $ENV{TEST_NGINX_REDIS_PORT},
-        Timeout => 3) or die "cannot reach the test Redis: $!\n";
-    my $out = '';
-    for my $cmd (['SELECT', $db], [@args]) {
-        $out .= '*' . @$cmd . "\r\n";
-        $out .= '$' . length($_) . "\r\n$_\r\n" for @$cmd;
+# Spare servers for fault tests, on ports picked once per test file and
+# exported as $TEST_NGINX_SPARE_PORT and $TEST_NGINX_SILENT_PORT.
+
+sub free_port {
+    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                                  LocalPort => 0, ReuseAddr => 1)
+        or die "no free port: $!\n";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+$ENV{TEST_NGINX_SPARE_PORT} //= free_port();
+$ENV{TEST_NGINX_SILENT_PORT} //= free_port();
+
+our @SilentPids;
+
+my $spare_dir = ($ENV{TEST_NGINX_REDIS_DIR} // '/tmp') . "/spare-$$";
+
+sub port_open {
+    my $port = shift;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $port, Timeout => 1);
+    return 0 unless $s;
+    close $s;
+    return 1;
+}
+
+# a real redis-server on the spare port; returns when it accepts
+sub start_spare_redis {
+    my $port = $ENV{TEST_NGINX_SPARE_PORT};
+    mkdir $spare_dir;
+    system('redis-server', '--port', $port, '--bind', '127.0.0.1',
+           '--save', '', '--appendonly', 'no', '--dir', $spare_dir,
+           '--daemonize', 'yes', '--pidfile', "$spare_dir/redis.pid",
+           '--logfile', "$spare_dir/redis.log") == 0
+        or die "cannot start redis-server\n";
+    for (1 .. 100) {
+        return if port_open($port);
+        select(undef, undef, undef, 0.05);
     }
-    print $sock $out;
-    my $reply = '';
-    # two replies: +OK for SELECT, then the command's
-    my $lines = 0;
-    while ($lines < 2 && defined(my $line = <$sock>)) {
-        $reply .= $line;
-        $lines++ if $line =~ /^[+\-:]/ || $line =~ /^\$-1/;
-        if ($line =~ /^\$(\d+)/) { $reply .= <$sock>; $lines++ }
+    die "the spare redis-server does not accept connections\n";
+}
+
+# stops the spare redis-server (only the one this file started)
+sub stop_spare_redis {
+    open my $fh, '<', "$spare_dir/redis.pid" or return;
+    my $pid = <$fh>;
+    close $fh;
+    chomp $pid;
+    kill 'TERM', $pid;
+    for (1 .. 100) {
+        last unless kill 0, $pid;
+        select(undef, undef, undef, 0.05);
     }
-    close $sock;
-    return $reply;
+    unlink "$spare_dir/redis.pid";
+}
+
+# a TCP server that accepts and reads but never answers, for 10 seconds
+sub start_silent_server {
+    my $listen = IO::Socket::INET->new(
+        Listen => 64, LocalAddr => '127.0.0.1',
+        LocalPort => $ENV{TEST_NGINX_SILENT_PORT}, ReuseAddr => 1)
+        or die "cannot listen on the silent port: $!\n";
+    my $pid = fork();
+    die "fork: $!\n" unless defined $pid;
+    if ($pid) {
+        close $listen;
+        push @SilentPids, $pid;
+        return;
+    }
+    my @held;
+    my $deadline = time + 10;
+    $listen->blocking(0);
+    while (time < $deadline) {
+        if (my $c = $listen->accept) { push @held, $c }
+        for my $c (@held) { my $buf; sysread($c, $buf, 65536) }
+        select(undef, undef, undef, 0.02);
+    }
+    POSIX::_exit(0);
+}
+
+END {
+    stop_spare_redis();
+    kill 'TERM', @SilentPids if @SilentPids;
+    rmdir $spare_dir;
 }
 
 1;

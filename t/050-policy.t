@@ -1,0 +1,174 @@
+# What the gateway never runs, what operators change, and Lua scripts.
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::Nginx::Socket 'no_plan';
+use RedisGate::Test;
+
+repeat_each(1);
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: connection state is the gateway's
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/select/2",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/auth/x",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/hello/3",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/quit",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/client/setname/x",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/CLIENT/KILL/ID/1"]
+--- error_code eval
+[400, 400, 400, 400, 400, 400]
+--- response_body eval
+["{\"error\":\"ERR command 'select' is not allowed through this gateway\"}",
+ "{\"error\":\"ERR command 'auth' is not allowed through this gateway\"}",
+ "{\"error\":\"ERR command 'hello' is not allowed through this gateway\"}",
+ "{\"error\":\"ERR command 'quit' is not allowed through this gateway\"}",
+ "{\"error\":\"ERR command 'client|setname' is not allowed through this gateway\"}",
+ "{\"error\":\"ERR command 'client|kill' is not allowed through this gateway\"}"]
+
+
+
+=== TEST 2: read-only CLIENT subcommands pass
+--- request
+GET /redis/$TEST_NGINX_INSTANCE/client/getname
+--- response_body chomp
+{"result":null}
+
+
+
+=== TEST 3: blocking commands would stall a shared connection
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/blpop/q/0",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/bzpopmin/q/0",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/wait/1/0",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/xread/COUNT/1/block/0/STREAMS/s/\$"]
+--- error_code eval
+[400, 400, 400, 400]
+--- response_body_like eval
+["'blpop' is not allowed", "'bzpopmin' is not allowed",
+ "'wait' is not allowed", "'xread' is not allowed"]
+
+
+
+=== TEST 4: XREAD without BLOCK is fine
+--- request
+POST /redis/$TEST_NGINX_INSTANCE
+["XREAD", "COUNT", "1", "STREAMS", "nostream", "0"]
+--- response_body chomp
+{"result":null}
+
+
+
+=== TEST 5: server-wide commands are denied for every key
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/config/get/maxmemory",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/flushall",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/shutdown",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/debug/sleep/1",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/swapdb/1/2",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/monitor",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/subscribe/ch",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/acl/list",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/script/kill"]
+--- error_code eval
+[400, 400, 400, 400, 400, 400, 400, 400, 400]
+--- response_body_like eval
+["'config\\|get' is not allowed", "'flushall' is not allowed",
+ "'shutdown' is not allowed", "'debug' is not allowed",
+ "'swapdb' is not allowed", "'monitor' is not allowed",
+ "'subscribe' is not allowed", "'acl\\|list' is not allowed",
+ "'script\\|kill' is not allowed"]
+
+
+
+=== TEST 6: a denied command hidden in a pipeline denies the whole request
+--- request eval
+["POST /redis/$ENV{TEST_NGINX_INSTANCE}/pipeline
+[[\"SET\",\"pol:a\",\"1\"],[\"SELECT\",\"2\"]]",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/get/pol:a"]
+--- error_code eval
+[400, 200]
+--- response_body eval
+["{\"error\":\"ERR command 'select' is not allowed through this gateway\"}",
+ '{"result":null}']
+
+
+
+=== TEST 7: operators deny more
+--- config
+location /redis/ { redisgate_deny keys flushdb; redisgate; }
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/keys/*",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/ping"]
+--- error_code eval
+[400, 200]
+--- response_body eval
+["{\"error\":\"ERR command 'keys' is not allowed through this gateway\"}",
+ '{"result":"PONG"}']
+
+
+
+=== TEST 8: operators allow what the gateway denies, down to a subcommand
+--- config
+location /redis/ { redisgate_allow config|get; redisgate; }
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/config/get/maxmemory",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/config/set/maxmemory/0"]
+--- error_code eval
+[200, 400]
+--- response_body_like eval
+['^\{"result":\["maxmemory","\d+"\]\}$',
+ "'config\\|set' is not allowed"]
+
+
+
+=== TEST 9: lists inherit and add up from http to location
+--- http_config
+redisgate_deny echo;
+--- config
+location /redis/ { redisgate_deny ping; redisgate; }
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/echo/x",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/ping",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/select/1"]
+--- error_code eval
+[400, 400, 400]
+
+
+
+=== TEST 10: EVAL runs Lua
+--- request
+POST /redis/$TEST_NGINX_INSTANCE
+["EVAL", "return redis.call('SET', KEYS[1], ARGV[1])", "1", "lua:k", "v"]
+--- response_body chomp
+{"result":"OK"}
+
+
+
+=== TEST 11: @upstash/ratelimit's shebang flag is dropped, other flags kept
+--- request eval
+["POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"EVAL\", \"#!lua flags=allow-key-locking\\nreturn redis.call('GET', KEYS[1])\", \"1\", \"lua:k\"]",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"EVAL\", \"#!lua flags=no-writes,allow-key-locking\\nreturn redis.call('SET', KEYS[1], 'x')\", \"1\", \"lua:k\"]",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"SCRIPT\", \"LOAD\", \"#!lua flags=allow-key-locking,no-writes\\nreturn 1\"]"]
+--- error_code eval
+[200, 400, 200]
+--- response_body_like eval
+['^\{"result":"v"\}$',
+ 'Write commands are not allowed from read-only scripts',
+ '^\{"result":"[0-9a-f]{40}"\}$']
+
+
+
+=== TEST 12: Lua errors come back as Redis says them
+--- request
+POST /redis/$TEST_NGINX_INSTANCE
+["EVALSHA", "0000000000000000000000000000000000000000", "0"]
+--- error_code: 400
+--- response_body_like chomp
+^\{"error":"NOSCRIPT No matching script[^"]*"\}$
