@@ -190,7 +190,7 @@ ngx_http_redisgate_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_msec_value(rmcf->connect_timeout, 3000);
     ngx_conf_init_msec_value(rmcf->backoff_min, 100);
-    ngx_conf_init_msec_value(rmcf->backoff_max, 5000);
+    ngx_conf_init_msec_value(rmcf->backoff_max, 1000);
     ngx_conf_init_uint_value(rmcf->pool_size, 2);
 
     if (ngx_http_redisgate_static_init(cf, rmcf) != NGX_OK) {

@@ -79,7 +79,8 @@ static ngx_str_t  ngx_http_redisgate_json_type =
 static ngx_str_t  ngx_http_redisgate_resp_type =
     ngx_string("application/octet-stream");
 
-static ngx_str_t  ngx_http_redisgate_multi = ngx_string("*1\r\n$5\r\nMULTI\r\n");
+static ngx_str_t  ngx_http_redisgate_multi =
+    ngx_string("*1\r\n$5\r\nMULTI\r\n");
 static ngx_str_t  ngx_http_redisgate_exec = ngx_string("*1\r\n$4\r\nEXEC\r\n");
 
 static ngx_uint_t  ngx_http_redisgate_sync_counter;
