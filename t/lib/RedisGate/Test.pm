@@ -11,6 +11,7 @@ package RedisGate::Test;
 #   config        location /redis/ { redisgate; } ($DefaultConfig)
 #   more_headers  Authorization: Bearer <the admin key>; $TEST_NGINX_*
 #                 variables in more_headers are expanded here.
+#   no_error_log  [alert], [emerg] and "exited on signal", added to its own
 
 use strict;
 use warnings;
@@ -81,6 +82,23 @@ Test::Nginx::Socket::add_block_preprocessor(sub {
 
     if (!defined $block->config) {
         $block->set_value('config', $DefaultConfig);
+    }
+
+    # no block may crash a worker or raise an alert, whatever it tests
+    my @never = ('[alert]', '[emerg]', 'exited on signal');
+    my $nel = $block->no_error_log;
+
+    if (!defined $nel) {
+        $block->set_value('no_error_log', join("\n", @never) . "\n");
+
+    } elsif (ref $nel eq 'ARRAY') {
+        $block->set_value('no_error_log', [@$nel, @never]);
+
+    } elsif (ref $nel) {
+        $block->set_value('no_error_log', [$nel, @never]);
+
+    } else {
+        $block->set_value('no_error_log', $nel . join("\n", @never) . "\n");
     }
 
     if (!defined $block->more_headers) {
