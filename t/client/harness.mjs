@@ -1,0 +1,384 @@
+// Test harness for the RedisGate client suites.
+//
+// Starts its own redis-server(s) and its own nginx (with the RedisGate module
+// loaded) on free ports, in fresh temporary directories.  Every process it
+// starts is tracked by pid and stopped in after() hooks and, as a last
+// resort, from a process 'exit' handler.  It never signals a process it did
+// not start.
+//
+// Environment:
+//   NGINX_BIN         nginx binary           (default /usr/sbin/nginx)
+//   REDISGATE_MODULE  the module .so         (default <repo>/build/ngx_http_redisgate_module.so)
+//   REDIS_SERVER_BIN  redis-server binary    (default redis-server from PATH)
+//   KEEP_TMP=1        keep temporary directories (for debugging)
+
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { copyFileSync, mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, existsSync, openSync, closeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const REPO_ROOT = path.resolve(here, '..', '..');
+export const NGINX_BIN = process.env.NGINX_BIN || '/usr/sbin/nginx';
+export const REDISGATE_MODULE = path.resolve(
+  process.env.REDISGATE_MODULE || path.join(REPO_ROOT, 'build', 'ngx_http_redisgate_module.so'));
+export const REDIS_SERVER_BIN = process.env.REDIS_SERVER_BIN || 'redis-server';
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------------------
+// process tracking
+
+const tracked = new Map();   // pid -> { child, name }
+const tmpDirs = new Set();
+
+function track(child, name) {
+  tracked.set(child.pid, { child, name });
+  child.once('exit', () => tracked.delete(child.pid));
+}
+
+process.once('exit', () => {
+  // synchronous last resort: only the pids we spawned and that are still
+  // running.  SIGTERM for nginx lets the master stop its own worker.
+  for (const [pid, { child }] of tracked) {
+    if (child.exitCode === null && child.signalCode === null) {
+      try { process.kill(pid, 'SIGTERM'); } catch { /* already gone */ }
+    }
+  }
+  if (!process.env.KEEP_TMP) {
+    for (const d of tmpDirs) {
+      try { rmSync(d, { recursive: true, force: true }); } catch { /* ignore */ }
+    }
+  }
+});
+
+// A signal would end node without 'exit': turn it into an exit so the
+// handler above stops our processes.
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.once(sig, () => process.exit(128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 })[sig]));
+}
+
+function exited(child) {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
+function waitExit(child, ms) {
+  if (exited(child)) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => { child.off('exit', onExit); resolve(false); }, ms);
+    const onExit = () => { clearTimeout(t); resolve(true); };
+    child.once('exit', onExit);
+  });
+}
+
+async function stopChild(child, signal = 'SIGTERM', ms = 5000) {
+  if (!child || exited(child)) return;
+  try { child.kill(signal); } catch { /* gone */ }
+  if (await waitExit(child, ms)) return;
+  try { child.kill('SIGKILL'); } catch { /* gone */ }
+  await waitExit(child, 2000);
+}
+
+export function makeTmpDir(prefix) {
+  const d = mkdtempSync(path.join(tmpdir(), prefix));
+  tmpDirs.add(d);
+  return d;
+}
+
+// ---------------------------------------------------------------------------
+// ports, tokens
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export function newToken() {
+  return 'rg_' + randomBytes(24).toString('base64url');
+}
+
+export function sha256Hex(s) {
+  return createHash('sha256').update(s).digest('hex');
+}
+
+export { randomUUID };
+
+// Send one inline command over raw TCP and resolve with the first reply line
+// (or reject on error/timeout).
+function rawCommand(port, line, ms = 500) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ port, host: '127.0.0.1' });
+    let buf = '';
+    const done = (err, val) => {
+      clearTimeout(t);
+      sock.destroy();
+      if (err) reject(err); else resolve(val);
+    };
+    const t = setTimeout(() => done(new Error('timeout')), ms);
+    sock.on('connect', () => sock.write(line + '\r\n'));
+    sock.on('data', (d) => {
+      buf += d.toString('latin1');
+      const i = buf.indexOf('\r\n');
+      if (i >= 0) done(null, buf.slice(0, i));
+    });
+    sock.on('error', (e) => done(e));
+  });
+}
+
+function canConnect(port, ms = 300) {
+  return new Promise((resolve) => {
+    const sock = net.connect({ port, host: '127.0.0.1' });
+    const t = setTimeout(() => { sock.destroy(); resolve(false); }, ms);
+    sock.on('connect', () => { clearTimeout(t); sock.destroy(); resolve(true); });
+    sock.on('error', () => { clearTimeout(t); resolve(false); });
+  });
+}
+
+// ---------------------------------------------------------------------------
+// redis
+
+export class RedisServer {
+  constructor(port, dir, extraArgs = []) {
+    this.port = port;
+    this.dir = dir;
+    this.extraArgs = extraArgs;
+    this.child = null;
+  }
+
+  get url() { return `redis://127.0.0.1:${this.port}`; }
+  get pid() { return this.child?.pid; }
+  get running() { return !!this.child && !exited(this.child); }
+
+  async start(timeoutMs = 10000) {
+    if (this.running) return;
+    const logFd = openSync(path.join(this.dir, 'redis.log'), 'a');
+    const child = spawn(REDIS_SERVER_BIN, [
+      '--port', String(this.port), '--bind', '127.0.0.1',
+      '--save', '', '--appendonly', 'no', '--dir', this.dir,
+      '--daemonize', 'no', ...this.extraArgs,
+    ], { cwd: this.dir, stdio: ['ignore', logFd, logFd] });
+    closeSync(logFd);
+    track(child, `redis:${this.port}`);
+    this.child = child;
+    let spawnErr = null;
+    child.once('error', (e) => { spawnErr = e; });
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (spawnErr) throw spawnErr;
+      if (exited(child)) {
+        throw new Error(`redis-server on ${this.port} exited early:\n` + this.log());
+      }
+      try {
+        const reply = await rawCommand(this.port, 'PING');
+        // -NOAUTH: up, but protected by --requirepass
+        if (reply === '+PONG' || reply.startsWith('-NOAUTH')) return;
+      } catch { /* not yet */ }
+      await sleep(25);
+    }
+    await stopChild(child, 'SIGKILL');
+    throw new Error(`redis-server on ${this.port} did not accept connections in ${timeoutMs} ms`);
+  }
+
+  // Stop it (SIGTERM, then SIGKILL).  The port is free again afterwards.
+  async stop() {
+    const child = this.child;
+    if (!child) return;
+    await stopChild(child, 'SIGTERM', 5000);
+    this.child = null;
+  }
+
+  // Same port, fresh process; resolves once it answers PING.
+  async restart() {
+    await this.stop();
+    await this.start();
+  }
+
+  // Run one inline command directly against Redis (test setup/inspection).
+  command(line) { return rawCommand(this.port, line, 2000); }
+
+  log() {
+    try { return readFileSync(path.join(this.dir, 'redis.log'), 'utf8'); } catch { return ''; }
+  }
+}
+
+// extraArgs: more redis-server options, e.g. ['--requirepass', 'pw']
+export async function startRedis(extraArgs = []) {
+  const dir = makeTmpDir('rg-redis-');
+  const srv = new RedisServer(await freePort(), dir, extraArgs);
+  await srv.start();
+  return srv;
+}
+
+// ---------------------------------------------------------------------------
+// nginx
+
+/**
+ * instances: [{ uuid, url, organization? }]
+ * keys:      [{ token, id?, scopes?, organization? }]  (token is hashed here)
+ * http:      extra directives at http level (string)
+ * location:  extra directives inside `location /redis/` (string)
+ * servers:   optional list of { location } for more server blocks on their
+ *            own ports (same instances/keys, different per-location
+ *            directives, e.g. a shorter redisgate_timeout); their bases are
+ *            in nginx.bases[1..]
+ */
+export async function startNginx({ instances, keys, http = '', location = '', servers = [], timeoutMs = 10000 }) {
+  if (!existsSync(REDISGATE_MODULE)) {
+    throw new Error(`module not found at ${REDISGATE_MODULE} (run make, or set REDISGATE_MODULE)`);
+  }
+  const dir = makeTmpDir('rg-nginx-');
+  mkdirSync(path.join(dir, 'logs'));
+  const allServers = [{ location }, ...servers];
+  const ports = [];
+  for (let i = 0; i < allServers.length; i++) ports.push(await freePort());
+  const port = ports[0];
+  const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+
+  const lines = [];
+  // Load a private copy: a concurrent `make` rewriting the .so in place would
+  // otherwise crash the running workers (SIGSEGV in remapped pages).
+  const moduleCopy = path.join(dir, path.basename(REDISGATE_MODULE));
+  copyFileSync(REDISGATE_MODULE, moduleCopy);
+  lines.push(`load_module ${moduleCopy};`);
+  if (isRoot) lines.push('user root root;');
+  lines.push('worker_processes 1;');
+  lines.push(`pid ${dir}/nginx.pid;`);
+  lines.push(`error_log ${dir}/error.log debug;`);
+  lines.push('events { worker_connections 1024; }');
+  lines.push('http {');
+  lines.push(`  access_log ${dir}/access.log;`);
+  for (const t of ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) {
+    lines.push(`  ${t}_temp_path ${dir}/${t}_temp;`);
+  }
+  lines.push('  client_max_body_size 16m;');
+  for (const inst of instances) {
+    lines.push(`  redisgate_instance ${inst.uuid} ${inst.url}` +
+      (inst.organization ? ` organization=${inst.organization}` : '') + ';');
+  }
+  for (const k of keys) {
+    lines.push(`  redisgate_key sha256:${sha256Hex(k.token)}` +
+      (k.id ? ` id=${k.id}` : '') +
+      (k.organization ? ` organization=${k.organization}` : '') +
+      (k.scopes ? ` scopes=${k.scopes}` : '') + ';');
+  }
+  if (http) lines.push(http.split('\n').map((l) => '  ' + l).join('\n'));
+  allServers.forEach((srv, i) => {
+    lines.push('  server {');
+    lines.push(`    listen 127.0.0.1:${ports[i]};`);
+    lines.push('    location /redis/ {');
+    lines.push('      redisgate;');
+    if (srv.location) lines.push(srv.location.split('\n').map((l) => '      ' + l).join('\n'));
+    lines.push('    }');
+    lines.push('  }');
+  });
+  lines.push('}');
+  const conf = path.join(dir, 'nginx.conf');
+  writeFileSync(conf, lines.join('\n') + '\n');
+
+  const outFd = openSync(path.join(dir, 'stderr.log'), 'a');
+  const child = spawn(NGINX_BIN, ['-p', dir + '/', '-c', conf,
+    '-g', 'daemon off; master_process on;'],
+  { cwd: dir, stdio: ['ignore', outFd, outFd] });
+  closeSync(outFd);
+  track(child, `nginx:${port}`);
+  let spawnErr = null;
+  child.once('error', (e) => { spawnErr = e; });
+
+  const ng = new Nginx(child, dir, ports);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (spawnErr) throw spawnErr;
+    if (exited(child)) {
+      throw new Error(`nginx exited early (code ${child.exitCode}):\n` +
+        ng.read('stderr.log') + '\n' + ng.errorLog().split('\n').filter((l) => !l.includes('[debug]')).join('\n'));
+    }
+    if ((await Promise.all(ports.map((p) => canConnect(p)))).every(Boolean)) break;
+    if (Date.now() > deadline) {
+      await stopChild(child, 'SIGKILL');
+      throw new Error(`nginx did not listen on ${port} in ${timeoutMs} ms`);
+    }
+    await sleep(25);
+  }
+  return ng;
+}
+
+export class Nginx {
+  constructor(child, dir, ports) {
+    this.child = child;
+    this.dir = dir;
+    this.ports = ports;
+    this.port = ports[0];
+    this.bases = ports.map((p) => `http://127.0.0.1:${p}`);
+    this.base = this.bases[0];
+  }
+
+  get pid() { return this.child.pid; }
+  get running() { return !exited(this.child); }
+
+  // URL of an instance (on server `server`, 0 = the first one).
+  url(instance, rest = '', server = 0) { return `${this.bases[server]}/redis/${instance}${rest}`; }
+
+  read(name) {
+    try { return readFileSync(path.join(this.dir, name), 'utf8'); } catch { return ''; }
+  }
+
+  errorLog() { return this.read('error.log'); }
+
+  // Graceful stop of the master we started (it stops its own worker).
+  async stop() {
+    await stopChild(this.child, 'SIGQUIT', 5000);
+  }
+}
+
+// Lines of error.log at or above `notice`, i.e. without the debug/info chatter.
+export function significantLogLines(log) {
+  return log.split('\n').filter((l) => /\[(emerg|alert|crit|error|warn|notice)\]/.test(l));
+}
+
+/**
+ * Assert nginx's error.log has no [alert], no [emerg], no "exited on signal"
+ * and, unless allowCrit, no [crit].
+ */
+export function assertCleanErrorLog(log, { allowCrit = false } = {}) {
+  const bad = log.split('\n').filter((l) =>
+    /\[(alert|emerg)\]/.test(l) ||
+    /exited on signal/.test(l) ||
+    (!allowCrit && /\[crit\]/.test(l)));
+  assert.deepEqual(bad, [], 'error.log has alert/emerg/crit/crash lines');
+}
+
+// ---------------------------------------------------------------------------
+// misc helpers
+
+/**
+ * One plain fetch() against the gateway.  rest: path after /redis/<id>;
+ * init: fetch options plus { server, timeoutMs }.  Every request is bounded
+ * (AbortSignal.timeout).  Resolves { status, headers, text, json }.
+ */
+export async function rg(nginx, instance, token, rest = '', init = {}) {
+  const { server = 0, timeoutMs = 10000, headers: h = {}, ...rest2 } = init;
+  const headers = { ...h };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const res = await fetch(nginx.url(instance, rest, server), {
+    ...rest2,
+    headers,
+    signal: rest2.signal ?? AbortSignal.timeout(timeoutMs),
+  });
+  const text = await res.text();
+  let json;
+  try { json = JSON.parse(text); } catch { json = undefined; }
+  return { status: res.status, headers: res.headers, text, json };
+}
+
+export { sleep };
