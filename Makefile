@@ -12,7 +12,7 @@ SHELL := /bin/bash
 DEBIAN_NGINX_SRC := /usr/share/nginx/src
 NGINX_SRC ?= $(DEBIAN_NGINX_SRC)
 
-BUILD := $(CURDIR)/build
+BUILD ?= $(CURDIR)/build
 OBJS := $(BUILD)/nginx
 MODULE := $(BUILD)/ngx_http_redisgate_module.so
 
@@ -47,7 +47,10 @@ $(OBJS)/Makefile: config
 	@command -v cc >/dev/null || $(MAKE) build-deps
 	@test -d $(NGINX_SRC)/auto || $(MAKE) build-deps
 	mkdir -p $(OBJS)
-	cd $(NGINX_SRC) && ./configure $(CONF_FLAGS) \
+	cd $(NGINX_SRC) && \
+	    { test -x ./configure && configure=./configure \
+	      || configure=auto/configure; } && \
+	    $$configure $(CONF_FLAGS) \
 	    --builddir=$(OBJS) --add-dynamic-module=$(CURDIR) \
 	    > $(OBJS)/configure.log 2>&1 \
 	    || { tail -20 $(OBJS)/configure.log; exit 1; }

@@ -48,6 +48,7 @@ static ngx_int_t ngx_http_redisgate_process(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
 static ngx_int_t ngx_http_redisgate_read_headers(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
+static ngx_uint_t ngx_http_redisgate_is(ngx_str_t *s, char *text);
 static ngx_int_t ngx_http_redisgate_token(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx, ngx_str_t *token);
 static ngx_int_t ngx_http_redisgate_decode_body(ngx_http_request_t *r,
@@ -307,70 +308,35 @@ ngx_http_redisgate_read_headers(ngx_http_request_t *r,
             i = 0;
         }
 
-        if (h[i].key.len == sizeof("Upstash-Encoding") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Upstash-Encoding",
-                               h[i].key.len) == 0)
-        {
-            if (h[i].value.len == 6
-                && ngx_strncasecmp(h[i].value.data, (u_char *) "base64", 6)
-                   == 0)
-            {
-                ctx->encoding = NGX_HTTP_REDISGATE_ENC_BASE64;
-                continue;
-            }
-
-            return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
+        if (ngx_http_redisgate_is(&h[i].key, "Upstash-Encoding")) {
+            if (!ngx_http_redisgate_is(&h[i].value, "base64")) {
+                return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
                                   "Upstash-Encoding must be base64");
-        }
+            }
 
-        if (h[i].key.len == sizeof("Upstash-Response-Format") - 1
-            && ngx_strncasecmp(h[i].key.data,
-                               (u_char *) "Upstash-Response-Format",
-                               h[i].key.len) == 0)
+            ctx->encoding = NGX_HTTP_REDISGATE_ENC_BASE64;
+
+        } else if (ngx_http_redisgate_is(&h[i].key,
+                                         "Upstash-Response-Format"))
         {
-            if (h[i].value.len == 5
-                && ngx_strncasecmp(h[i].value.data, (u_char *) "resp2", 5)
-                   == 0)
-            {
+            if (ngx_http_redisgate_is(&h[i].value, "resp2")) {
                 ctx->resp2 = 1;
-                continue;
-            }
 
-            if (h[i].value.len == 4
-                && ngx_strncasecmp(h[i].value.data, (u_char *) "json", 4)
-                   == 0)
-            {
-                continue;
-            }
-
-            return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
+            } else if (!ngx_http_redisgate_is(&h[i].value, "json")) {
+                return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
                                   "Upstash-Response-Format must be json or "
                                   "resp2");
-        }
+            }
 
-        if (h[i].key.len == sizeof("RedisGate-Hash-Format") - 1
-            && ngx_strncasecmp(h[i].key.data,
-                               (u_char *) "RedisGate-Hash-Format",
-                               h[i].key.len) == 0)
-        {
-            if (h[i].value.len == 6
-                && ngx_strncasecmp(h[i].value.data, (u_char *) "object", 6)
-                   == 0)
-            {
+        } else if (ngx_http_redisgate_is(&h[i].key, "RedisGate-Hash-Format")) {
+            if (ngx_http_redisgate_is(&h[i].value, "object")) {
                 ctx->hash_object = 1;
-                continue;
-            }
 
-            if (h[i].value.len == 5
-                && ngx_strncasecmp(h[i].value.data, (u_char *) "array", 5)
-                   == 0)
-            {
-                continue;
-            }
-
-            return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
+            } else if (!ngx_http_redisgate_is(&h[i].value, "array")) {
+                return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
                                   "RedisGate-Hash-Format must be array or "
                                   "object");
+            }
         }
     }
 
@@ -387,6 +353,20 @@ ngx_http_redisgate_read_headers(ngx_http_request_t *r,
     }
 
     return NGX_DECLINED;
+}
+
+
+/* a header name or value, in any case */
+
+static ngx_uint_t
+ngx_http_redisgate_is(ngx_str_t *s, char *text)
+{
+    size_t  len;
+
+    len = ngx_strlen(text);
+
+    return s->len == len
+           && ngx_strncasecmp(s->data, (u_char *) text, len) == 0;
 }
 
 
