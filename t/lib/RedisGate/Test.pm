@@ -57,6 +57,13 @@ our $HttpConfig = <<'_EOC_';
         organization=globex scopes=read,write,admin;
 _EOC_
 
+# debug lines exist only in nginx built --with-debug (skip_eval on them)
+our $Debug = do {
+    my $bin = $ENV{TEST_NGINX_BINARY} // 'nginx';
+    my $v = `$bin -V 2>&1`;
+    $v =~ /--with-debug/ ? 1 : 0;
+};
+
 # a test file may set these before run_tests()
 our $DefaultConfig = "location /redis/ { redisgate; }\n";
 our $ExtraHttpConfig = '';
