@@ -64,7 +64,9 @@ else
 	cd $(NGINX_SRC) && $(MAKE) -f $(OBJS)/Makefile modules \
 	    CFLAGS="$$(sed -n 's/^CFLAGS = //p' $(OBJS)/Makefile) $(WARNINGS)"
 endif
-	cp $(OBJS)/ngx_http_redisgate_module.so $(MODULE)
+	@# a new file, not rewritten in place: a running nginx maps the old one
+	cp $(OBJS)/ngx_http_redisgate_module.so $(MODULE).tmp
+	mv -f $(MODULE).tmp $(MODULE)
 
 clean:
 	rm -rf $(BUILD)
