@@ -39,11 +39,17 @@ BUILD_PKGS := gcc make nginx nginx-dev libhiredis-dev libyajl-dev libpq-dev \
 RUN_PKGS := redis-server curl
 TEST_PKGS := libtest-base-perl libtext-diff-perl perl
 
-.PHONY: all deps build-deps run-deps test-deps run stop test clean
+.PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE
 
 all: $(MODULE)
 
-$(OBJS)/Makefile: config
+# configure again when the nginx tree or its flags change
+$(OBJS)/configured-for: FORCE
+	@mkdir -p $(OBJS)
+	@echo '$(NGINX_SRC) $(CONF_FLAGS)' | cmp -s - $@ \
+	    || echo '$(NGINX_SRC) $(CONF_FLAGS)' > $@
+
+$(OBJS)/Makefile: config $(OBJS)/configured-for
 	@command -v cc >/dev/null || $(MAKE) build-deps
 	@test -d $(NGINX_SRC)/auto || $(MAKE) build-deps
 	mkdir -p $(OBJS)

@@ -654,8 +654,9 @@ ngx_http_redisgate_check_commands(ngx_http_request_t *r,
 
         script = NULL;
 
-        if (reason.len >= 4 && ngx_strncmp(name, "eval", 4) == 0
-            && (reason.len == 4 || reason.len == 7) && cmd->argc > 1)
+        if (((reason.len == 4 && ngx_strncmp(name, "eval", 4) == 0)
+             || (reason.len == 7 && ngx_strncmp(name, "eval_ro", 7) == 0))
+            && cmd->argc > 1)
         {
             script = &cmd->argv[1];
 

@@ -221,11 +221,6 @@ ngx_http_redisgate_json_start_array(void *ctx)
 {
     ngx_http_redisgate_json_t *j = ctx;
 
-    if (j->closed) {
-        j->error = "the request body holds more than one JSON value";
-        return 0;
-    }
-
     j->depth++;
 
     if (j->depth == 1 + j->pipeline) {

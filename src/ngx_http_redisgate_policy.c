@@ -64,6 +64,14 @@ static char  *ngx_http_redisgate_admin_commands[] = {
 };
 
 
+/* change data without Redis's "write" flag: scope "write" */
+
+static char  *ngx_http_redisgate_write_commands[] = {
+    "publish", "spublish",
+    NULL
+};
+
+
 /* replies that are field/value pairs, sent as objects on request */
 
 static char  *ngx_http_redisgate_map_commands[] = {
@@ -312,19 +320,35 @@ ngx_http_redisgate_policy_check(ngx_http_redisgate_loc_conf_t *rlcf,
 
 scopes:
 
-    if (len && ngx_http_redisgate_in_list(ngx_http_redisgate_admin_commands,
-                                          name, len))
+    /*
+     * admin: wholesale destruction or server administration;
+     * write: Redis's "write" flag, scripts that may write, publishing, and
+     * commands Redis does not know (modules); read: the rest (GET, PING,
+     * INFO, EVAL_RO...).
+     */
+
+    if (len == 0) {
+        need = NGX_HTTP_REDISGATE_SCOPE_WRITE;
+
+    } else if ((flags & NGX_HTTP_REDISGATE_CMD_ADMIN)
+               || ngx_http_redisgate_in_list(
+                                     ngx_http_redisgate_admin_commands,
+                                     name, len))
     {
         need = NGX_HTTP_REDISGATE_SCOPE_ADMIN;
 
-    } else if (flags & NGX_HTTP_REDISGATE_CMD_ADMIN) {
-        need = NGX_HTTP_REDISGATE_SCOPE_ADMIN;
-
-    } else if (flags & NGX_HTTP_REDISGATE_CMD_READONLY) {
-        need = NGX_HTTP_REDISGATE_SCOPE_READ;
+    } else if (c == NULL
+               || (flags & NGX_HTTP_REDISGATE_CMD_WRITE)
+               || ((flags & NGX_HTTP_REDISGATE_CMD_SCRIPTING)
+                   && !(flags & NGX_HTTP_REDISGATE_CMD_READONLY))
+               || ngx_http_redisgate_in_list(
+                                     ngx_http_redisgate_write_commands,
+                                     name, len))
+    {
+        need = NGX_HTTP_REDISGATE_SCOPE_WRITE;
 
     } else {
-        need = NGX_HTTP_REDISGATE_SCOPE_WRITE;
+        need = NGX_HTTP_REDISGATE_SCOPE_READ;
     }
 
     /* admin implies write, write implies read */

@@ -136,11 +136,11 @@ ngx_http_redisgate_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (value[1].len != 7 + 64
         || ngx_strncmp(value[1].data, "sha256:", 7) != 0)
     {
+        /* not echoed: it may be a token pasted by mistake */
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "key \"%*s...\" is not \"sha256:<64 hex digits>\": "
-                           "keys are configured by the SHA-256 of the token, "
-                           "never the token itself",
-                           ngx_min(value[1].len, (size_t) 10), value[1].data);
+                           "key is not \"sha256:<64 hex digits>\": keys are "
+                           "configured by the SHA-256 of the token, never "
+                           "the token itself");
         return NGX_CONF_ERROR;
     }
 

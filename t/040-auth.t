@@ -213,3 +213,31 @@ redisgate: 1 command(s) to redis://127.0.0.1:
 --- no_error_log eval
 [qr/redisgate:.*$ENV{TEST_NGINX_ADMIN_TOKEN}/, "[error]"]
 
+
+
+
+=== TEST 18: a read-only key pings, echoes and runs read-only scripts
+--- more_headers
+Authorization: Bearer $TEST_NGINX_READER_TOKEN
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/ping",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/echo/x",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"EVAL_RO\", \"return redis.call('GET', KEYS[1])\", \"1\", \"shared-name\"]"]
+--- response_body eval
+['{"result":"PONG"}', '{"result":"x"}', '{"result":"acme"}']
+
+
+
+=== TEST 19: scripts that may write and publishing need write
+--- more_headers
+Authorization: Bearer $TEST_NGINX_READER_TOKEN
+--- request eval
+["POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"EVAL\", \"return 1\", \"0\"]",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/publish/ch/msg"]
+--- error_code eval
+[403, 403]
+--- response_body eval
+["{\"error\":\"Forbidden: this API key's scopes do not allow 'eval'\"}",
+ "{\"error\":\"Forbidden: this API key's scopes do not allow 'publish'\"}"]
