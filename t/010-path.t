@@ -212,3 +212,13 @@ GET /api/v1/redis/$TEST_NGINX_INSTANCE/echo/deep
  "upstash-sync-token: [0-9a-f]+-[0-9a-f]+-[0-9a-f]+"]
 --- response_body eval
 ['{"result":"OK"}', '{"result":"OK"}']
+
+
+
+=== TEST 21: an instance on a unix socket, in its own database
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_UNIX_INSTANCE}/set/where/unix",
+ "GET /redis/$ENV{TEST_NGINX_UNIX_INSTANCE}/get/where",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/get/where"]
+--- response_body eval
+['{"result":"OK"}', '{"result":"unix"}', '{"result":null}']

@@ -26,10 +26,12 @@ redisgate_wait_port() {
     return 1
 }
 
-# redisgate_start_redis DIR PORT: a private, unpersisted redis-server
+# redisgate_start_redis DIR PORT: a private, unpersisted redis-server, on
+# 127.0.0.1:PORT and on the unix socket DIR/redis.sock
 redisgate_start_redis() {
     mkdir -p "$1"
     redis-server --port "$2" --bind 127.0.0.1 --save '' --appendonly no \
+        --unixsocket "$1/redis.sock" --unixsocketperm 777 \
         --dir "$1" --daemonize yes --pidfile "$1/redis.pid" \
         --logfile "$1/redis.log" || return 1
     redisgate_wait_port "$2"

@@ -30,13 +30,16 @@ our %Tokens = (
 
 $ENV{TEST_NGINX_INSTANCE} = '123e4567-e89b-12d3-a456-426614174000';
 $ENV{TEST_NGINX_GLOBEX_INSTANCE} = '9b2f6c1e-3d4a-4e5b-8c7d-0a1b2c3d4e5f';
+$ENV{TEST_NGINX_UNIX_INSTANCE} = '5a1d0c3b-7e6f-4a2b-9c8d-1e0f2a3b4c5d';
 
 for my $name (keys %Tokens) {
     $ENV{"TEST_NGINX_${name}_TOKEN"} = $Tokens{$name};
     $ENV{"TEST_NGINX_${name}_HASH"} = sha256_hex($Tokens{$name});
 }
 
-for my $var (qw(TEST_NGINX_REDISGATE_MODULE TEST_NGINX_REDIS_PORT)) {
+for my $var (qw(TEST_NGINX_REDISGATE_MODULE TEST_NGINX_REDIS_PORT
+                TEST_NGINX_REDIS_DIR))
+{
     die "$var is not set: run the suites with 'make test' (t/run-tests)\n"
         unless defined $ENV{$var};
 }
@@ -46,6 +49,8 @@ our $HttpConfig = <<'_EOC_';
         redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/1 organization=acme;
     redisgate_instance $TEST_NGINX_GLOBEX_INSTANCE
         redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/2 organization=globex;
+    redisgate_instance $TEST_NGINX_UNIX_INSTANCE
+        unix://$TEST_NGINX_REDIS_DIR/redis.sock?db=3 organization=acme;
 
     redisgate_key sha256:$TEST_NGINX_ADMIN_HASH id=acme-admin
         organization=acme scopes=read,write,admin;
