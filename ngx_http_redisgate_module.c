@@ -29,6 +29,12 @@ static char *ngx_http_redisgate_command_list(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_redisgate_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_redisgate_pg(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_redisgate_pg_query(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_redisgate_cache(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_redisgate_init_process(ngx_cycle_t *cycle);
 static void ngx_http_redisgate_exit_process(ngx_cycle_t *cycle);
 
@@ -84,6 +90,41 @@ static ngx_command_t  ngx_http_redisgate_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_redisgate_main_conf_t, pool_size),
       &ngx_http_redisgate_pool_size_bounds },
+
+    { ngx_string("redisgate_idle_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_main_conf_t, idle_timeout),
+      NULL },
+
+    { ngx_string("redisgate_pg"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_redisgate_pg,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_pg_query"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_redisgate_pg_query,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_pg_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_main_conf_t, pg_timeout),
+      NULL },
+
+    { ngx_string("redisgate_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_redisgate_cache,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("redisgate_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -175,6 +216,8 @@ ngx_http_redisgate_create_main_conf(ngx_conf_t *cf)
     rmcf->backoff_min = NGX_CONF_UNSET_MSEC;
     rmcf->backoff_max = NGX_CONF_UNSET_MSEC;
     rmcf->pool_size = NGX_CONF_UNSET_UINT;
+    rmcf->idle_timeout = NGX_CONF_UNSET_MSEC;
+    rmcf->pg_timeout = NGX_CONF_UNSET_MSEC;
 
     return rmcf;
 }
@@ -192,6 +235,15 @@ ngx_http_redisgate_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(rmcf->backoff_min, 100);
     ngx_conf_init_msec_value(rmcf->backoff_max, 1000);
     ngx_conf_init_uint_value(rmcf->pool_size, 2);
+    ngx_conf_init_msec_value(rmcf->idle_timeout, 60000);
+    ngx_conf_init_msec_value(rmcf->pg_timeout, 5000);
+
+    if (rmcf->pg) {
+        ngx_http_redisgate_pg_configure(rmcf->pg, rmcf->cache,
+                                        rmcf->pg_timeout, rmcf->cache_ttl,
+                                        rmcf->cache_negative_ttl,
+                                        rmcf->cache_stale);
+    }
 
     if (ngx_http_redisgate_static_init(cf, rmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
@@ -379,6 +431,162 @@ ngx_http_redisgate_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* redisgate_pg <conninfo> [connections=N]; */
+
+static char *
+ngx_http_redisgate_pg(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf = conf;
+
+    ngx_int_t   n;
+    ngx_str_t  *value;
+
+    if (rmcf->pg) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    rmcf->pg = ngx_http_redisgate_pg_create(cf, &value[1]);
+    if (rmcf->pg == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts == 3) {
+        if (ngx_strncmp(value[2].data, "connections=", 12) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        n = ngx_atoi(value[2].data + 12, value[2].len - 12);
+        if (n < 1 || n > 64) {
+            return "takes connections=1..64";
+        }
+
+        ngx_http_redisgate_pg_set_connections(rmcf->pg, n);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_redisgate_pg_query(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (rmcf->pg == NULL) {
+        return "needs redisgate_pg before it";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_http_redisgate_pg_set_query(cf, rmcf->pg, &value[1]) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* redisgate_cache zone=name:size [ttl=] [negative_ttl=] [stale=]; */
+
+static char *
+ngx_http_redisgate_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf = conf;
+
+    u_char      *p;
+    time_t      *t;
+    ssize_t      size;
+    ngx_str_t   *value, name, s;
+    ngx_uint_t   i;
+
+    if (rmcf->cache) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    ngx_str_null(&name);
+    size = 0;
+
+    rmcf->cache_ttl = 60;
+    rmcf->cache_negative_ttl = 5;
+    rmcf->cache_stale = 300;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+            name.data = value[i].data + 5;
+
+            p = (u_char *) ngx_strchr(name.data, ':');
+            if (p == NULL) {
+                goto invalid;
+            }
+
+            name.len = p - name.data;
+
+            s.data = p + 1;
+            s.len = value[i].data + value[i].len - s.data;
+
+            size = ngx_parse_size(&s);
+            if (size == NGX_ERROR || size < (ssize_t) (8 * ngx_pagesize)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "zone \"%V\" is too small", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "ttl=", 4) == 0) {
+            t = &rmcf->cache_ttl;
+            s.data = value[i].data + 4;
+
+        } else if (ngx_strncmp(value[i].data, "negative_ttl=", 13) == 0) {
+            t = &rmcf->cache_negative_ttl;
+            s.data = value[i].data + 13;
+
+        } else if (ngx_strncmp(value[i].data, "stale=", 6) == 0) {
+            t = &rmcf->cache_stale;
+            s.data = value[i].data + 6;
+
+        } else {
+            goto invalid;
+        }
+
+        s.len = value[i].data + value[i].len - s.data;
+
+        *t = ngx_parse_time(&s, 1);
+        if (*t == (time_t) NGX_ERROR) {
+            goto invalid;
+        }
+    }
+
+    if (name.len == 0) {
+        return "needs zone=name:size";
+    }
+
+    rmcf->cache = ngx_http_redisgate_cache_add(cf, &name, size);
+    if (rmcf->cache == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
 static ngx_int_t
 ngx_http_redisgate_init_process(ngx_cycle_t *cycle)
 {
@@ -393,6 +601,16 @@ ngx_http_redisgate_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_redisgate_worker_start = ngx_time();
+
+    if (ngx_http_redisgate_backend_init_process(rmcf, cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (rmcf->pg
+        && ngx_http_redisgate_pg_init_process(rmcf->pg, cycle) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     bp = rmcf->backends.elts;
 
@@ -427,5 +645,11 @@ ngx_http_redisgate_exit_process(ngx_cycle_t *cycle)
 
     for (i = 0; i < rmcf->backends.nelts; i++) {
         ngx_http_redisgate_redis_close_backend(bp[i]);
+    }
+
+    ngx_http_redisgate_backend_exit_process();
+
+    if (rmcf->pg) {
+        ngx_http_redisgate_pg_exit_process(rmcf->pg);
     }
 }

@@ -30,6 +30,34 @@
 typedef struct ngx_http_redisgate_backend_s  ngx_http_redisgate_backend_t;
 typedef struct ngx_http_redisgate_conn_s     ngx_http_redisgate_conn_t;
 typedef struct ngx_http_redisgate_op_s       ngx_http_redisgate_op_t;
+typedef struct ngx_http_redisgate_cache_s    ngx_http_redisgate_cache_t;
+typedef struct ngx_http_redisgate_pg_s       ngx_http_redisgate_pg_t;
+
+
+/* what the key store says of a token for an instance */
+#define NGX_HTTP_REDISGATE_KEY_OK                  0
+#define NGX_HTTP_REDISGATE_KEY_UNKNOWN             1   /* 401 */
+#define NGX_HTTP_REDISGATE_KEY_NO_INSTANCE         2   /* 404 */
+#define NGX_HTTP_REDISGATE_KEY_ORG_SUSPENDED       3
+#define NGX_HTTP_REDISGATE_KEY_INSTANCE_SUSPENDED  4
+
+typedef struct {
+    ngx_uint_t                      status;
+    ngx_str_t                       key_id;
+    ngx_str_t                       organization;
+    ngx_uint_t                      scopes;
+    time_t                          key_expires;    /* 0: never */
+    ngx_str_t                       address;        /* host:port or /path */
+    ngx_uint_t                      db;
+    ngx_str_t                       user;
+    ngx_str_t                       password;
+    ngx_uint_t                      rate;
+    ngx_uint_t                      burst;
+} ngx_http_redisgate_keyinfo_t;
+
+
+typedef void (*ngx_http_redisgate_pg_handler_pt)(void *data, ngx_int_t rc,
+    ngx_http_redisgate_keyinfo_t *ki, const char *error);
 
 
 /* where one instance's Redis is, parsed from redis:// or unix:// */
@@ -97,6 +125,14 @@ typedef struct {
     ngx_msec_t                      backoff_min;
     ngx_msec_t                      backoff_max;
     ngx_uint_t                      pool_size;
+    ngx_msec_t                      idle_timeout;
+
+    ngx_http_redisgate_pg_t        *pg;
+    ngx_msec_t                      pg_timeout;
+    ngx_http_redisgate_cache_t     *cache;
+    time_t                          cache_ttl;
+    time_t                          cache_negative_ttl;
+    time_t                          cache_stale;
 } ngx_http_redisgate_main_conf_t;
 
 
@@ -124,7 +160,14 @@ typedef struct {
     ngx_str_t                       organization;
     ngx_uint_t                      scopes;
     ngx_http_redisgate_backend_t   *backend;
+    const char                     *error;      /* why refused */
+    unsigned                        cached:1;
 } ngx_http_redisgate_auth_t;
+
+
+/* the outcome of an asynchronous resolve: NGX_OK or an HTTP status */
+typedef void (*ngx_http_redisgate_resolved_pt)(ngx_http_request_t *r,
+    ngx_int_t rc);
 
 
 /* called for each reply in order, then once with reply == NULL and
@@ -142,8 +185,18 @@ ngx_int_t ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     ngx_http_redisgate_reply_pt handler, void *data, const char **error);
 ngx_int_t ngx_http_redisgate_redis_init_backend(
     ngx_http_redisgate_backend_t *backend, ngx_pool_t *pool);
+void ngx_http_redisgate_redis_init_conns(
+    ngx_http_redisgate_backend_t *backend);
+ngx_uint_t ngx_http_redisgate_redis_busy(ngx_http_redisgate_backend_t *backend);
 void ngx_http_redisgate_redis_close_backend(
     ngx_http_redisgate_backend_t *backend);
+
+/* backend.c: backends the key store names at run time */
+ngx_int_t ngx_http_redisgate_backend_init_process(
+    ngx_http_redisgate_main_conf_t *rmcf, ngx_cycle_t *cycle);
+void ngx_http_redisgate_backend_exit_process(void);
+ngx_http_redisgate_backend_t *ngx_http_redisgate_backend_get(
+    ngx_http_redisgate_keyinfo_t *ki, ngx_pool_t *pool, const char **error);
 
 /* static.c: instances and keys defined in nginx.conf */
 char *ngx_http_redisgate_instance(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -154,7 +207,8 @@ ngx_int_t ngx_http_redisgate_static_init(ngx_conf_t *cf,
 
 /* auth.c: token + instance -> organization, scopes, backend */
 ngx_int_t ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
-    ngx_str_t *instance, ngx_http_redisgate_auth_t *auth);
+    ngx_str_t *instance, ngx_http_redisgate_auth_t *auth,
+    ngx_http_redisgate_resolved_pt done);
 
 /* policy.c: deny lists and scopes */
 ngx_int_t ngx_http_redisgate_policy_merge(ngx_conf_t *cf,
@@ -163,10 +217,46 @@ ngx_int_t ngx_http_redisgate_policy_check(ngx_http_redisgate_loc_conf_t *rlcf,
     ngx_http_redisgate_cmd_t *cmd, ngx_uint_t scopes, ngx_str_t *reason,
     ngx_uint_t *map_reply);
 
+ngx_int_t ngx_http_redisgate_hex_decode(u_char *dst, u_char *src,
+    size_t len);
+ngx_int_t ngx_http_redisgate_parse_scopes(ngx_str_t *value,
+    ngx_uint_t *scopes);
 ngx_http_redisgate_instance_t *ngx_http_redisgate_static_instance(
     ngx_http_redisgate_main_conf_t *rmcf, u_char *id);
 ngx_http_redisgate_key_t *ngx_http_redisgate_static_key(
     ngx_http_redisgate_main_conf_t *rmcf, u_char *hash);
+
+/* cache.c: the shared-memory key cache */
+ngx_http_redisgate_cache_t *ngx_http_redisgate_cache_add(ngx_conf_t *cf,
+    ngx_str_t *name, size_t size);
+ngx_int_t ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
+    u_char *hash, u_char *instance, ngx_http_redisgate_keyinfo_t *ki,
+    ngx_pool_t *pool);
+void ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
+    u_char *hash, u_char *instance, ngx_http_redisgate_keyinfo_t *ki,
+    time_t ttl, time_t stale);
+ngx_uint_t ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
+    ngx_str_t *what);
+void ngx_http_redisgate_cache_stats(ngx_http_redisgate_cache_t *cache,
+    ngx_uint_t *hits, ngx_uint_t *misses, ngx_uint_t *evictions);
+
+/* pg.c: the PostgreSQL key store */
+ngx_http_redisgate_pg_t *ngx_http_redisgate_pg_create(ngx_conf_t *cf,
+    ngx_str_t *conninfo);
+void ngx_http_redisgate_pg_set_connections(ngx_http_redisgate_pg_t *pg,
+    ngx_uint_t n);
+ngx_int_t ngx_http_redisgate_pg_set_query(ngx_conf_t *cf,
+    ngx_http_redisgate_pg_t *pg, ngx_str_t *query);
+void ngx_http_redisgate_pg_configure(ngx_http_redisgate_pg_t *pg,
+    ngx_http_redisgate_cache_t *cache, ngx_msec_t timeout, time_t ttl,
+    time_t negative_ttl, time_t stale);
+ngx_int_t ngx_http_redisgate_pg_init_process(ngx_http_redisgate_pg_t *pg,
+    ngx_cycle_t *cycle);
+void ngx_http_redisgate_pg_exit_process(ngx_http_redisgate_pg_t *pg);
+ngx_int_t ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
+    ngx_http_request_t *r, u_char *hash, u_char *instance,
+    ngx_http_redisgate_pg_handler_pt handler, void *data,
+    const char **error);
 
 /* handler.c */
 void *ngx_http_redisgate_palloc(void *pool, size_t size);

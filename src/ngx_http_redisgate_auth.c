@@ -6,8 +6,10 @@
 
 /*
  * Who is calling: a token and an instance id become an organization,
- * scopes and a backend.  Tokens are only ever compared by their SHA-256,
- * and only that hash's first digits reach the log.
+ * scopes and a backend.  Two sources answer: the keys and instances of
+ * nginx.conf first, then the PostgreSQL key store through the shared
+ * cache.  Tokens are only ever compared by their SHA-256, and only that
+ * hash's first digits reach the log.
  */
 
 
@@ -20,19 +22,42 @@
 #include "ngx_http_redisgate.h"
 
 
+typedef struct {
+    ngx_http_request_t              *request;
+    ngx_http_redisgate_auth_t       *auth;
+    ngx_http_redisgate_resolved_pt   done;
+    u_char                           hash[32];
+    u_char                           instance[NGX_HTTP_REDISGATE_UUID_LEN];
+    ngx_http_redisgate_keyinfo_t     stale;
+    unsigned                         has_stale:1;
+} ngx_http_redisgate_resolve_t;
+
+
+static ngx_int_t ngx_http_redisgate_resolve_static(ngx_http_request_t *r,
+    ngx_http_redisgate_key_t *key, ngx_str_t *instance,
+    ngx_http_redisgate_auth_t *auth);
+static void ngx_http_redisgate_resolve_looked_up(void *data, ngx_int_t rc,
+    ngx_http_redisgate_keyinfo_t *ki, const char *error);
+static ngx_int_t ngx_http_redisgate_resolve_apply(ngx_http_request_t *r,
+    ngx_http_redisgate_keyinfo_t *ki, ngx_http_redisgate_auth_t *auth);
+
+
 /*
- * NGX_OK: auth is filled.  NGX_DECLINED: no such key (401).
- * NGX_ABORT: no such instance for this key's organization (404).
+ * NGX_OK: auth is filled.  NGX_AGAIN: done(r, rc) is called later with
+ * one of these outcomes.  An HTTP status: refused, auth->error says why.
  */
 
 ngx_int_t
 ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
-    ngx_str_t *instance, ngx_http_redisgate_auth_t *auth)
+    ngx_str_t *instance, ngx_http_redisgate_auth_t *auth,
+    ngx_http_redisgate_resolved_pt done)
 {
-    u_char                           hash[32], hex[16];
+    u_char                           hash[32], hex[8];
     unsigned int                     len;
+    ngx_int_t                        rc;
+    const char                      *error;
     ngx_http_redisgate_key_t        *key;
-    ngx_http_redisgate_instance_t   *inst;
+    ngx_http_redisgate_resolve_t    *rs;
     ngx_http_redisgate_main_conf_t  *rmcf;
 
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
@@ -42,19 +67,84 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     if (EVP_Digest(token->data, token->len, hash, &len, EVP_sha256(), NULL)
         != 1)
     {
-        return NGX_ERROR;
+        auth->error = "could not hash the API key";
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     key = ngx_http_redisgate_static_key(rmcf, hash);
 
-    if (key == NULL) {
-        ngx_hex_dump(hex, hash, 4);
+    if (key) {
+        return ngx_http_redisgate_resolve_static(r, key, instance, auth);
+    }
 
+    ngx_hex_dump(hex, hash, 4);
+
+    if (rmcf->pg == NULL) {
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "redisgate: unknown key, sha256 %*s...",
                        (size_t) 8, hex);
-        return NGX_DECLINED;
+
+        auth->error = "Unauthorized: invalid API key";
+        return NGX_HTTP_UNAUTHORIZED;
     }
+
+    rs = ngx_pcalloc(r->pool, sizeof(ngx_http_redisgate_resolve_t));
+    if (rs == NULL) {
+        auth->error = "out of memory";
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rs->request = r;
+    rs->auth = auth;
+    rs->done = done;
+    ngx_memcpy(rs->hash, hash, 32);
+    ngx_memcpy(rs->instance, instance->data, NGX_HTTP_REDISGATE_UUID_LEN);
+
+    if (rmcf->cache) {
+        rc = ngx_http_redisgate_cache_get(rmcf->cache, hash, instance->data,
+                                          &rs->stale, r->pool);
+
+        if (rc == NGX_OK) {
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "redisgate: key cache hit, sha256 %*s...",
+                           (size_t) 8, hex);
+            auth->cached = 1;
+            return ngx_http_redisgate_resolve_apply(r, &rs->stale, auth);
+        }
+
+        /* past its TTL: good only while the key store is unreachable */
+        rs->has_stale = (rc == NGX_AGAIN);
+    }
+
+    rc = ngx_http_redisgate_pg_lookup(rmcf->pg, r, hash, instance->data,
+                                      ngx_http_redisgate_resolve_looked_up,
+                                      rs, &error);
+
+    if (rc == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+    if (rs->has_stale) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "redisgate: %s, using a stale cached key", error);
+        return ngx_http_redisgate_resolve_apply(r, &rs->stale, auth);
+    }
+
+    auth->error = error;
+
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_resolve_static(ngx_http_request_t *r,
+    ngx_http_redisgate_key_t *key, ngx_str_t *instance,
+    ngx_http_redisgate_auth_t *auth)
+{
+    ngx_http_redisgate_instance_t   *inst;
+    ngx_http_redisgate_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
 
     inst = ngx_http_redisgate_static_instance(rmcf, instance->data);
 
@@ -67,7 +157,9 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "redisgate: key \"%V\" may not use instance %V",
                        &key->id, instance);
-        return NGX_ABORT;
+
+        auth->error = "instance not found";
+        return NGX_HTTP_NOT_FOUND;
     }
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -78,6 +170,88 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     auth->organization = key->organization;
     auth->scopes = key->scopes;
     auth->backend = inst->backend;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_redisgate_resolve_looked_up(void *data, ngx_int_t rc,
+    ngx_http_redisgate_keyinfo_t *ki, const char *error)
+{
+    ngx_http_redisgate_resolve_t *rs = data;
+
+    ngx_http_request_t  *r;
+
+    r = rs->request;
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_redisgate_resolve_apply(r, ki, rs->auth);
+
+    } else if (rs->has_stale) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "redisgate: %s, using a stale cached key", error);
+        rc = ngx_http_redisgate_resolve_apply(r, &rs->stale, rs->auth);
+
+    } else {
+        rs->auth->error = error;
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rs->done(r, rc);
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_resolve_apply(ngx_http_request_t *r,
+    ngx_http_redisgate_keyinfo_t *ki, ngx_http_redisgate_auth_t *auth)
+{
+    const char  *error;
+
+    switch (ki->status) {
+
+    case NGX_HTTP_REDISGATE_KEY_OK:
+        break;
+
+    case NGX_HTTP_REDISGATE_KEY_NO_INSTANCE:
+        auth->error = "instance not found";
+        return NGX_HTTP_NOT_FOUND;
+
+    case NGX_HTTP_REDISGATE_KEY_ORG_SUSPENDED:
+        auth->error = "Forbidden: the organization is suspended";
+        return NGX_HTTP_FORBIDDEN;
+
+    case NGX_HTTP_REDISGATE_KEY_INSTANCE_SUSPENDED:
+        auth->error = "Forbidden: the instance is suspended";
+        return NGX_HTTP_FORBIDDEN;
+
+    default: /* NGX_HTTP_REDISGATE_KEY_UNKNOWN */
+        auth->error = "Unauthorized: invalid API key";
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    if (ki->key_expires && ki->key_expires <= ngx_time()) {
+        auth->error = "Unauthorized: invalid API key";
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    auth->backend = ngx_http_redisgate_backend_get(ki, r->pool, &error);
+
+    if (auth->backend == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "redisgate: key \"%V\": %s", &ki->key_id, error);
+        auth->error = error;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "redisgate: key \"%V\" of organization \"%V\" valid "
+                   "for %V", &ki->key_id, &ki->organization,
+                   &auth->backend->address.url);
+
+    auth->key_id = ki->key_id;
+    auth->organization = ki->organization;
+    auth->scopes = ki->scopes;
 
     return NGX_OK;
 }

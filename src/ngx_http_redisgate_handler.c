@@ -46,6 +46,10 @@ typedef struct {
 static void ngx_http_redisgate_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_redisgate_process(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
+static void ngx_http_redisgate_resolved(ngx_http_request_t *r,
+    ngx_int_t rc);
+static ngx_int_t ngx_http_redisgate_authorized(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx, ngx_int_t rc);
 static ngx_int_t ngx_http_redisgate_read_headers(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
 static ngx_uint_t ngx_http_redisgate_is(ngx_str_t *s, char *text);
@@ -257,23 +261,47 @@ ngx_http_redisgate_process(ngx_http_request_t *r,
     instance.data = ctx->route.instance;
     instance.len = NGX_HTTP_REDISGATE_UUID_LEN;
 
-    rc = ngx_http_redisgate_resolve(r, &token, &instance, &ctx->auth);
+    rc = ngx_http_redisgate_resolve(r, &token, &instance, &ctx->auth,
+                                    ngx_http_redisgate_resolved);
 
-    switch (rc) {
+    if (rc == NGX_AGAIN) {
+        /* the key store answers later; notice a client that leaves */
+        r->read_event_handler = ngx_http_test_reading;
+        r->write_event_handler = ngx_http_request_empty_handler;
+        return NGX_DONE;
+    }
 
-    case NGX_OK:
-        break;
+    return ngx_http_redisgate_authorized(r, ctx, rc);
+}
 
-    case NGX_DECLINED:
-        return ngx_http_redisgate_send_error(r, NGX_HTTP_UNAUTHORIZED,
-                                  "Unauthorized: invalid API key");
 
-    case NGX_ABORT:
-        return ngx_http_redisgate_send_error(r, NGX_HTTP_NOT_FOUND,
-                                             "instance not found");
+static void
+ngx_http_redisgate_resolved(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_connection_t          *c;
+    ngx_http_redisgate_ctx_t  *ctx;
 
-    default:
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
+
+    rc = ngx_http_redisgate_authorized(r, ctx, rc);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* after the key: its scopes and the policy, then Redis */
+
+static ngx_int_t
+ngx_http_redisgate_authorized(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx, ngx_int_t rc)
+{
+    if (rc != NGX_OK) {
+        return ngx_http_redisgate_send_error(r, rc, "%s", ctx->auth.error);
     }
 
     rc = ngx_http_redisgate_check_commands(r, ctx);

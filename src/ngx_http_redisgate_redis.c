@@ -67,14 +67,25 @@ ngx_int_t
 ngx_http_redisgate_redis_init_backend(ngx_http_redisgate_backend_t *backend,
     ngx_pool_t *pool)
 {
-    ngx_uint_t                  i;
-    ngx_http_redisgate_conn_t  *conn;
-
     backend->conns = ngx_pcalloc(pool, backend->pool_size
                                        * sizeof(ngx_http_redisgate_conn_t));
     if (backend->conns == NULL) {
         return NGX_ERROR;
     }
+
+    ngx_http_redisgate_redis_init_conns(backend);
+
+    return NGX_OK;
+}
+
+
+/* backend->conns points to pool_size zeroed slots */
+
+void
+ngx_http_redisgate_redis_init_conns(ngx_http_redisgate_backend_t *backend)
+{
+    ngx_uint_t                  i;
+    ngx_http_redisgate_conn_t  *conn;
 
     for (i = 0; i < backend->pool_size; i++) {
         conn = &backend->conns[i];
@@ -86,8 +97,23 @@ ngx_http_redisgate_redis_init_backend(ngx_http_redisgate_backend_t *backend,
     }
 
     backend->backoff = backend->backoff_min;
+}
 
-    return NGX_OK;
+
+/* replies awaited on any of its connections */
+
+ngx_uint_t
+ngx_http_redisgate_redis_busy(ngx_http_redisgate_backend_t *backend)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < backend->pool_size; i++) {
+        if (backend->conns[i].pending) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 

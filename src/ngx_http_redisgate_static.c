@@ -22,12 +22,8 @@ static ngx_int_t ngx_http_redisgate_parse_address(ngx_conf_t *cf,
     ngx_str_t *url, ngx_http_redisgate_address_t *addr);
 static ngx_int_t ngx_http_redisgate_parse_userinfo(ngx_conf_t *cf,
     u_char *p, u_char *last, ngx_http_redisgate_address_t *addr);
-static ngx_http_redisgate_backend_t *ngx_http_redisgate_backend_get(
+static ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
     ngx_conf_t *cf, ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url);
-static ngx_int_t ngx_http_redisgate_parse_scopes(ngx_str_t *value,
-    ngx_uint_t *scopes);
-static ngx_int_t ngx_http_redisgate_hex_decode(u_char *dst, u_char *src,
-    size_t len);
 static int ngx_libc_cdecl ngx_http_redisgate_instance_cmp(const void *one,
     const void *two);
 static int ngx_libc_cdecl ngx_http_redisgate_key_cmp(const void *one,
@@ -108,7 +104,7 @@ ngx_http_redisgate_instance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    inst->backend = ngx_http_redisgate_backend_get(cf, rmcf, &value[2]);
+    inst->backend = ngx_http_redisgate_static_backend(cf, rmcf, &value[2]);
     if (inst->backend == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -208,7 +204,7 @@ ngx_http_redisgate_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_redisgate_hex_decode(u_char *dst, u_char *src, size_t len)
 {
     u_char      c;
@@ -240,7 +236,7 @@ ngx_http_redisgate_hex_decode(u_char *dst, u_char *src, size_t len)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_redisgate_parse_scopes(ngx_str_t *value, ngx_uint_t *scopes)
 {
     u_char  *p, *last, *comma;
@@ -282,7 +278,7 @@ ngx_http_redisgate_parse_scopes(ngx_str_t *value, ngx_uint_t *scopes)
 /* instances sharing a URL share a backend, and so a pool */
 
 static ngx_http_redisgate_backend_t *
-ngx_http_redisgate_backend_get(ngx_conf_t *cf,
+ngx_http_redisgate_static_backend(ngx_conf_t *cf,
     ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url)
 {
     ngx_uint_t                     i;

@@ -1,0 +1,374 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * Backends named by the key store at run time: one per distinct Redis
+ * (address, database, user, password), found in a per-worker tree, with
+ * its own pool.  A backend nobody used for a while is closed and freed, so
+ * a thousand instances that sleep cost no connections.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_redisgate.h"
+
+
+typedef struct {
+    ngx_rbtree_node_t               node;
+    ngx_queue_t                     queue;
+    ngx_http_redisgate_backend_t    backend;
+    ngx_msec_t                      last_used;
+    ngx_str_t                       key;        /* address|db|user|pass */
+} ngx_http_redisgate_dynamic_t;
+
+
+typedef struct {
+    ngx_rbtree_t                    rbtree;
+    ngx_rbtree_node_t               sentinel;
+    ngx_queue_t                     all;
+    ngx_event_t                     sweep;
+    ngx_http_redisgate_main_conf_t *rmcf;
+    ngx_log_t                      *log;
+} ngx_http_redisgate_backends_t;
+
+
+static ngx_http_redisgate_dynamic_t *ngx_http_redisgate_backend_create(
+    ngx_str_t *key, ngx_http_redisgate_keyinfo_t *ki, const char **error);
+static void ngx_http_redisgate_backend_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static void ngx_http_redisgate_backend_sweep(ngx_event_t *ev);
+static void ngx_http_redisgate_backend_free(ngx_http_redisgate_dynamic_t *d);
+
+
+static ngx_http_redisgate_backends_t  ngx_http_redisgate_backends;
+
+
+ngx_int_t
+ngx_http_redisgate_backend_init_process(ngx_http_redisgate_main_conf_t *rmcf,
+    ngx_cycle_t *cycle)
+{
+    ngx_http_redisgate_backends_t  *bs = &ngx_http_redisgate_backends;
+
+    ngx_rbtree_init(&bs->rbtree, &bs->sentinel,
+                    ngx_http_redisgate_backend_insert_value);
+    ngx_queue_init(&bs->all);
+
+    bs->rmcf = rmcf;
+    bs->log = cycle->log;
+
+    bs->sweep.handler = ngx_http_redisgate_backend_sweep;
+    bs->sweep.data = bs;
+    bs->sweep.log = cycle->log;
+    bs->sweep.cancelable = 1;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_redisgate_backend_exit_process(void)
+{
+    ngx_queue_t                    *q;
+    ngx_http_redisgate_dynamic_t   *d;
+    ngx_http_redisgate_backends_t  *bs = &ngx_http_redisgate_backends;
+
+    if (bs->log == NULL) {
+        return;
+    }
+
+    if (bs->sweep.timer_set) {
+        ngx_del_timer(&bs->sweep);
+    }
+
+    while (!ngx_queue_empty(&bs->all)) {
+        q = ngx_queue_head(&bs->all);
+        d = ngx_queue_data(q, ngx_http_redisgate_dynamic_t, queue);
+        ngx_http_redisgate_backend_free(d);
+    }
+}
+
+
+/* the backend for what the key store said, created on first use */
+
+ngx_http_redisgate_backend_t *
+ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
+    ngx_pool_t *pool, const char **error)
+{
+    u_char                         *p;
+    uint32_t                        hash;
+    ngx_int_t                       rc;
+    ngx_str_t                       key;
+    ngx_rbtree_node_t              *node, *sentinel;
+    ngx_http_redisgate_dynamic_t   *d;
+    ngx_http_redisgate_backends_t  *bs = &ngx_http_redisgate_backends;
+
+    key.len = ki->address.len + ki->user.len + ki->password.len
+              + NGX_INT_T_LEN + 3;
+    key.data = ngx_pnalloc(pool, key.len);
+    if (key.data == NULL) {
+        *error = "out of memory";
+        return NULL;
+    }
+
+    p = ngx_sprintf(key.data, "%V|%ui|%V|%V", &ki->address, ki->db,
+                    &ki->user, &ki->password);
+    key.len = p - key.data;
+
+    hash = ngx_crc32_short(key.data, key.len);
+
+    node = bs->rbtree.root;
+    sentinel = bs->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash != node->key) {
+            node = (hash < node->key) ? node->left : node->right;
+            continue;
+        }
+
+        d = (ngx_http_redisgate_dynamic_t *) node;
+
+        rc = ngx_memn2cmp(key.data, d->key.data, key.len, d->key.len);
+
+        if (rc == 0) {
+            d->last_used = ngx_current_msec;
+            return &d->backend;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    d = ngx_http_redisgate_backend_create(&key, ki, error);
+    if (d == NULL) {
+        return NULL;
+    }
+
+    d->node.key = hash;
+    d->last_used = ngx_current_msec;
+
+    ngx_rbtree_insert(&bs->rbtree, &d->node);
+    ngx_queue_insert_tail(&bs->all, &d->queue);
+
+    if (!bs->sweep.timer_set) {
+        ngx_add_timer(&bs->sweep, bs->rmcf->idle_timeout);
+    }
+
+    return &d->backend;
+}
+
+
+/* one allocation: the record, then the key, host/path, user, password */
+
+static ngx_http_redisgate_dynamic_t *
+ngx_http_redisgate_backend_create(ngx_str_t *key,
+    ngx_http_redisgate_keyinfo_t *ki, const char **error)
+{
+    u_char                          *p, text[NGX_SOCKADDR_STRLEN];
+    size_t                           size, len;
+    ngx_addr_t                       addr;
+    ngx_pool_t                      *pool;
+    ngx_http_redisgate_dynamic_t    *d;
+    ngx_http_redisgate_address_t    *a;
+    ngx_http_redisgate_backends_t   *bs = &ngx_http_redisgate_backends;
+
+    len = 0;
+
+    if (ki->address.len && ki->address.data[0] != '/') {
+        /* numeric only: a host name would need a blocking lookup here */
+        pool = ngx_create_pool(512, bs->log);
+        if (pool == NULL) {
+            *error = "out of memory";
+            return NULL;
+        }
+
+        if (ngx_parse_addr_port(pool, &addr, ki->address.data,
+                                ki->address.len)
+            != NGX_OK)
+        {
+            ngx_destroy_pool(pool);
+            *error = "the instance's Redis address is not an IP address "
+                     "with a port, nor a unix socket path";
+            return NULL;
+        }
+
+        len = ngx_sock_ntop(addr.sockaddr, addr.socklen, text,
+                            NGX_SOCKADDR_STRLEN, 0);
+
+        size = ngx_inet_get_port(addr.sockaddr);
+        ngx_destroy_pool(pool);
+
+        if (size == 0) {
+            *error = "the instance's Redis address has no port";
+            return NULL;
+        }
+
+    } else if (ki->address.len == 0) {
+        *error = "the instance has no Redis address";
+        return NULL;
+
+    } else {
+        size = 0;
+    }
+
+    d = ngx_calloc(sizeof(ngx_http_redisgate_dynamic_t) + key->len
+                   + ki->address.len + 1 + len + 1 + ki->user.len
+                   + ki->password.len
+                   + sizeof("redis://:65535/") + NGX_INT_T_LEN
+                   + ki->address.len
+                   + bs->rmcf->pool_size * sizeof(ngx_http_redisgate_conn_t),
+                   bs->log);
+    if (d == NULL) {
+        *error = "out of memory";
+        return NULL;
+    }
+
+    a = &d->backend.address;
+    p = (u_char *) &d[1];
+
+    d->backend.conns = (ngx_http_redisgate_conn_t *) p;
+    p += bs->rmcf->pool_size * sizeof(ngx_http_redisgate_conn_t);
+
+    d->key.data = p;
+    d->key.len = key->len;
+    p = ngx_cpymem(p, key->data, key->len);
+
+    if (len) {
+        a->host.data = p;
+        a->host.len = len;
+        p = ngx_cpymem(p, text, len);
+        *p++ = '\0';
+        a->port = (in_port_t) size;
+
+        a->url.data = p;
+        p = ngx_sprintf(p, "redis://%V/%ui", &ki->address, ki->db);
+        a->url.len = p - a->url.data;
+
+    } else {
+        a->path.data = p;
+        a->path.len = ki->address.len;
+        p = ngx_cpymem(p, ki->address.data, ki->address.len);
+        *p++ = '\0';
+
+        a->url.data = p;
+        p = ngx_sprintf(p, "unix://%V?db=%ui", &ki->address, ki->db);
+        a->url.len = p - a->url.data;
+    }
+
+    a->user.data = p;
+    a->user.len = ki->user.len;
+    p = ngx_cpymem(p, ki->user.data, ki->user.len);
+
+    a->password.data = p;
+    a->password.len = ki->password.len;
+    p = ngx_cpymem(p, ki->password.data, ki->password.len);
+
+    a->db = ki->db;
+
+    d->backend.pool_size = bs->rmcf->pool_size;
+    d->backend.connect_timeout = bs->rmcf->connect_timeout;
+    d->backend.backoff_min = bs->rmcf->backoff_min;
+    d->backend.backoff_max = bs->rmcf->backoff_max;
+    d->backend.log = bs->log;
+
+    ngx_http_redisgate_redis_init_conns(&d->backend);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, bs->log, 0,
+                   "redisgate: new backend %V", &a->url);
+
+    return d;
+}
+
+
+static void
+ngx_http_redisgate_backend_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t             **p;
+    ngx_http_redisgate_dynamic_t   *d, *t;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else {
+            d = (ngx_http_redisgate_dynamic_t *) node;
+            t = (ngx_http_redisgate_dynamic_t *) temp;
+
+            p = (ngx_memn2cmp(d->key.data, t->key.data, d->key.len,
+                              t->key.len) < 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+/* idle backends close their pools and go */
+
+static void
+ngx_http_redisgate_backend_sweep(ngx_event_t *ev)
+{
+    ngx_http_redisgate_backends_t *bs = ev->data;
+
+    ngx_queue_t                   *q, *next;
+    ngx_http_redisgate_dynamic_t  *d;
+
+    for (q = ngx_queue_head(&bs->all);
+         q != ngx_queue_sentinel(&bs->all);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        d = ngx_queue_data(q, ngx_http_redisgate_dynamic_t, queue);
+
+        if (ngx_current_msec - d->last_used < bs->rmcf->idle_timeout
+            || ngx_http_redisgate_redis_busy(&d->backend))
+        {
+            continue;
+        }
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, bs->log, 0,
+                       "redisgate: closing idle backend %V",
+                       &d->backend.address.url);
+
+        ngx_http_redisgate_backend_free(d);
+    }
+
+    if (!ngx_queue_empty(&bs->all) && !ngx_exiting) {
+        ngx_add_timer(&bs->sweep, bs->rmcf->idle_timeout);
+    }
+}
+
+
+static void
+ngx_http_redisgate_backend_free(ngx_http_redisgate_dynamic_t *d)
+{
+    ngx_http_redisgate_backends_t  *bs = &ngx_http_redisgate_backends;
+
+    ngx_http_redisgate_redis_close_backend(&d->backend);
+
+    ngx_rbtree_delete(&bs->rbtree, &d->node);
+    ngx_queue_remove(&d->queue);
+
+    ngx_free(d);
+}

@@ -1,0 +1,557 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * The key cache: what the key store said of (token hash, instance), shared
+ * by all workers in one shared memory zone.  A red-black tree finds an
+ * entry, a queue keeps them in least-recently-used order, and the oldest
+ * go when the zone is full.  Entries outlive their TTL by the stale window,
+ * for use only while the key store cannot be reached.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_redisgate.h"
+
+
+typedef struct {
+    u_char                          color;
+    u_char                          dummy;
+    u_short                         status;
+
+    ngx_queue_t                     queue;
+
+    time_t                          fresh_until;
+    time_t                          stale_until;
+    time_t                          key_expires;
+
+    u_char                          hash[32];
+    u_char                          instance[NGX_HTTP_REDISGATE_UUID_LEN];
+
+    ngx_uint_t                      scopes;
+    ngx_uint_t                      rate;
+    ngx_uint_t                      burst;
+    ngx_uint_t                      db;
+
+    u_char                          lens[5];    /* of the strings in data */
+    u_char                          data[1];
+} ngx_http_redisgate_cache_node_t;
+
+
+typedef struct {
+    ngx_rbtree_t                    rbtree;
+    ngx_rbtree_node_t               sentinel;
+    ngx_queue_t                     queue;
+
+    ngx_atomic_t                    hits;
+    ngx_atomic_t                    misses;
+    ngx_atomic_t                    evictions;
+} ngx_http_redisgate_cache_shctx_t;
+
+
+struct ngx_http_redisgate_cache_s {
+    ngx_http_redisgate_cache_shctx_t  *sh;
+    ngx_slab_pool_t                   *shpool;
+    ngx_shm_zone_t                    *shm_zone;
+};
+
+
+static ngx_int_t ngx_http_redisgate_cache_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static ngx_http_redisgate_cache_node_t *ngx_http_redisgate_cache_find(
+    ngx_http_redisgate_cache_t *cache, uint32_t hash, u_char *key);
+static void ngx_http_redisgate_cache_rbtree_insert_value(
+    ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
+    ngx_rbtree_node_t *sentinel);
+static void ngx_http_redisgate_cache_delete(ngx_http_redisgate_cache_t *cache,
+    ngx_http_redisgate_cache_node_t *cn);
+static uint32_t ngx_http_redisgate_cache_hash(u_char *hash, u_char *instance);
+
+
+#define ngx_http_redisgate_cache_node(rbnode)                                 \
+    ((ngx_http_redisgate_cache_node_t *) &(rbnode)->color)
+
+
+ngx_http_redisgate_cache_t *
+ngx_http_redisgate_cache_add(ngx_conf_t *cf, ngx_str_t *name, size_t size)
+{
+    ngx_shm_zone_t              *shm_zone;
+    ngx_http_redisgate_cache_t  *cache;
+
+    cache = ngx_pcalloc(cf->pool, sizeof(ngx_http_redisgate_cache_t));
+    if (cache == NULL) {
+        return NULL;
+    }
+
+    shm_zone = ngx_shared_memory_add(cf, name, size,
+                                     &ngx_http_redisgate_module);
+    if (shm_zone == NULL) {
+        return NULL;
+    }
+
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is already used", name);
+        return NULL;
+    }
+
+    shm_zone->init = ngx_http_redisgate_cache_init_zone;
+    shm_zone->data = cache;
+
+    cache->shm_zone = shm_zone;
+
+    return cache;
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_redisgate_cache_t  *ocache = data;
+
+    size_t                       len;
+    ngx_http_redisgate_cache_t  *cache;
+
+    cache = shm_zone->data;
+
+    if (ocache) {
+        cache->sh = ocache->sh;
+        cache->shpool = ocache->shpool;
+        return NGX_OK;
+    }
+
+    cache->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        cache->sh = cache->shpool->data;
+        return NGX_OK;
+    }
+
+    cache->sh = ngx_slab_alloc(cache->shpool,
+                               sizeof(ngx_http_redisgate_cache_shctx_t));
+    if (cache->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(cache->sh, sizeof(ngx_http_redisgate_cache_shctx_t));
+
+    cache->shpool->data = cache->sh;
+
+    ngx_rbtree_init(&cache->sh->rbtree, &cache->sh->sentinel,
+                    ngx_http_redisgate_cache_rbtree_insert_value);
+
+    ngx_queue_init(&cache->sh->queue);
+
+    len = sizeof(" in redisgate key cache \"\"") + shm_zone->shm.name.len;
+
+    cache->shpool->log_ctx = ngx_slab_alloc(cache->shpool, len);
+    if (cache->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(cache->shpool->log_ctx, " in redisgate key cache \"%V\"%Z",
+                &shm_zone->shm.name);
+
+    /* a full zone evicts; it is not worth an error line each time */
+    cache->shpool->log_nomem = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * NGX_OK: a fresh entry.  NGX_AGAIN: an entry past its TTL but inside the
+ * stale window (the caller uses it only if the key store is down).
+ * NGX_DECLINED: none.  Strings are copied into pool.
+ */
+
+ngx_int_t
+ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
+    u_char *hash, u_char *instance, ngx_http_redisgate_keyinfo_t *ki,
+    ngx_pool_t *pool)
+{
+    u_char                           *p, key[32 + NGX_HTTP_REDISGATE_UUID_LEN];
+    time_t                            now;
+    ngx_int_t                         rc;
+    ngx_str_t                        *s[5];
+    ngx_uint_t                        i;
+    ngx_http_redisgate_cache_node_t  *cn;
+
+    ngx_memcpy(key, hash, 32);
+    ngx_memcpy(key + 32, instance, NGX_HTTP_REDISGATE_UUID_LEN);
+
+    now = ngx_time();
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    cn = ngx_http_redisgate_cache_find(cache,
+                                ngx_http_redisgate_cache_hash(hash, instance),
+                                key);
+
+    if (cn == NULL || cn->stale_until <= now
+        || (cn->key_expires && cn->key_expires <= now))
+    {
+        if (cn) {
+            ngx_http_redisgate_cache_delete(cache, cn);
+        }
+
+        ngx_shmtx_unlock(&cache->shpool->mutex);
+        (void) ngx_atomic_fetch_add(&cache->sh->misses, 1);
+        return NGX_DECLINED;
+    }
+
+    ngx_queue_remove(&cn->queue);
+    ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
+
+    ki->status = cn->status;
+    ki->scopes = cn->scopes;
+    ki->rate = cn->rate;
+    ki->burst = cn->burst;
+    ki->db = cn->db;
+    ki->key_expires = cn->key_expires;
+
+    s[0] = &ki->key_id;
+    s[1] = &ki->organization;
+    s[2] = &ki->address;
+    s[3] = &ki->user;
+    s[4] = &ki->password;
+
+    rc = (cn->fresh_until > now) ? NGX_OK : NGX_AGAIN;
+
+    p = cn->data;
+
+    for (i = 0; i < 5; i++) {
+        s[i]->len = cn->lens[i];
+        s[i]->data = ngx_pnalloc(pool, s[i]->len + 1);
+        if (s[i]->data == NULL) {
+            rc = NGX_ERROR;
+            break;
+        }
+
+        /* NUL-terminated: addresses go to hiredis as C strings */
+        *ngx_cpymem(s[i]->data, p, s[i]->len) = '\0';
+        p += s[i]->len;
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    if (rc == NGX_OK) {
+        (void) ngx_atomic_fetch_add(&cache->sh->hits, 1);
+    }
+
+    return rc;
+}
+
+
+void
+ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
+    u_char *hash, u_char *instance, ngx_http_redisgate_keyinfo_t *ki,
+    time_t ttl, time_t stale)
+{
+    u_char                           *p, key[32 + NGX_HTTP_REDISGATE_UUID_LEN];
+    size_t                            size;
+    time_t                            now;
+    uint32_t                          h;
+    ngx_str_t                        *s[5];
+    ngx_uint_t                        i, tries;
+    ngx_queue_t                      *q;
+    ngx_rbtree_node_t                *node;
+    ngx_http_redisgate_cache_node_t  *cn;
+
+    s[0] = &ki->key_id;
+    s[1] = &ki->organization;
+    s[2] = &ki->address;
+    s[3] = &ki->user;
+    s[4] = &ki->password;
+
+    size = offsetof(ngx_rbtree_node_t, color)
+           + offsetof(ngx_http_redisgate_cache_node_t, data);
+
+    for (i = 0; i < 5; i++) {
+        if (s[i]->len > 255) {
+            /* no such key id or address in practice: do not cache it */
+            return;
+        }
+
+        size += s[i]->len;
+    }
+
+    ngx_memcpy(key, hash, 32);
+    ngx_memcpy(key + 32, instance, NGX_HTTP_REDISGATE_UUID_LEN);
+
+    h = ngx_http_redisgate_cache_hash(hash, instance);
+    now = ngx_time();
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    cn = ngx_http_redisgate_cache_find(cache, h, key);
+    if (cn) {
+        ngx_http_redisgate_cache_delete(cache, cn);
+    }
+
+    node = NULL;
+
+    for (tries = 0; tries < 64; tries++) {
+        node = ngx_slab_alloc_locked(cache->shpool, size);
+        if (node) {
+            break;
+        }
+
+        /* full: the least recently used go first */
+
+        if (ngx_queue_empty(&cache->sh->queue)) {
+            break;
+        }
+
+        q = ngx_queue_last(&cache->sh->queue);
+        cn = ngx_queue_data(q, ngx_http_redisgate_cache_node_t, queue);
+
+        ngx_http_redisgate_cache_delete(cache, cn);
+        (void) ngx_atomic_fetch_add(&cache->sh->evictions, 1);
+    }
+
+    if (node == NULL) {
+        ngx_shmtx_unlock(&cache->shpool->mutex);
+        return;
+    }
+
+    node->key = h;
+
+    cn = ngx_http_redisgate_cache_node(node);
+
+    cn->status = (u_short) ki->status;
+    cn->fresh_until = now + ttl;
+    cn->stale_until = now + ttl + stale;
+    cn->key_expires = ki->key_expires;
+    cn->scopes = ki->scopes;
+    cn->rate = ki->rate;
+    cn->burst = ki->burst;
+    cn->db = ki->db;
+
+    ngx_memcpy(cn->hash, hash, 32);
+    ngx_memcpy(cn->instance, instance, NGX_HTTP_REDISGATE_UUID_LEN);
+
+    p = cn->data;
+
+    for (i = 0; i < 5; i++) {
+        cn->lens[i] = (u_char) s[i]->len;
+        p = ngx_cpymem(p, s[i]->data, s[i]->len);
+    }
+
+    ngx_rbtree_insert(&cache->sh->rbtree, node);
+    ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+}
+
+
+/*
+ * What the key store announced: "key:<sha256 hex>", "instance:<uuid>",
+ * "organization:<uuid>" or "all".  Every entry it touches goes.
+ */
+
+ngx_uint_t
+ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
+    ngx_str_t *what)
+{
+    u_char                           *org, hash[32];
+    size_t                            org_len;
+    ngx_uint_t                        n, kind, match;
+    ngx_queue_t                      *q, *next;
+    ngx_http_redisgate_cache_node_t  *cn;
+
+    enum { ALL, KEY, INSTANCE, ORGANIZATION };
+
+    org = NULL;
+    org_len = 0;
+
+    if (what->len == 4 + 64 && ngx_strncmp(what->data, "key:", 4) == 0) {
+        kind = KEY;
+
+        if (ngx_http_redisgate_hex_decode(hash, what->data + 4, 64)
+            != NGX_OK)
+        {
+            return 0;
+        }
+
+    } else if (what->len == 9 + NGX_HTTP_REDISGATE_UUID_LEN
+               && ngx_strncmp(what->data, "instance:", 9) == 0)
+    {
+        kind = INSTANCE;
+
+    } else if (what->len > 13
+               && ngx_strncmp(what->data, "organization:", 13) == 0)
+    {
+        kind = ORGANIZATION;
+        org = what->data + 13;
+        org_len = what->len - 13;
+
+    } else {
+        kind = ALL;
+    }
+
+    n = 0;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    for (q = ngx_queue_head(&cache->sh->queue);
+         q != ngx_queue_sentinel(&cache->sh->queue);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        cn = ngx_queue_data(q, ngx_http_redisgate_cache_node_t, queue);
+
+        switch (kind) {
+
+        case KEY:
+            match = (ngx_memcmp(cn->hash, hash, 32) == 0);
+            break;
+
+        case INSTANCE:
+            match = (ngx_strncasecmp(cn->instance, what->data + 9,
+                                     NGX_HTTP_REDISGATE_UUID_LEN) == 0);
+            break;
+
+        case ORGANIZATION:
+            /* data holds the key id, then the organization */
+            match = (cn->lens[1] == org_len
+                     && ngx_strncasecmp(cn->data + cn->lens[0], org, org_len)
+                        == 0);
+            break;
+
+        default:
+            match = 1;
+        }
+
+        if (match) {
+            ngx_http_redisgate_cache_delete(cache, cn);
+            n++;
+        }
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    return n;
+}
+
+
+void
+ngx_http_redisgate_cache_stats(ngx_http_redisgate_cache_t *cache,
+    ngx_uint_t *hits, ngx_uint_t *misses, ngx_uint_t *evictions)
+{
+    *hits = cache->sh->hits;
+    *misses = cache->sh->misses;
+    *evictions = cache->sh->evictions;
+}
+
+
+static ngx_http_redisgate_cache_node_t *
+ngx_http_redisgate_cache_find(ngx_http_redisgate_cache_t *cache,
+    uint32_t hash, u_char *key)
+{
+    ngx_int_t                         rc;
+    ngx_rbtree_node_t                *node, *sentinel;
+    ngx_http_redisgate_cache_node_t  *cn;
+
+    node = cache->sh->rbtree.root;
+    sentinel = cache->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        cn = ngx_http_redisgate_cache_node(node);
+
+        rc = ngx_memcmp(key, cn->hash, 32 + NGX_HTTP_REDISGATE_UUID_LEN);
+
+        if (rc == 0) {
+            return cn;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_redisgate_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t                **p;
+    ngx_http_redisgate_cache_node_t   *cn, *cnt;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else {
+            cn = ngx_http_redisgate_cache_node(node);
+            cnt = ngx_http_redisgate_cache_node(temp);
+
+            p = (ngx_memcmp(cn->hash, cnt->hash,
+                            32 + NGX_HTTP_REDISGATE_UUID_LEN) < 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+static void
+ngx_http_redisgate_cache_delete(ngx_http_redisgate_cache_t *cache,
+    ngx_http_redisgate_cache_node_t *cn)
+{
+    ngx_rbtree_node_t  *node;
+
+    node = (ngx_rbtree_node_t *)
+               ((u_char *) cn - offsetof(ngx_rbtree_node_t, color));
+
+    ngx_queue_remove(&cn->queue);
+    ngx_rbtree_delete(&cache->sh->rbtree, node);
+    ngx_slab_free_locked(cache->shpool, node);
+}
+
+
+static uint32_t
+ngx_http_redisgate_cache_hash(u_char *hash, u_char *instance)
+{
+    uint32_t  crc;
+
+    ngx_crc32_init(crc);
+    ngx_crc32_update(&crc, hash, 32);
+    ngx_crc32_update(&crc, instance, NGX_HTTP_REDISGATE_UUID_LEN);
+    ngx_crc32_final(crc);
+
+    return crc;
+}

@@ -1,0 +1,1054 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * The key store: PostgreSQL through libpq on nginx's event loop.  Each
+ * worker keeps a few connections for lookups (one query at a time on each,
+ * more wait in a queue) and the first worker one more that LISTENs for
+ * the key store's announcements and evicts from the shared cache.
+ *
+ * Lookups for the same (token hash, instance) share one query: requests
+ * that miss the cache together wait on one lookup.  Nothing here blocks:
+ * PQconnectStart/PQconnectPoll, PQsendQueryParams, PQconsumeInput.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <libpq-fe.h>
+
+#include "ngx_http_redisgate.h"
+
+
+#define NGX_HTTP_REDISGATE_PG_NONE        0
+#define NGX_HTTP_REDISGATE_PG_CONNECTING  1
+#define NGX_HTTP_REDISGATE_PG_IDLE        2
+#define NGX_HTTP_REDISGATE_PG_BUSY        3
+
+#define NGX_HTTP_REDISGATE_PG_MAX_QUEUED  1024
+
+
+typedef struct ngx_http_redisgate_pg_conn_s    ngx_http_redisgate_pg_conn_t;
+typedef struct ngx_http_redisgate_pg_lookup_s  ngx_http_redisgate_pg_lookup_t;
+
+
+struct ngx_http_redisgate_pg_conn_s {
+    ngx_http_redisgate_pg_t         *pg;
+    PGconn                          *conn;
+    ngx_connection_t                *connection;
+    ngx_event_t                      timer;      /* connect, query, retry */
+    ngx_http_redisgate_pg_lookup_t  *lookup;     /* the query running */
+    ngx_uint_t                       state;
+    unsigned                         listener:1;
+    unsigned                         listening:1;
+};
+
+
+struct ngx_http_redisgate_pg_lookup_s {
+    ngx_queue_t                      queue;      /* pg->lookups */
+    ngx_queue_t                      waiters;
+    u_char                           hash[32];
+    u_char                           hash_hex[65];
+    u_char                           instance[NGX_HTTP_REDISGATE_UUID_LEN + 1];
+    unsigned                         sent:1;
+};
+
+
+typedef struct {
+    ngx_queue_t                      queue;      /* lookup->waiters */
+    ngx_http_redisgate_pg_handler_pt handler;
+    void                            *data;
+    ngx_pool_cleanup_t              *cleanup;
+} ngx_http_redisgate_pg_waiter_t;
+
+
+struct ngx_http_redisgate_pg_s {
+    ngx_str_t                        conninfo;   /* NUL-terminated */
+    ngx_str_t                        query;      /* NUL-terminated */
+    ngx_msec_t                       timeout;
+    ngx_uint_t                       nconns;
+
+    ngx_http_redisgate_cache_t      *cache;
+    time_t                           ttl;
+    time_t                           negative_ttl;
+    time_t                           stale;
+
+    /* per worker, from init_process on */
+    ngx_http_redisgate_pg_conn_t    *conns;
+    ngx_http_redisgate_pg_conn_t     listener;
+    ngx_queue_t                      lookups;
+    ngx_uint_t                       nlookups;
+    ngx_msec_t                       backoff;
+    ngx_msec_t                       down_until;
+    u_char                           error[160];
+    ngx_log_t                       *log;
+};
+
+
+static void ngx_http_redisgate_pg_dispatch(ngx_http_redisgate_pg_t *pg);
+static ngx_int_t ngx_http_redisgate_pg_connect(
+    ngx_http_redisgate_pg_conn_t *pc);
+static void ngx_http_redisgate_pg_poll(ngx_http_redisgate_pg_conn_t *pc);
+static ngx_int_t ngx_http_redisgate_pg_wrap(ngx_http_redisgate_pg_conn_t *pc);
+static void ngx_http_redisgate_pg_unwrap(ngx_http_redisgate_pg_conn_t *pc);
+static void ngx_http_redisgate_pg_close(ngx_http_redisgate_pg_conn_t *pc,
+    const char *reason);
+static void ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc,
+    ngx_http_redisgate_pg_lookup_t *lk);
+static void ngx_http_redisgate_pg_flush(ngx_http_redisgate_pg_conn_t *pc);
+static void ngx_http_redisgate_pg_read(ngx_http_redisgate_pg_conn_t *pc);
+static void ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
+    PGresult *res);
+static void ngx_http_redisgate_pg_notifies(ngx_http_redisgate_pg_conn_t *pc);
+static void ngx_http_redisgate_pg_value(PGresult *res, int col,
+    ngx_str_t *value);
+static void ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
+    ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc,
+    ngx_http_redisgate_keyinfo_t *ki);
+static void ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg,
+    const char *what, const char *detail);
+static void ngx_http_redisgate_pg_event_handler(ngx_event_t *ev);
+static void ngx_http_redisgate_pg_timer_handler(ngx_event_t *ev);
+static void ngx_http_redisgate_pg_waiter_cleanup(void *data);
+static void ngx_http_redisgate_pg_want_write(ngx_http_redisgate_pg_conn_t *pc,
+    ngx_uint_t want);
+
+
+static ngx_str_t  ngx_http_redisgate_pg_all = ngx_string("all");
+
+static char  ngx_http_redisgate_pg_default_query[] =
+    "SELECT key_id, organization_id, scopes, expires_at, "
+    "organization_status, instance_status, redis_address, redis_db, "
+    "redis_user, redis_password, requests_per_second, burst "
+    "FROM redisgate.lookup($1, $2::uuid)";
+
+
+ngx_http_redisgate_pg_t *
+ngx_http_redisgate_pg_create(ngx_conf_t *cf, ngx_str_t *conninfo)
+{
+    ngx_http_redisgate_pg_t  *pg;
+
+    pg = ngx_pcalloc(cf->pool, sizeof(ngx_http_redisgate_pg_t));
+    if (pg == NULL) {
+        return NULL;
+    }
+
+    pg->conninfo.len = conninfo->len;
+    pg->conninfo.data = ngx_pnalloc(cf->pool, conninfo->len + 1);
+    if (pg->conninfo.data == NULL) {
+        return NULL;
+    }
+
+    *ngx_cpymem(pg->conninfo.data, conninfo->data, conninfo->len) = '\0';
+
+    pg->query.data = (u_char *) ngx_http_redisgate_pg_default_query;
+    pg->query.len = sizeof(ngx_http_redisgate_pg_default_query) - 1;
+
+    pg->timeout = 5000;
+    pg->nconns = 2;
+    pg->ttl = 60;
+    pg->negative_ttl = 5;
+    pg->stale = 300;
+
+    return pg;
+}
+
+
+void
+ngx_http_redisgate_pg_set_connections(ngx_http_redisgate_pg_t *pg,
+    ngx_uint_t n)
+{
+    pg->nconns = n;
+}
+
+
+ngx_int_t
+ngx_http_redisgate_pg_set_query(ngx_conf_t *cf, ngx_http_redisgate_pg_t *pg,
+    ngx_str_t *query)
+{
+    pg->query.len = query->len;
+    pg->query.data = ngx_pnalloc(cf->pool, query->len + 1);
+    if (pg->query.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    *ngx_cpymem(pg->query.data, query->data, query->len) = '\0';
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_redisgate_pg_configure(ngx_http_redisgate_pg_t *pg,
+    ngx_http_redisgate_cache_t *cache, ngx_msec_t timeout, time_t ttl,
+    time_t negative_ttl, time_t stale)
+{
+    pg->cache = cache;
+    pg->timeout = timeout;
+    pg->ttl = ttl;
+    pg->negative_ttl = negative_ttl;
+    pg->stale = stale;
+}
+
+
+ngx_int_t
+ngx_http_redisgate_pg_init_process(ngx_http_redisgate_pg_t *pg,
+    ngx_cycle_t *cycle)
+{
+    ngx_uint_t                     i;
+    ngx_http_redisgate_pg_conn_t  *pc;
+
+    pg->log = cycle->log;
+    pg->backoff = 200;
+
+    ngx_cpystrn(pg->error, (u_char *) "key store unavailable",
+                sizeof(pg->error));
+
+    ngx_queue_init(&pg->lookups);
+
+    pg->conns = ngx_pcalloc(cycle->pool,
+                          pg->nconns * sizeof(ngx_http_redisgate_pg_conn_t));
+    if (pg->conns == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < pg->nconns; i++) {
+        pc = &pg->conns[i];
+        pc->pg = pg;
+        pc->timer.handler = ngx_http_redisgate_pg_timer_handler;
+        pc->timer.data = pc;
+        pc->timer.log = cycle->log;
+    }
+
+    /* one worker listens for what changed, for all: the cache is shared */
+
+    if (pg->cache && ngx_worker == 0) {
+        pc = &pg->listener;
+        pc->pg = pg;
+        pc->listener = 1;
+        pc->timer.handler = ngx_http_redisgate_pg_timer_handler;
+        pc->timer.data = pc;
+        pc->timer.log = cycle->log;
+        pc->timer.cancelable = 1;
+
+        ngx_add_timer(&pc->timer, 1);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_redisgate_pg_exit_process(ngx_http_redisgate_pg_t *pg)
+{
+    ngx_uint_t  i;
+
+    if (pg->conns == NULL) {
+        return;
+    }
+
+    for (i = 0; i < pg->nconns; i++) {
+        ngx_http_redisgate_pg_close(&pg->conns[i], "nginx worker is exiting");
+    }
+
+    ngx_http_redisgate_pg_close(&pg->listener, "nginx worker is exiting");
+
+    if (pg->listener.timer.timer_set) {
+        ngx_del_timer(&pg->listener.timer);
+    }
+}
+
+
+/*
+ * NGX_AGAIN: handler(data, ...) is called later.  NGX_ERROR: the key store
+ * cannot take it now (down or overloaded); the reason is in *error.
+ */
+
+ngx_int_t
+ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
+    ngx_http_request_t *r, u_char *hash, u_char *instance,
+    ngx_http_redisgate_pg_handler_pt handler, void *data,
+    const char **error)
+{
+    ngx_queue_t                     *q;
+    ngx_pool_cleanup_t              *cln;
+    ngx_http_redisgate_pg_lookup_t  *lk;
+    ngx_http_redisgate_pg_waiter_t  *w;
+
+    lk = NULL;
+
+    for (q = ngx_queue_head(&pg->lookups);
+         q != ngx_queue_sentinel(&pg->lookups);
+         q = ngx_queue_next(q))
+    {
+        lk = ngx_queue_data(q, ngx_http_redisgate_pg_lookup_t, queue);
+
+        if (ngx_memcmp(lk->hash, hash, 32) == 0
+            && ngx_memcmp(lk->instance, instance,
+                          NGX_HTTP_REDISGATE_UUID_LEN) == 0)
+        {
+            break;
+        }
+
+        lk = NULL;
+    }
+
+    if (lk == NULL) {
+        if ((ngx_msec_int_t) (ngx_current_msec - pg->down_until) < 0) {
+            *error = (const char *) pg->error;
+            return NGX_ERROR;
+        }
+
+        if (pg->nlookups >= NGX_HTTP_REDISGATE_PG_MAX_QUEUED) {
+            *error = "key store is overloaded";
+            return NGX_ERROR;
+        }
+
+        lk = ngx_calloc(sizeof(ngx_http_redisgate_pg_lookup_t), pg->log);
+        if (lk == NULL) {
+            *error = "out of memory";
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(lk->hash, hash, 32);
+        ngx_hex_dump(lk->hash_hex, hash, 32);
+        ngx_memcpy(lk->instance, instance, NGX_HTTP_REDISGATE_UUID_LEN);
+
+        ngx_queue_init(&lk->waiters);
+        ngx_queue_insert_tail(&pg->lookups, &lk->queue);
+        pg->nlookups++;
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "redisgate: key store lookup for sha256 %*s...",
+                       (size_t) 8, lk->hash_hex);
+
+    } else {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "redisgate: joining the key store lookup for "
+                       "sha256 %*s...", (size_t) 8, lk->hash_hex);
+    }
+
+    w = ngx_palloc(r->pool, sizeof(ngx_http_redisgate_pg_waiter_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+
+    if (w == NULL || cln == NULL) {
+        if (ngx_queue_empty(&lk->waiters) && !lk->sent) {
+            ngx_queue_remove(&lk->queue);
+            pg->nlookups--;
+            ngx_free(lk);
+        }
+
+        *error = "out of memory";
+        return NGX_ERROR;
+    }
+
+    w->handler = handler;
+    w->data = data;
+    w->cleanup = cln;
+
+    cln->handler = ngx_http_redisgate_pg_waiter_cleanup;
+    cln->data = w;
+
+    ngx_queue_insert_tail(&lk->waiters, &w->queue);
+
+    ngx_http_redisgate_pg_dispatch(pg);
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_redisgate_pg_waiter_cleanup(void *data)
+{
+    ngx_http_redisgate_pg_waiter_t  *w = data;
+
+    /* the request left; its lookup goes on for the cache and the others */
+    ngx_queue_remove(&w->queue);
+}
+
+
+/* queued lookups to idle connections; connections opened as needed */
+
+static void
+ngx_http_redisgate_pg_dispatch(ngx_http_redisgate_pg_t *pg)
+{
+    ngx_uint_t                       i, pending, connecting;
+    ngx_queue_t                     *q;
+    ngx_http_redisgate_pg_conn_t    *pc;
+    ngx_http_redisgate_pg_lookup_t  *lk;
+
+    pending = 0;
+
+    for (q = ngx_queue_head(&pg->lookups);
+         q != ngx_queue_sentinel(&pg->lookups);
+         q = ngx_queue_next(q))
+    {
+        lk = ngx_queue_data(q, ngx_http_redisgate_pg_lookup_t, queue);
+
+        if (lk->sent) {
+            continue;
+        }
+
+        pc = NULL;
+
+        for (i = 0; i < pg->nconns; i++) {
+            if (pg->conns[i].state == NGX_HTTP_REDISGATE_PG_IDLE) {
+                pc = &pg->conns[i];
+                break;
+            }
+        }
+
+        if (pc == NULL) {
+            pending++;
+            continue;
+        }
+
+        ngx_http_redisgate_pg_send(pc, lk);
+    }
+
+    if (pending == 0) {
+        return;
+    }
+
+    connecting = 0;
+
+    for (i = 0; i < pg->nconns; i++) {
+        if (pg->conns[i].state == NGX_HTTP_REDISGATE_PG_CONNECTING) {
+            connecting++;
+        }
+    }
+
+    for (i = 0; i < pg->nconns && connecting < pending; i++) {
+        pc = &pg->conns[i];
+
+        if (pc->state != NGX_HTTP_REDISGATE_PG_NONE) {
+            continue;
+        }
+
+        if ((ngx_msec_int_t) (ngx_current_msec - pg->down_until) < 0) {
+            break;
+        }
+
+        if (ngx_http_redisgate_pg_connect(pc) == NGX_OK) {
+            connecting++;
+        }
+    }
+
+    if (connecting == 0) {
+        /* nothing will carry them: fail them now, not at a timeout */
+        for (i = 0; i < pg->nconns; i++) {
+            if (pg->conns[i].state == NGX_HTTP_REDISGATE_PG_BUSY) {
+                return;
+            }
+        }
+
+        while (!ngx_queue_empty(&pg->lookups)) {
+            q = ngx_queue_head(&pg->lookups);
+            lk = ngx_queue_data(q, ngx_http_redisgate_pg_lookup_t, queue);
+            ngx_http_redisgate_pg_finish(pg, lk, NGX_ERROR, NULL);
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_pg_connect(ngx_http_redisgate_pg_conn_t *pc)
+{
+    ngx_http_redisgate_pg_t  *pg = pc->pg;
+
+    pc->conn = PQconnectStart((const char *) pg->conninfo.data);
+
+    if (pc->conn == NULL) {
+        ngx_http_redisgate_pg_down(pg, "could not connect to the key store",
+                                   "out of memory");
+        return NGX_ERROR;
+    }
+
+    if (PQstatus(pc->conn) == CONNECTION_BAD) {
+        ngx_http_redisgate_pg_down(pg, "could not connect to the key store",
+                                   PQerrorMessage(pc->conn));
+        PQfinish(pc->conn);
+        pc->conn = NULL;
+        return NGX_ERROR;
+    }
+
+    (void) PQsetnonblocking(pc->conn, 1);
+
+    pc->state = NGX_HTTP_REDISGATE_PG_CONNECTING;
+    pc->listening = 0;
+
+    ngx_add_timer(&pc->timer, pg->timeout);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pg->log, 0,
+                   "redisgate: connecting to the key store, pc:%p", pc);
+
+    if (ngx_http_redisgate_pg_wrap(pc) != NGX_OK) {
+        ngx_http_redisgate_pg_close(pc, "no free nginx connection");
+        return NGX_ERROR;
+    }
+
+    /* before the first PQconnectPoll(), libpq waits for writability */
+    ngx_http_redisgate_pg_want_write(pc, 1);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_redisgate_pg_poll(ngx_http_redisgate_pg_conn_t *pc)
+{
+    PostgresPollingStatusType  rc;
+
+    rc = PQconnectPoll(pc->conn);
+
+    /* libpq may have moved to another socket (another address) */
+    if (pc->connection == NULL
+        || pc->connection->fd != PQsocket(pc->conn))
+    {
+        ngx_http_redisgate_pg_unwrap(pc);
+
+        if (ngx_http_redisgate_pg_wrap(pc) != NGX_OK) {
+            ngx_http_redisgate_pg_close(pc, "no free nginx connection");
+            return;
+        }
+    }
+
+    switch (rc) {
+
+    case PGRES_POLLING_READING:
+        ngx_http_redisgate_pg_want_write(pc, 0);
+        return;
+
+    case PGRES_POLLING_WRITING:
+        ngx_http_redisgate_pg_want_write(pc, 1);
+        return;
+
+    case PGRES_POLLING_OK:
+        break;
+
+    default: /* PGRES_POLLING_FAILED */
+        ngx_http_redisgate_pg_down(pc->pg,
+                                   "could not connect to the key store",
+                                   PQerrorMessage(pc->conn));
+        ngx_http_redisgate_pg_close(pc, NULL);
+        ngx_http_redisgate_pg_dispatch(pc->pg);
+        return;
+    }
+
+    if (pc->timer.timer_set) {
+        ngx_del_timer(&pc->timer);
+    }
+
+    ngx_http_redisgate_pg_want_write(pc, 0);
+
+    pc->pg->backoff = 200;
+    pc->pg->down_until = ngx_current_msec;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pc->pg->log, 0,
+                   "redisgate: connected to the key store, pc:%p", pc);
+
+    if (pc->listener) {
+        /* whatever changed while nobody listened */
+        if (pc->pg->cache) {
+            (void) ngx_http_redisgate_cache_evict(pc->pg->cache,
+                                               &ngx_http_redisgate_pg_all);
+        }
+
+        if (PQsendQuery(pc->conn, "LISTEN redisgate") == 0) {
+            ngx_http_redisgate_pg_close(pc, PQerrorMessage(pc->conn));
+            return;
+        }
+
+        pc->state = NGX_HTTP_REDISGATE_PG_BUSY;
+        ngx_http_redisgate_pg_flush(pc);
+        return;
+    }
+
+    pc->state = NGX_HTTP_REDISGATE_PG_IDLE;
+
+    ngx_http_redisgate_pg_dispatch(pc->pg);
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_pg_wrap(ngx_http_redisgate_pg_conn_t *pc)
+{
+    ngx_connection_t  *c;
+
+    c = ngx_get_connection(PQsocket(pc->conn), pc->pg->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = pc;
+    c->read->handler = ngx_http_redisgate_pg_event_handler;
+    c->write->handler = ngx_http_redisgate_pg_event_handler;
+    c->read->log = pc->pg->log;
+    c->write->log = pc->pg->log;
+
+    pc->connection = c;
+
+    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* forget the nginx side of the socket; libpq owns and closes the fd */
+
+static void
+ngx_http_redisgate_pg_unwrap(ngx_http_redisgate_pg_conn_t *pc)
+{
+    ngx_connection_t  *c;
+
+    c = pc->connection;
+
+    if (c == NULL) {
+        return;
+    }
+
+    if (c->read->active) {
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+
+    if (c->write->active) {
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+
+    pc->connection = NULL;
+}
+
+
+static void
+ngx_http_redisgate_pg_want_write(ngx_http_redisgate_pg_conn_t *pc,
+    ngx_uint_t want)
+{
+    ngx_event_t  *wev;
+
+    wev = pc->connection->write;
+
+    if (want && !wev->active) {
+        (void) ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT);
+
+    } else if (!want && wev->active) {
+        (void) ngx_del_event(wev, NGX_WRITE_EVENT, 0);
+    }
+}
+
+
+static void
+ngx_http_redisgate_pg_close(ngx_http_redisgate_pg_conn_t *pc,
+    const char *reason)
+{
+    ngx_http_redisgate_pg_lookup_t  *lk;
+
+    if (pc->timer.timer_set && !pc->listener) {
+        ngx_del_timer(&pc->timer);
+    }
+
+    if (pc->conn) {
+        if (reason) {
+            ngx_log_error(NGX_LOG_INFO, pc->pg->log, 0,
+                          "redisgate: closing a key store connection: %s",
+                          reason);
+        }
+
+        ngx_http_redisgate_pg_unwrap(pc);
+        PQfinish(pc->conn);
+        pc->conn = NULL;
+    }
+
+    pc->state = NGX_HTTP_REDISGATE_PG_NONE;
+    pc->listening = 0;
+
+    lk = pc->lookup;
+    pc->lookup = NULL;
+
+    if (lk) {
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
+    }
+
+    if (pc->listener && !ngx_exiting && !ngx_terminate) {
+        /* listening is not request-driven: try again by itself */
+        if (pc->timer.timer_set) {
+            ngx_del_timer(&pc->timer);
+        }
+
+        ngx_add_timer(&pc->timer, pc->pg->backoff);
+    }
+}
+
+
+static void
+ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc,
+    ngx_http_redisgate_pg_lookup_t *lk)
+{
+    const char  *values[2];
+
+    values[0] = (const char *) lk->hash_hex;
+    values[1] = (const char *) lk->instance;
+
+    if (PQsendQueryParams(pc->conn, (const char *) pc->pg->query.data, 2,
+                          NULL, values, NULL, NULL, 0)
+        == 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "redisgate: key store query failed: %s",
+                      PQerrorMessage(pc->conn));
+        ngx_http_redisgate_pg_close(pc, NULL);
+        return;
+    }
+
+    lk->sent = 1;
+    pc->lookup = lk;
+    pc->state = NGX_HTTP_REDISGATE_PG_BUSY;
+
+    ngx_add_timer(&pc->timer, pc->pg->timeout);
+
+    ngx_http_redisgate_pg_flush(pc);
+}
+
+
+static void
+ngx_http_redisgate_pg_flush(ngx_http_redisgate_pg_conn_t *pc)
+{
+    int  rc;
+
+    rc = PQflush(pc->conn);
+
+    if (rc < 0) {
+        ngx_http_redisgate_pg_close(pc, PQerrorMessage(pc->conn));
+        return;
+    }
+
+    ngx_http_redisgate_pg_want_write(pc, rc == 1);
+}
+
+
+static void
+ngx_http_redisgate_pg_event_handler(ngx_event_t *ev)
+{
+    ngx_connection_t              *c = ev->data;
+    ngx_http_redisgate_pg_conn_t  *pc = c->data;
+
+    switch (pc->state) {
+
+    case NGX_HTTP_REDISGATE_PG_CONNECTING:
+        ngx_http_redisgate_pg_poll(pc);
+        return;
+
+    case NGX_HTTP_REDISGATE_PG_BUSY:
+    case NGX_HTTP_REDISGATE_PG_IDLE:
+        if (ev->write) {
+            ngx_http_redisgate_pg_flush(pc);
+            return;
+        }
+
+        ngx_http_redisgate_pg_read(pc);
+        return;
+
+    default:
+        return;
+    }
+}
+
+
+static void
+ngx_http_redisgate_pg_read(ngx_http_redisgate_pg_conn_t *pc)
+{
+    PGresult  *res;
+
+    if (PQconsumeInput(pc->conn) == 0) {
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "redisgate: lost the key store connection: %s",
+                      PQerrorMessage(pc->conn));
+        ngx_http_redisgate_pg_close(pc, NULL);
+        ngx_http_redisgate_pg_dispatch(pc->pg);
+        return;
+    }
+
+    if (pc->listener) {
+        ngx_http_redisgate_pg_notifies(pc);
+    }
+
+    while (pc->conn && pc->state == NGX_HTTP_REDISGATE_PG_BUSY) {
+
+        if (PQisBusy(pc->conn)) {
+            return;
+        }
+
+        res = PQgetResult(pc->conn);
+
+        if (res == NULL) {
+            /* the query is over */
+            if (pc->timer.timer_set && !pc->listener) {
+                ngx_del_timer(&pc->timer);
+            }
+
+            pc->state = NGX_HTTP_REDISGATE_PG_IDLE;
+            pc->listening = pc->listener;
+
+            ngx_http_redisgate_pg_dispatch(pc->pg);
+            return;
+        }
+
+        ngx_http_redisgate_pg_result(pc, res);
+        PQclear(res);
+    }
+}
+
+
+static void
+ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
+    PGresult *res)
+{
+    u_char                          *s;
+    ngx_int_t                        n;
+    ngx_str_t                        scopes;
+    ngx_http_redisgate_keyinfo_t     ki;
+    ngx_http_redisgate_pg_lookup_t  *lk;
+
+    if (pc->listener) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                          "redisgate: LISTEN failed: %s",
+                          PQresultErrorMessage(res));
+        }
+
+        return;
+    }
+
+    lk = pc->lookup;
+    pc->lookup = NULL;
+
+    if (lk == NULL) {
+        return;
+    }
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "redisgate: key store lookup failed: %s",
+                      PQresultErrorMessage(res));
+        ngx_snprintf(pc->pg->error, sizeof(pc->pg->error) - 1,
+                     "key store lookup failed%Z");
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
+        return;
+    }
+
+    ngx_memzero(&ki, sizeof(ngx_http_redisgate_keyinfo_t));
+
+    if (PQntuples(res) == 0) {
+        ki.status = NGX_HTTP_REDISGATE_KEY_UNKNOWN;
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki);
+        return;
+    }
+
+    if (PQnfields(res) < 12) {
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "redisgate: the key store query returned %d columns, "
+                      "expected 12", PQnfields(res));
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
+        return;
+    }
+
+    ngx_http_redisgate_pg_value(res, 0, &ki.key_id);
+    ngx_http_redisgate_pg_value(res, 1, &ki.organization);
+    ngx_http_redisgate_pg_value(res, 2, &scopes);
+    ngx_http_redisgate_pg_value(res, 6, &ki.address);
+    ngx_http_redisgate_pg_value(res, 8, &ki.user);
+    ngx_http_redisgate_pg_value(res, 9, &ki.password);
+
+    if (ngx_http_redisgate_parse_scopes(&scopes, &ki.scopes) != NGX_OK) {
+        ki.scopes = 0;
+    }
+
+    s = (u_char *) PQgetvalue(res, 0, 3);
+    n = ngx_atoi(s, ngx_strlen(s));
+    ki.key_expires = (n > 0) ? (time_t) n : 0;
+
+    s = (u_char *) PQgetvalue(res, 0, 7);
+    n = ngx_atoi(s, ngx_strlen(s));
+    ki.db = (n > 0) ? (ngx_uint_t) n : 0;
+
+    s = (u_char *) PQgetvalue(res, 0, 10);
+    n = ngx_atoi(s, ngx_strlen(s));
+    ki.rate = (n > 0) ? (ngx_uint_t) n : 0;
+
+    s = (u_char *) PQgetvalue(res, 0, 11);
+    n = ngx_atoi(s, ngx_strlen(s));
+    ki.burst = (n > 0) ? (ngx_uint_t) n : 0;
+
+    s = (u_char *) PQgetvalue(res, 0, 4);
+
+    if (ngx_strcmp(s, "active") != 0) {
+        ki.status = NGX_HTTP_REDISGATE_KEY_ORG_SUSPENDED;
+
+    } else if (PQgetisnull(res, 0, 5)) {
+        ki.status = NGX_HTTP_REDISGATE_KEY_NO_INSTANCE;
+
+    } else if (ngx_strcmp(PQgetvalue(res, 0, 5), "active") != 0) {
+        ki.status = NGX_HTTP_REDISGATE_KEY_INSTANCE_SUSPENDED;
+
+    } else {
+        ki.status = NGX_HTTP_REDISGATE_KEY_OK;
+    }
+
+    ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki);
+}
+
+
+static void
+ngx_http_redisgate_pg_value(PGresult *res, int col, ngx_str_t *value)
+{
+    value->data = (u_char *) PQgetvalue(res, 0, col);
+    value->len = PQgetisnull(res, 0, col) ? 0 : ngx_strlen(value->data);
+}
+
+
+/* the answer to everyone waiting on it, and to the cache */
+
+static void
+ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
+    ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc,
+    ngx_http_redisgate_keyinfo_t *ki)
+{
+    time_t                           ttl;
+    ngx_queue_t                     *q;
+    ngx_http_redisgate_pg_waiter_t  *w;
+
+    ngx_queue_remove(&lk->queue);
+    pg->nlookups--;
+
+    if (rc == NGX_OK && pg->cache) {
+        ttl = (ki->status == NGX_HTTP_REDISGATE_KEY_UNKNOWN)
+              ? pg->negative_ttl : pg->ttl;
+
+        ngx_http_redisgate_cache_put(pg->cache, lk->hash, lk->instance, ki,
+                             ttl,
+                             ki->status == NGX_HTTP_REDISGATE_KEY_UNKNOWN
+                             ? 0 : pg->stale);
+    }
+
+    while (!ngx_queue_empty(&lk->waiters)) {
+        q = ngx_queue_head(&lk->waiters);
+        w = ngx_queue_data(q, ngx_http_redisgate_pg_waiter_t, queue);
+
+        ngx_queue_remove(q);
+        w->cleanup->handler = NULL;
+
+        /* may finalize the request, and with it w */
+        w->handler(w->data, rc, ki,
+                   rc == NGX_OK ? NULL : (const char *) pg->error);
+    }
+
+    ngx_free(lk);
+}
+
+
+static void
+ngx_http_redisgate_pg_notifies(ngx_http_redisgate_pg_conn_t *pc)
+{
+    ngx_str_t   what;
+    ngx_uint_t  n;
+    PGnotify   *notify;
+
+    while ((notify = PQnotifies(pc->conn)) != NULL) {
+        what.data = (u_char *) notify->extra;
+        what.len = ngx_strlen(what.data);
+
+        n = 0;
+
+        if (pc->pg->cache) {
+            n = ngx_http_redisgate_cache_evict(pc->pg->cache, &what);
+        }
+
+        ngx_log_error(NGX_LOG_INFO, pc->pg->log, 0,
+                      "redisgate: key store changed \"%V\", %ui cached "
+                      "entries evicted", &what, n);
+
+        PQfreemem(notify);
+    }
+}
+
+
+static void
+ngx_http_redisgate_pg_timer_handler(ngx_event_t *ev)
+{
+    ngx_http_redisgate_pg_conn_t  *pc = ev->data;
+
+    switch (pc->state) {
+
+    case NGX_HTTP_REDISGATE_PG_NONE:
+        /* the listener's retry */
+        if (ngx_http_redisgate_pg_connect(pc) != NGX_OK && !pc->conn) {
+            if (!pc->timer.timer_set && !ngx_exiting && !ngx_terminate) {
+                ngx_add_timer(&pc->timer, pc->pg->backoff);
+            }
+        }
+
+        return;
+
+    case NGX_HTTP_REDISGATE_PG_CONNECTING:
+        ngx_http_redisgate_pg_down(pc->pg,
+                                   "timed out connecting to the key store",
+                                   NULL);
+        ngx_http_redisgate_pg_close(pc, NULL);
+        ngx_http_redisgate_pg_dispatch(pc->pg);
+        return;
+
+    default:
+        ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+                      "redisgate: the key store did not answer in time");
+        ngx_snprintf(pc->pg->error, sizeof(pc->pg->error) - 1,
+                     "key store timed out%Z");
+        ngx_http_redisgate_pg_close(pc, NULL);
+        ngx_http_redisgate_pg_dispatch(pc->pg);
+        return;
+    }
+}
+
+
+static void
+ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg, const char *what,
+    const char *detail)
+{
+    u_char  *p, *last;
+
+    last = pg->error + sizeof(pg->error) - 1;
+
+    p = ngx_snprintf(pg->error, last - pg->error, "%s", what);
+
+    if (detail) {
+        p = ngx_snprintf(p, last - p, ": %s", detail);
+    }
+
+    /* libpq's messages end with a newline */
+    while (p > pg->error && (p[-1] == '\n' || p[-1] == ' ')) {
+        p--;
+    }
+
+    *p = '\0';
+
+    pg->down_until = ngx_current_msec + pg->backoff;
+    pg->backoff = ngx_min(pg->backoff * 2, 5000);
+
+    ngx_log_error(NGX_LOG_ERR, pg->log, 0, "redisgate: %s", pg->error);
+}
