@@ -606,6 +606,7 @@ ngx_http_redisgate_pg_wrap(ngx_http_redisgate_pg_conn_t *pc)
 static void
 ngx_http_redisgate_pg_unwrap(ngx_http_redisgate_pg_conn_t *pc)
 {
+    ngx_uint_t         flags;
     ngx_connection_t  *c;
 
     c = pc->connection;
@@ -614,12 +615,18 @@ ngx_http_redisgate_pg_unwrap(ngx_http_redisgate_pg_conn_t *pc)
         return;
     }
 
+    /*
+     * libpq closes the socket itself when the server goes away, or when it
+     * moves to another address; the kernel has dropped it from epoll then
+     */
+    flags = (pc->conn && PQsocket(pc->conn) == c->fd) ? 0 : NGX_CLOSE_EVENT;
+
     if (c->read->active) {
-        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, flags);
     }
 
     if (c->write->active) {
-        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, flags);
     }
 
     if (c->read->posted) {
@@ -1037,11 +1044,15 @@ ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg, const char *what,
     p = ngx_snprintf(pg->error, last - pg->error, "%s", what);
 
     if (detail) {
-        p = ngx_snprintf(p, last - p, ": %s", detail);
+        /* libpq's first line; a hint follows on the next */
+        p = ngx_snprintf(p, last - p, ": %*s",
+                         (size_t) (ngx_strchr(detail, '\n')
+                                   ? ngx_strchr(detail, '\n') - detail
+                                   : (ngx_int_t) ngx_strlen(detail)),
+                         detail);
     }
 
-    /* libpq's messages end with a newline */
-    while (p > pg->error && (p[-1] == '\n' || p[-1] == ' ')) {
+    while (p > pg->error && p[-1] == ' ') {
         p--;
     }
 
