@@ -36,7 +36,7 @@ export NGINX_BIN MODULE
 # Debian packages: to build, to run the demo and tests
 BUILD_PKGS := gcc make nginx nginx-dev libhiredis-dev libyajl-dev libpq-dev \
               libssl-dev libpcre2-dev zlib1g-dev
-RUN_PKGS := redis-server curl
+RUN_PKGS := redis-server postgresql postgresql-client curl
 TEST_PKGS := libtest-base-perl libtext-diff-perl perl
 
 .PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE

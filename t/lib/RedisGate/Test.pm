@@ -19,6 +19,7 @@ use warnings;
 use Digest::SHA qw(sha256_hex);
 use IO::Socket::INET;
 use POSIX ();
+use FindBin ();
 use Test::Nginx::Socket ();
 
 our %Tokens = (
@@ -202,6 +203,49 @@ sub start_silent_server {
         select(undef, undef, undef, 0.02);
     }
     POSIX::_exit(0);
+}
+
+# tools/redisgate-admin against the test key store: (name => value) of
+# its NAME=VALUE output, for create commands
+sub admin {
+    my @args = @_;
+    my $conninfo = $ENV{TEST_NGINX_PG_CONNINFO}
+        // die "TEST_NGINX_PG_CONNINFO is not set\n";
+    my $top = "$FindBin::Bin/..";
+    # its "shown only once" notice goes to stderr: not into the test output
+    open my $stderr, '>&', \*STDERR or die "dup: $!\n";
+    open STDERR, '>', '/dev/null' or die "/dev/null: $!\n";
+    my $ok = open my $fh, '-|', "$top/tools/redisgate-admin", '--db',
+                  $conninfo, @args;
+    open STDERR, '>&', $stderr or die "dup: $!\n";
+    $ok or die "cannot run redisgate-admin: $!\n";
+    my %out;
+    while (my $line = <$fh>) {
+        $out{$1} = $2 if $line =~ /^(\w+)=(.*)$/;
+    }
+    close $fh or die "redisgate-admin @args failed\n";
+    return \%out;
+}
+
+# a statement run as is in the key store (for what the CLI will not do)
+sub psql {
+    my $sql = shift;
+    my $out = `psql -X -q -At -d '$ENV{TEST_NGINX_PG_CONNINFO}' -c "$sql"`;
+    die "psql failed: $sql\n" if $?;
+    chomp $out;
+    return $out;
+}
+
+sub stop_pg {
+    system('bash', '-c', ". '$FindBin::Bin/../tools/pg.sh'"
+                         . " && redisgate_stop_pg '$ENV{TEST_NGINX_PG_DIR}'");
+}
+
+sub start_pg {
+    system('bash', '-c', ". '$FindBin::Bin/../tools/pg.sh'"
+                         . " && redisgate_start_pg '$ENV{TEST_NGINX_PG_DIR}'"
+                         . " '$ENV{TEST_NGINX_PG_PORT}'") == 0
+        or die "cannot start the test key store\n";
 }
 
 END {

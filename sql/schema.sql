@@ -1,0 +1,1160 @@
+-- RedisGate key store: plans, organizations, Redis instances and API keys,
+-- in the schema "redisgate", with the functions that manage them and the one
+-- the nginx module calls on a cache miss (redisgate.lookup).
+--
+-- Apply it with psql, as often as you like (it is idempotent, and it takes a
+-- lock so two applies do not race):
+--
+--     psql -X -v ON_ERROR_STOP=1 -d "$CONNINFO" -f sql/schema.sql
+--     tools/redisgate-admin schema apply
+--
+-- Needs PostgreSQL 13 or later and no extension (gen_random_uuid(), sha256()).
+--
+-- Tokens: 'rg_' followed by 64 lower-case hex digits (two random UUIDs,
+-- 244 random bits).  create_key and rotate_key return a token exactly once;
+-- the database keeps only the lower-case hex SHA-256 of its UTF-8 bytes
+-- (printf %s "$TOKEN" | sha256sum) and its first 10 characters, to tell keys
+-- apart in listings.
+--
+-- Cache invalidation: every change that can alter what lookup() returns sends
+-- a notification on the channel "redisgate", with one of these payloads:
+--
+--     key:<token_sha256>     a key was revoked, rotated, deleted, or its
+--                            expiry, scopes or organization changed
+--     instance:<uuid>        an instance was updated, suspended, resumed or
+--                            deleted
+--     organization:<uuid>    an organization was suspended or resumed, or its
+--                            plan changed
+--     all                    a plan's limits changed, or a table was truncated
+--
+-- The notifications come from triggers on the tables, so the management
+-- functions below send them, and so do direct UPDATE/DELETE statements.
+-- They are sent when the transaction commits, once per distinct payload, and
+-- only for real changes (suspending a suspended organization sends nothing).
+-- Creating things sends nothing: new ids and tokens are random, so no cache
+-- can hold anything about them yet.
+--
+-- Privileges: every function here is revoked from PUBLIC.  lookup() and
+-- mark_keys_used() are SECURITY DEFINER, so the module's role needs only:
+--
+--     GRANT USAGE ON SCHEMA redisgate TO gateway;
+--     GRANT EXECUTE ON FUNCTION redisgate.lookup(text, uuid),
+--                               redisgate.mark_keys_used(uuid[]) TO gateway;
+--
+-- Changing a function's result type later needs a DROP FUNCTION first
+-- (CREATE OR REPLACE cannot do it).
+
+begin;
+
+set local client_min_messages = warning;
+
+do $$
+begin
+    -- one apply at a time (an arbitrary key of this schema's own)
+    perform pg_advisory_xact_lock(7235441051620012901);
+end
+$$;
+
+create schema if not exists redisgate;
+
+comment on schema redisgate is
+    'RedisGate: plans, organizations, Redis instances and API keys';
+
+
+-- ---------------------------------------------------------------------------
+-- Helpers that the tables use
+-- ---------------------------------------------------------------------------
+
+create or replace function redisgate.redis_address_problem(address text)
+returns text
+language plpgsql immutable parallel safe
+as $$
+declare
+    m text[];
+    port integer;
+begin
+    if address is null or address = '' then
+        return 'it is empty';
+    end if;
+    if address ~ '[[:space:][:cntrl:]]' then
+        return 'it contains white space or control characters';
+    end if;
+
+    -- a unix socket: an absolute path to the socket file
+    if left(address, 1) = '/' then
+        if octet_length(address) > 107 then
+            return 'a unix socket path is at most 107 bytes long';
+        end if;
+        if right(address, 1) = '/' then
+            return 'a unix socket path names the socket file, not a directory';
+        end if;
+        return null;
+    end if;
+
+    if left(address, 1) = '[' then
+        m := regexp_match(address, '^\[([0-9A-Fa-f:.]+)\]:([0-9]+)$');
+        if m is null then
+            return 'expected [IPv6 address]:port';
+        end if;
+        begin
+            if family(m[1]::inet) <> 6 then
+                return 'only an IPv6 address goes in brackets';
+            end if;
+        exception when invalid_text_representation then
+            return format('"%s" is not an IPv6 address', m[1]);
+        end;
+    else
+        m := regexp_match(address, '^([^:/\[\]]+):([0-9]+)$');
+        if m is null then
+            return 'expected host:port, [IPv6 address]:port '
+                   'or an absolute unix socket path';
+        end if;
+        if m[1] ~ '^[0-9.]+$' then
+            if m[1] !~ ('^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
+                        '(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$')
+            then
+                return format('"%s" is not an IPv4 address', m[1]);
+            end if;
+        elsif length(m[1]) > 253
+              or m[1] !~ ('^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?'
+                          '(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$')
+        then
+            return format('"%s" is not a valid host name', m[1]);
+        end if;
+    end if;
+
+    if m[2] !~ '^[1-9][0-9]{0,4}$' then
+        return 'the port must be a number from 1 to 65535';
+    end if;
+    port := m[2]::integer;
+    if port > 65535 then
+        return 'the port must be a number from 1 to 65535';
+    end if;
+    return null;
+end
+$$;
+
+comment on function redisgate.redis_address_problem(text) is
+    'Why a Redis address is malformed, or NULL when it is fine. Accepted: '
+    'host:port, IPv4:port, [IPv6]:port, or an absolute unix socket path.';
+
+create or replace function redisgate.token_hash(token text)
+returns text
+language sql immutable strict parallel safe
+as $$
+    select encode(sha256(convert_to(token, 'UTF8')), 'hex')
+$$;
+
+comment on function redisgate.token_hash(text) is
+    'Lower-case hex SHA-256 of a token''s UTF-8 bytes: what api_keys stores '
+    'and what lookup() takes.';
+
+
+-- ---------------------------------------------------------------------------
+-- Tables
+-- ---------------------------------------------------------------------------
+
+create table if not exists redisgate.plans (
+    id                  text primary key
+                        check (id ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'),
+    requests_per_second integer not null check (requests_per_second > 0),
+    burst               integer not null check (burst > 0),
+    created_at          timestamptz not null default now()
+);
+
+comment on table redisgate.plans is
+    'Rate limits: a token bucket per organization, refilled at '
+    'requests_per_second, holding at most burst requests';
+
+insert into redisgate.plans (id, requests_per_second, burst)
+values ('free', 10, 20),
+       ('pro', 1000, 2000),
+       ('unlimited', 1000000, 1000000)
+on conflict do nothing;
+
+create table if not exists redisgate.organizations (
+    id         uuid primary key default gen_random_uuid(),
+    name       text not null unique check (btrim(name) <> ''),
+    plan_id    text not null references redisgate.plans (id),
+    status     text not null default 'active'
+               check (status in ('active', 'suspended')),
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now()
+);
+
+comment on table redisgate.organizations is
+    'Tenants: they own instances and keys, and have a plan';
+
+create table if not exists redisgate.instances (
+    id              uuid primary key default gen_random_uuid(),
+    organization_id uuid not null references redisgate.organizations (id),
+    name            text not null check (btrim(name) <> ''),
+    redis_address   text not null
+                    check (redisgate.redis_address_problem(redis_address)
+                           is null),
+    redis_db        integer not null default 0 check (redis_db >= 0),
+    redis_user      text check (redis_user <> ''),
+    redis_password  text check (redis_password <> ''),
+    status          text not null default 'active'
+                    check (status in ('active', 'suspended')),
+    created_at      timestamptz not null default now(),
+    updated_at      timestamptz not null default now(),
+    deleted_at      timestamptz,
+    check (redis_user is null or redis_password is not null)
+);
+
+comment on table redisgate.instances is
+    'Redis databases served at /redis/<id>; deleted_at marks a soft delete';
+comment on column redisgate.instances.redis_address is
+    'host:port, IPv4:port, [IPv6]:port, or an absolute unix socket path';
+comment on column redisgate.instances.redis_user is
+    'Redis ACL user (AUTH user password); NULL: AUTH password, or no AUTH';
+
+create unique index if not exists instances_organization_name
+    on redisgate.instances (organization_id, name)
+    where deleted_at is null;
+
+create table if not exists redisgate.api_keys (
+    id              uuid primary key default gen_random_uuid(),
+    organization_id uuid not null references redisgate.organizations (id),
+    name            text not null check (btrim(name) <> ''),
+    display_prefix  text not null,
+    token_sha256    text not null unique
+                    check (token_sha256 ~ '^[0-9a-f]{64}$'),
+    scopes          text[] not null default '{read,write}'
+                    check (scopes <@ array['read', 'write', 'admin']
+                           and cardinality(scopes) > 0),
+    created_at      timestamptz not null default now(),
+    expires_at      timestamptz check (isfinite(expires_at)),
+    revoked_at      timestamptz,
+    last_used_at    timestamptz,
+    rotated_from    uuid references redisgate.api_keys (id)
+                    on delete set null
+);
+
+comment on table redisgate.api_keys is
+    'API keys: only the SHA-256 of each token is stored';
+comment on column redisgate.api_keys.token_sha256 is
+    'lower-case hex SHA-256 of the token''s UTF-8 bytes';
+comment on column redisgate.api_keys.display_prefix is
+    'the first 10 characters of the token, to tell keys apart';
+
+create index if not exists api_keys_organization_id
+    on redisgate.api_keys (organization_id);
+create index if not exists instances_organization_id
+    on redisgate.instances (organization_id);
+
+
+-- ---------------------------------------------------------------------------
+-- Notifications for the module's cache (see the top of this file)
+-- ---------------------------------------------------------------------------
+
+create or replace function redisgate.notify_key_change()
+returns trigger
+language plpgsql
+as $$
+begin
+    if tg_op = 'DELETE' then
+        perform pg_notify('redisgate', 'key:' || old.token_sha256);
+    elsif (old.organization_id, old.token_sha256, old.scopes,
+           old.expires_at, old.revoked_at)
+          is distinct from
+          (new.organization_id, new.token_sha256, new.scopes,
+           new.expires_at, new.revoked_at)
+    then
+        perform pg_notify('redisgate', 'key:' || old.token_sha256);
+        if new.token_sha256 <> old.token_sha256 then
+            perform pg_notify('redisgate', 'key:' || new.token_sha256);
+        end if;
+    end if;
+    return null;
+end
+$$;
+
+create or replace function redisgate.notify_instance_change()
+returns trigger
+language plpgsql
+as $$
+begin
+    if tg_op = 'DELETE' then
+        perform pg_notify('redisgate', 'instance:' || old.id);
+    elsif (old.id, old.organization_id, old.redis_address, old.redis_db,
+           old.redis_user, old.redis_password, old.status, old.deleted_at)
+          is distinct from
+          (new.id, new.organization_id, new.redis_address, new.redis_db,
+           new.redis_user, new.redis_password, new.status, new.deleted_at)
+    then
+        perform pg_notify('redisgate', 'instance:' || old.id);
+        if new.id <> old.id then
+            perform pg_notify('redisgate', 'instance:' || new.id);
+        end if;
+    end if;
+    return null;
+end
+$$;
+
+create or replace function redisgate.notify_organization_change()
+returns trigger
+language plpgsql
+as $$
+begin
+    if tg_op = 'DELETE' then
+        perform pg_notify('redisgate', 'organization:' || old.id);
+    elsif (old.id, old.plan_id, old.status)
+          is distinct from (new.id, new.plan_id, new.status)
+    then
+        perform pg_notify('redisgate', 'organization:' || old.id);
+        if new.id <> old.id then
+            perform pg_notify('redisgate', 'organization:' || new.id);
+        end if;
+    end if;
+    return null;
+end
+$$;
+
+create or replace function redisgate.notify_plan_change()
+returns trigger
+language plpgsql
+as $$
+begin
+    if tg_op = 'DELETE'
+       or (old.id, old.requests_per_second, old.burst)
+          is distinct from (new.id, new.requests_per_second, new.burst)
+    then
+        perform pg_notify('redisgate', 'all');
+    end if;
+    return null;
+end
+$$;
+
+create or replace function redisgate.notify_all()
+returns trigger
+language plpgsql
+as $$
+begin
+    perform pg_notify('redisgate', 'all');
+    return null;
+end
+$$;
+
+drop trigger if exists notify on redisgate.api_keys;
+create trigger notify after update or delete on redisgate.api_keys
+    for each row execute function redisgate.notify_key_change();
+drop trigger if exists notify on redisgate.instances;
+create trigger notify after update or delete on redisgate.instances
+    for each row execute function redisgate.notify_instance_change();
+drop trigger if exists notify on redisgate.organizations;
+create trigger notify after update or delete on redisgate.organizations
+    for each row execute function redisgate.notify_organization_change();
+drop trigger if exists notify on redisgate.plans;
+create trigger notify after update or delete on redisgate.plans
+    for each row execute function redisgate.notify_plan_change();
+
+drop trigger if exists notify_truncate on redisgate.api_keys;
+create trigger notify_truncate after truncate on redisgate.api_keys
+    for each statement execute function redisgate.notify_all();
+drop trigger if exists notify_truncate on redisgate.instances;
+create trigger notify_truncate after truncate on redisgate.instances
+    for each statement execute function redisgate.notify_all();
+drop trigger if exists notify_truncate on redisgate.organizations;
+create trigger notify_truncate after truncate on redisgate.organizations
+    for each statement execute function redisgate.notify_all();
+drop trigger if exists notify_truncate on redisgate.plans;
+create trigger notify_truncate after truncate on redisgate.plans
+    for each statement execute function redisgate.notify_all();
+
+
+-- ---------------------------------------------------------------------------
+-- What the module calls
+-- ---------------------------------------------------------------------------
+
+create or replace function redisgate.lookup(token_sha256 text,
+                                            instance_id uuid)
+returns table (
+    key_id              text,
+    organization_id     text,
+    scopes              text,
+    expires_at          bigint,
+    organization_status text,
+    instance_status     text,
+    redis_address       text,
+    redis_db            integer,
+    redis_user          text,
+    redis_password      text,
+    requests_per_second integer,
+    burst               integer
+)
+language sql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select k.id::text,
+           o.id::text,
+           array_to_string(k.scopes, ','),
+           coalesce(floor(extract(epoch from k.expires_at))::bigint, 0),
+           o.status,
+           i.status,
+           i.redis_address,
+           i.redis_db,
+           i.redis_user,
+           i.redis_password,
+           p.requests_per_second,
+           p.burst
+      from redisgate.api_keys k
+      join redisgate.organizations o on o.id = k.organization_id
+      join redisgate.plans p on p.id = o.plan_id
+      left join redisgate.instances i
+             on i.id = $2
+            and i.organization_id = k.organization_id
+            and i.deleted_at is null
+     where k.token_sha256 = lower($1)
+       and k.revoked_at is null
+       and (k.expires_at is null or k.expires_at > now())
+$$;
+
+comment on function redisgate.lookup(text, uuid) is
+    'The module''s query: the live key with this token hash, its '
+    'organization and plan, and the instance when it exists and belongs to '
+    'the key''s organization (else NULL instance columns). No row: unknown, '
+    'revoked or expired key. expires_at: epoch seconds, 0 for never.';
+
+create or replace function redisgate.mark_keys_used(key_ids uuid[])
+returns integer
+language sql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    with touched as (
+        update redisgate.api_keys k
+           set last_used_at = now()
+         where k.id = any ($1)
+           and (k.last_used_at is null or k.last_used_at < now())
+        returning 1
+    )
+    select count(*)::integer from touched
+$$;
+
+comment on function redisgate.mark_keys_used(uuid[]) is
+    'Sets last_used_at of these keys to now(); for the module to call now '
+    'and then, in batches. Sends no notification. Returns the rows touched.';
+
+
+-- ---------------------------------------------------------------------------
+-- Internal checks shared by the management functions
+-- ---------------------------------------------------------------------------
+
+create or replace function redisgate.require_organization(org uuid)
+returns uuid
+language plpgsql stable
+as $$
+begin
+    perform 1 from redisgate.organizations o where o.id = org;
+    if not found then
+        raise exception 'unknown organization %', coalesce(org::text, 'NULL')
+            using errcode = 'no_data_found';
+    end if;
+    return org;
+end
+$$;
+
+comment on function redisgate.require_organization(uuid) is
+    'Returns the id, or raises "unknown organization".';
+
+create or replace function redisgate.organization_id(ref text)
+returns uuid
+language plpgsql stable
+as $$
+declare
+    result uuid;
+begin
+    if ref ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+    then
+        select o.id into result
+          from redisgate.organizations o where o.id = ref::uuid;
+    end if;
+    if result is null then
+        select o.id into result
+          from redisgate.organizations o where o.name = ref;
+    end if;
+    if result is null then
+        raise exception 'unknown organization "%"', coalesce(ref, 'NULL')
+            using errcode = 'no_data_found';
+    end if;
+    return result;
+end
+$$;
+
+comment on function redisgate.organization_id(text) is
+    'An organization''s id from its id or its name; raises when unknown.';
+
+create or replace function redisgate.require_plan(plan text)
+returns text
+language plpgsql stable
+as $$
+begin
+    perform 1 from redisgate.plans p where p.id = plan;
+    if not found then
+        raise exception 'unknown plan "%"', coalesce(plan, 'NULL')
+            using errcode = 'no_data_found',
+                  hint = 'redisgate.list_plans() shows the plans';
+    end if;
+    return plan;
+end
+$$;
+
+comment on function redisgate.require_plan(text) is
+    'Returns the plan id, or raises "unknown plan".';
+
+create or replace function redisgate.check_redis_address(address text)
+returns text
+language plpgsql immutable
+as $$
+declare
+    problem text := redisgate.redis_address_problem(address);
+begin
+    if problem is not null then
+        raise exception 'malformed redis_address "%": %',
+                        coalesce(address, 'NULL'), problem
+            using errcode = 'invalid_parameter_value',
+                  hint = 'use host:port, [IPv6]:port or /path/to/redis.sock';
+    end if;
+    return address;
+end
+$$;
+
+comment on function redisgate.check_redis_address(text) is
+    'Returns the address, or raises "malformed redis_address".';
+
+create or replace function redisgate.normalize_scopes(scopes text[])
+returns text[]
+language plpgsql immutable
+as $$
+declare
+    s text;
+    wanted text[] := '{}';
+begin
+    if scopes is null or cardinality(scopes) = 0 then
+        raise exception 'a key needs at least one scope (read, write, admin)'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    foreach s in array scopes loop
+        if s is null or lower(btrim(s)) not in ('read', 'write', 'admin') then
+            raise exception 'unknown scope "%": scopes are read, write and admin',
+                            coalesce(s, 'NULL')
+                using errcode = 'invalid_parameter_value';
+        end if;
+        wanted := wanted || lower(btrim(s));
+    end loop;
+    -- canonical order, no duplicates
+    return array(select v from unnest(array['read', 'write', 'admin'])
+                               with ordinality as t(v, n)
+                  where v = any (wanted) order by n);
+end
+$$;
+
+comment on function redisgate.normalize_scopes(text[]) is
+    'Scopes in canonical order (read, write, admin) without duplicates; '
+    'raises on an empty list or an unknown scope.';
+
+create or replace function redisgate.new_token()
+returns text
+language sql volatile
+as $$
+    select 'rg_' || replace(gen_random_uuid()::text, '-', '')
+                 || replace(gen_random_uuid()::text, '-', '')
+$$;
+
+comment on function redisgate.new_token() is
+    'A new token: rg_ and 64 hex digits from two random UUIDs (244 random '
+    'bits).';
+
+create or replace function redisgate.require_name(what text, name text)
+returns text
+language plpgsql immutable
+as $$
+begin
+    if name is null or btrim(name) = '' then
+        raise exception '% name must not be empty', what
+            using errcode = 'invalid_parameter_value';
+    end if;
+    return btrim(name);
+end
+$$;
+
+comment on function redisgate.require_name(text, text) is
+    'The name without surrounding white space; raises when it is empty.';
+
+
+-- ---------------------------------------------------------------------------
+-- Plans and organizations
+-- ---------------------------------------------------------------------------
+
+create or replace function redisgate.create_plan(id text,
+                                                 requests_per_second integer,
+                                                 burst integer)
+returns text
+language plpgsql
+as $$
+begin
+    if create_plan.id is null
+       or create_plan.id !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        raise exception 'bad plan id "%": use up to 63 lower-case letters, '
+                        'digits, "_", "-" and "."', coalesce(create_plan.id, 'NULL')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if create_plan.requests_per_second is null
+       or create_plan.requests_per_second < 1 then
+        raise exception 'requests_per_second must be 1 or more'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if create_plan.burst is null or create_plan.burst < 1 then
+        raise exception 'burst must be 1 or more'
+            using errcode = 'invalid_parameter_value';
+    end if;
+
+    insert into redisgate.plans as p (id, requests_per_second, burst)
+    values (create_plan.id, create_plan.requests_per_second, create_plan.burst)
+    on conflict on constraint plans_pkey do update
+       set requests_per_second = excluded.requests_per_second,
+           burst = excluded.burst
+     where (p.requests_per_second, p.burst)
+           is distinct from (excluded.requests_per_second, excluded.burst);
+
+    return create_plan.id;
+end
+$$;
+
+comment on function redisgate.create_plan(text, integer, integer) is
+    'Creates a plan or changes its limits (notifies "all" when they change). '
+    'Returns the plan id.';
+
+create or replace function redisgate.create_organization(
+    name text, plan_id text default 'free')
+returns uuid
+language plpgsql
+as $$
+declare
+    org_name text := redisgate.require_name('organization', create_organization.name);
+    result uuid;
+begin
+    perform redisgate.require_plan(create_organization.plan_id);
+    perform 1 from redisgate.organizations o where o.name = org_name;
+    if found then
+        raise exception 'organization "%" already exists', org_name
+            using errcode = 'unique_violation';
+    end if;
+    insert into redisgate.organizations (name, plan_id)
+    values (org_name, create_organization.plan_id)
+    returning organizations.id into result;
+    return result;
+end
+$$;
+
+comment on function redisgate.create_organization(text, text) is
+    'Creates an organization on a plan (default free). Returns its id.';
+
+create or replace function redisgate.set_organization_status(
+    organization_id uuid, status text)
+returns void
+language plpgsql
+as $$
+begin
+    perform redisgate.require_organization(set_organization_status.organization_id);
+    if set_organization_status.status is null
+       or set_organization_status.status not in ('active', 'suspended') then
+        raise exception 'bad organization status "%": active or suspended',
+                        coalesce(set_organization_status.status, 'NULL')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    update redisgate.organizations o
+       set status = set_organization_status.status, updated_at = now()
+     where o.id = set_organization_status.organization_id
+       and o.status <> set_organization_status.status;
+end
+$$;
+
+comment on function redisgate.set_organization_status(uuid, text) is
+    'Sets an organization''s status (active or suspended); notifies '
+    '"organization:<id>" when it changes.';
+
+create or replace function redisgate.suspend_organization(organization_id uuid)
+returns void
+language sql
+as $$
+    select redisgate.set_organization_status($1, 'suspended')
+$$;
+
+comment on function redisgate.suspend_organization(uuid) is
+    'Suspends an organization: its keys get 403 until it is resumed. '
+    'Notifies "organization:<id>".';
+
+create or replace function redisgate.resume_organization(organization_id uuid)
+returns void
+language sql
+as $$
+    select redisgate.set_organization_status($1, 'active')
+$$;
+
+comment on function redisgate.resume_organization(uuid) is
+    'Makes a suspended organization active again. Notifies '
+    '"organization:<id>".';
+
+create or replace function redisgate.set_organization_plan(
+    organization_id uuid, plan_id text)
+returns void
+language plpgsql
+as $$
+begin
+    perform redisgate.require_organization(set_organization_plan.organization_id);
+    perform redisgate.require_plan(set_organization_plan.plan_id);
+    update redisgate.organizations o
+       set plan_id = set_organization_plan.plan_id, updated_at = now()
+     where o.id = set_organization_plan.organization_id
+       and o.plan_id <> set_organization_plan.plan_id;
+end
+$$;
+
+comment on function redisgate.set_organization_plan(uuid, text) is
+    'Moves an organization to another plan. Notifies "organization:<id>".';
+
+
+-- ---------------------------------------------------------------------------
+-- Instances
+-- ---------------------------------------------------------------------------
+
+create or replace function redisgate.require_instance(instance_id uuid)
+returns uuid
+language plpgsql stable
+as $$
+begin
+    perform 1 from redisgate.instances i
+     where i.id = require_instance.instance_id and i.deleted_at is null;
+    if not found then
+        raise exception 'unknown instance %',
+                        coalesce(require_instance.instance_id::text, 'NULL')
+            using errcode = 'no_data_found';
+    end if;
+    return require_instance.instance_id;
+end
+$$;
+
+comment on function redisgate.require_instance(uuid) is
+    'Returns the id of a live (not deleted) instance, or raises '
+    '"unknown instance".';
+
+create or replace function redisgate.create_instance(
+    organization_id uuid,
+    name text,
+    redis_address text,
+    redis_db integer default 0,
+    redis_user text default null,
+    redis_password text default null)
+returns uuid
+language plpgsql
+as $$
+declare
+    inst_name text := redisgate.require_name('instance', create_instance.name);
+    usr text := nullif(create_instance.redis_user, '');
+    pass text := nullif(create_instance.redis_password, '');
+    result uuid;
+begin
+    perform redisgate.require_organization(create_instance.organization_id);
+    perform redisgate.check_redis_address(create_instance.redis_address);
+    if create_instance.redis_db is null or create_instance.redis_db < 0 then
+        raise exception 'redis_db must be 0 or more'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if usr is not null and pass is null then
+        raise exception 'a redis_user needs a redis_password'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    perform 1 from redisgate.instances i
+     where i.organization_id = create_instance.organization_id
+       and i.name = inst_name and i.deleted_at is null;
+    if found then
+        raise exception 'organization % already has an instance named "%"',
+                        create_instance.organization_id, inst_name
+            using errcode = 'unique_violation';
+    end if;
+
+    insert into redisgate.instances (organization_id, name, redis_address,
+                                     redis_db, redis_user, redis_password)
+    values (create_instance.organization_id, inst_name,
+            create_instance.redis_address, create_instance.redis_db, usr, pass)
+    returning instances.id into result;
+    return result;
+end
+$$;
+
+comment on function redisgate.create_instance(uuid, text, text, integer,
+                                               text, text) is
+    'Creates an instance of an organization: a Redis address (host:port, '
+    '[IPv6]:port or /path/to/redis.sock), database and optional '
+    'credentials. Returns its id, the one in /redis/<id>.';
+
+create or replace function redisgate.update_instance(
+    instance_id uuid,
+    redis_address text default null,
+    redis_db integer default null,
+    redis_user text default null,
+    redis_password text default null)
+returns void
+language plpgsql
+as $$
+declare
+    cur redisgate.instances;
+    usr text;
+    pass text;
+begin
+    perform redisgate.require_instance(update_instance.instance_id);
+    select * into cur from redisgate.instances i
+     where i.id = update_instance.instance_id for update;
+
+    if update_instance.redis_address is not null then
+        perform redisgate.check_redis_address(update_instance.redis_address);
+    end if;
+    if update_instance.redis_db < 0 then
+        raise exception 'redis_db must be 0 or more'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    -- NULL keeps the current value, '' removes it
+    usr := case when update_instance.redis_user is null then cur.redis_user
+                else nullif(update_instance.redis_user, '') end;
+    pass := case when update_instance.redis_password is null
+                 then cur.redis_password
+                 else nullif(update_instance.redis_password, '') end;
+    if usr is not null and pass is null then
+        raise exception 'a redis_user needs a redis_password'
+            using errcode = 'invalid_parameter_value';
+    end if;
+
+    update redisgate.instances i
+       set redis_address = coalesce(update_instance.redis_address,
+                                    i.redis_address),
+           redis_db = coalesce(update_instance.redis_db, i.redis_db),
+           redis_user = usr,
+           redis_password = pass,
+           updated_at = now()
+     where i.id = update_instance.instance_id
+       and (coalesce(update_instance.redis_address, i.redis_address),
+            coalesce(update_instance.redis_db, i.redis_db), usr, pass)
+           is distinct from
+           (i.redis_address, i.redis_db, i.redis_user, i.redis_password);
+end
+$$;
+
+comment on function redisgate.update_instance(uuid, text, integer, text,
+                                               text) is
+    'Changes an instance''s Redis address, database or credentials. NULL '
+    'keeps a value; an empty string removes redis_user or redis_password. '
+    'Notifies "instance:<id>" when something changed.';
+
+create or replace function redisgate.set_instance_status(instance_id uuid,
+                                                         status text)
+returns void
+language plpgsql
+as $$
+begin
+    perform redisgate.require_instance(set_instance_status.instance_id);
+    if set_instance_status.status is null
+       or set_instance_status.status not in ('active', 'suspended') then
+        raise exception 'bad instance status "%": active or suspended',
+                        coalesce(set_instance_status.status, 'NULL')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    update redisgate.instances i
+       set status = set_instance_status.status, updated_at = now()
+     where i.id = set_instance_status.instance_id
+       and i.status <> set_instance_status.status;
+end
+$$;
+
+comment on function redisgate.set_instance_status(uuid, text) is
+    'Sets an instance''s status (active or suspended); notifies '
+    '"instance:<id>" when it changes.';
+
+create or replace function redisgate.suspend_instance(instance_id uuid)
+returns void
+language sql
+as $$
+    select redisgate.set_instance_status($1, 'suspended')
+$$;
+
+comment on function redisgate.suspend_instance(uuid) is
+    'Suspends an instance until it is resumed. Notifies "instance:<id>".';
+
+create or replace function redisgate.resume_instance(instance_id uuid)
+returns void
+language sql
+as $$
+    select redisgate.set_instance_status($1, 'active')
+$$;
+
+comment on function redisgate.resume_instance(uuid) is
+    'Makes a suspended instance active again. Notifies "instance:<id>".';
+
+create or replace function redisgate.delete_instance(instance_id uuid)
+returns void
+language plpgsql
+as $$
+begin
+    perform 1 from redisgate.instances i
+     where i.id = delete_instance.instance_id;
+    if not found then
+        raise exception 'unknown instance %',
+                        coalesce(delete_instance.instance_id::text, 'NULL')
+            using errcode = 'no_data_found';
+    end if;
+    update redisgate.instances i
+       set deleted_at = now(), updated_at = now()
+     where i.id = delete_instance.instance_id and i.deleted_at is null;
+end
+$$;
+
+comment on function redisgate.delete_instance(uuid) is
+    'Deletes an instance (soft: sets deleted_at; its name can be reused). '
+    'Deleting it again does nothing. Notifies "instance:<id>".';
+
+
+-- ---------------------------------------------------------------------------
+-- Keys
+-- ---------------------------------------------------------------------------
+
+create or replace function redisgate.create_key(
+    organization_id uuid,
+    name text,
+    scopes text[] default '{read,write}',
+    expires_at timestamptz default null)
+returns table (key_id uuid, token text)
+language plpgsql
+as $$
+declare
+    key_name text := redisgate.require_name('key', create_key.name);
+    key_scopes text[] := redisgate.normalize_scopes(create_key.scopes);
+    new_token text := redisgate.new_token();
+begin
+    perform redisgate.require_organization(create_key.organization_id);
+    if create_key.expires_at is not null
+       and (not isfinite(create_key.expires_at)
+            or create_key.expires_at <= now()) then
+        raise exception 'expires_at must be a time in the future'
+            using errcode = 'invalid_parameter_value';
+    end if;
+
+    insert into redisgate.api_keys as k (organization_id, name,
+                                         display_prefix, token_sha256,
+                                         scopes, expires_at)
+    values (create_key.organization_id, key_name, left(new_token, 10),
+            redisgate.token_hash(new_token), key_scopes, create_key.expires_at)
+    returning k.id into key_id;
+    token := new_token;
+    return next;
+end
+$$;
+
+comment on function redisgate.create_key(uuid, text, text[], timestamptz) is
+    'Creates an API key with scopes (read, write, admin) and an optional '
+    'expiry. Returns its id and its token: the only time the token exists '
+    'anywhere; the database keeps its SHA-256.';
+
+create or replace function redisgate.require_key(key_id uuid)
+returns redisgate.api_keys
+language plpgsql
+as $$
+declare
+    result redisgate.api_keys;
+begin
+    select * into result from redisgate.api_keys k
+     where k.id = require_key.key_id for update;
+    if not found then
+        raise exception 'unknown key %', coalesce(require_key.key_id::text, 'NULL')
+            using errcode = 'no_data_found';
+    end if;
+    return result;
+end
+$$;
+
+comment on function redisgate.require_key(uuid) is
+    'The key''s row, locked for update; raises "unknown key".';
+
+create or replace function redisgate.revoke_key(key_id uuid)
+returns void
+language plpgsql
+as $$
+begin
+    perform redisgate.require_key(revoke_key.key_id);
+    update redisgate.api_keys k
+       set revoked_at = now()
+     where k.id = revoke_key.key_id and k.revoked_at is null;
+end
+$$;
+
+comment on function redisgate.revoke_key(uuid) is
+    'Revokes a key for good (revoking it again does nothing). Notifies '
+    '"key:<token_sha256>".';
+
+create or replace function redisgate.set_key_expiry(key_id uuid,
+                                                    expires_at timestamptz)
+returns void
+language plpgsql
+as $$
+declare
+    cur redisgate.api_keys := redisgate.require_key(set_key_expiry.key_id);
+begin
+    if cur.revoked_at is not null then
+        raise exception 'key % is revoked', set_key_expiry.key_id
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if not isfinite(set_key_expiry.expires_at) then
+        raise exception 'expires_at must be a finite time (NULL: never)'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    update redisgate.api_keys k
+       set expires_at = set_key_expiry.expires_at
+     where k.id = set_key_expiry.key_id
+       and k.expires_at is distinct from set_key_expiry.expires_at;
+end
+$$;
+
+comment on function redisgate.set_key_expiry(uuid, timestamptz) is
+    'Sets when a key stops working (NULL: never; a past time: now). '
+    'Notifies "key:<token_sha256>".';
+
+create or replace function redisgate.rotate_key(old_key_id uuid,
+                                                grace interval
+                                                    default '1 hour')
+returns table (key_id uuid, token text)
+language plpgsql
+as $$
+declare
+    prev redisgate.api_keys := redisgate.require_key(rotate_key.old_key_id);
+    new_token text := redisgate.new_token();
+begin
+    if prev.revoked_at is not null then
+        raise exception 'key % is revoked', rotate_key.old_key_id
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if prev.expires_at is not null and prev.expires_at <= now() then
+        raise exception 'key % has expired', rotate_key.old_key_id
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if rotate_key.grace is null or rotate_key.grace < interval '0' then
+        raise exception 'grace must be an interval of 0 or more'
+            using errcode = 'invalid_parameter_value';
+    end if;
+
+    insert into redisgate.api_keys as k (organization_id, name,
+                                         display_prefix, token_sha256,
+                                         scopes, expires_at, rotated_from)
+    values (prev.organization_id, prev.name, left(new_token, 10),
+            redisgate.token_hash(new_token), prev.scopes, prev.expires_at,
+            prev.id)
+    returning k.id into key_id;
+
+    -- the old key keeps working for the grace period, never longer than
+    -- it would have anyway
+    update redisgate.api_keys k
+       set expires_at = least(k.expires_at, now() + rotate_key.grace)
+     where k.id = prev.id;
+
+    token := new_token;
+    return next;
+end
+$$;
+
+comment on function redisgate.rotate_key(uuid, interval) is
+    'Replaces a key: a new key with the same organization, name, scopes and '
+    'expiry; the old one keeps working for the grace period (default 1 '
+    'hour). Returns the new id and token. Notifies "key:<old token_sha256>".';
+
+
+-- ---------------------------------------------------------------------------
+-- Listings (never tokens, hashes or passwords)
+-- ---------------------------------------------------------------------------
+
+create or replace function redisgate.list_plans()
+returns table (id text, requests_per_second integer, burst integer,
+               organizations bigint, created_at timestamptz)
+language sql stable
+as $$
+    select p.id, p.requests_per_second, p.burst,
+           (select count(*) from redisgate.organizations o
+             where o.plan_id = p.id),
+           p.created_at
+      from redisgate.plans p
+     order by p.requests_per_second, p.id
+$$;
+
+comment on function redisgate.list_plans() is
+    'Plans, with how many organizations are on each.';
+
+create or replace function redisgate.list_organizations()
+returns table (id uuid, name text, plan_id text, status text,
+               instances bigint, keys bigint,
+               created_at timestamptz, updated_at timestamptz)
+language sql stable
+as $$
+    select o.id, o.name, o.plan_id, o.status,
+           (select count(*) from redisgate.instances i
+             where i.organization_id = o.id and i.deleted_at is null),
+           (select count(*) from redisgate.api_keys k
+             where k.organization_id = o.id and k.revoked_at is null
+               and (k.expires_at is null or k.expires_at > now())),
+           o.created_at, o.updated_at
+      from redisgate.organizations o
+     order by o.name
+$$;
+
+comment on function redisgate.list_organizations() is
+    'Organizations, with their live instances and usable keys counted.';
+
+create or replace function redisgate.list_instances(
+    organization_id uuid, include_deleted boolean default false)
+returns table (id uuid, name text, redis_address text, redis_db integer,
+               redis_user text, has_password boolean, status text,
+               created_at timestamptz, updated_at timestamptz,
+               deleted_at timestamptz)
+language sql stable
+as $$
+    select i.id, i.name, i.redis_address, i.redis_db, i.redis_user,
+           i.redis_password is not null, i.status,
+           i.created_at, i.updated_at, i.deleted_at
+      from redisgate.require_organization($1) as org(id)
+      join redisgate.instances i on i.organization_id = org.id
+     where $2 or i.deleted_at is null
+     order by i.name, i.created_at
+$$;
+
+comment on function redisgate.list_instances(uuid, boolean) is
+    'An organization''s instances (deleted ones too when asked), without '
+    'passwords.';
+
+create or replace function redisgate.list_keys(organization_id uuid)
+returns table (id uuid, name text, display_prefix text, scopes text[],
+               state text, created_at timestamptz, expires_at timestamptz,
+               revoked_at timestamptz, last_used_at timestamptz,
+               rotated_from uuid)
+language sql stable
+as $$
+    select k.id, k.name, k.display_prefix, k.scopes,
+           case when k.revoked_at is not null then 'revoked'
+                when k.expires_at <= now() then 'expired'
+                else 'active' end,
+           k.created_at, k.expires_at, k.revoked_at, k.last_used_at,
+           k.rotated_from
+      from redisgate.require_organization($1) as org(id)
+      join redisgate.api_keys k on k.organization_id = org.id
+     order by k.created_at, k.id
+$$;
+
+comment on function redisgate.list_keys(uuid) is
+    'An organization''s keys (state: active, expired or revoked), without '
+    'tokens or hashes.';
+
+
+-- ---------------------------------------------------------------------------
+-- Privileges: nothing for PUBLIC (see the top of this file)
+-- ---------------------------------------------------------------------------
+
+revoke all on all functions in schema redisgate from public;
+grant execute on function redisgate.redis_address_problem(text) to public;
+
+commit;
