@@ -119,6 +119,13 @@ static ngx_command_t  ngx_http_redisgate_commands[] = {
       offsetof(ngx_http_redisgate_main_conf_t, pg_timeout),
       NULL },
 
+    { ngx_string("redisgate_pg_token_check"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_main_conf_t, pg_token_check),
+      NULL },
+
     { ngx_string("redisgate_cache"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_redisgate_cache,
@@ -218,6 +225,7 @@ ngx_http_redisgate_create_main_conf(ngx_conf_t *cf)
     rmcf->pool_size = NGX_CONF_UNSET_UINT;
     rmcf->idle_timeout = NGX_CONF_UNSET_MSEC;
     rmcf->pg_timeout = NGX_CONF_UNSET_MSEC;
+    rmcf->pg_token_check = NGX_CONF_UNSET;
 
     return rmcf;
 }
@@ -237,6 +245,7 @@ ngx_http_redisgate_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(rmcf->pool_size, 2);
     ngx_conf_init_msec_value(rmcf->idle_timeout, 60000);
     ngx_conf_init_msec_value(rmcf->pg_timeout, 5000);
+    ngx_conf_init_value(rmcf->pg_token_check, 1);
 
     if (rmcf->pg) {
         ngx_http_redisgate_pg_configure(rmcf->pg, rmcf->cache,

@@ -129,6 +129,7 @@ typedef struct {
 
     ngx_http_redisgate_pg_t        *pg;
     ngx_msec_t                      pg_timeout;
+    ngx_flag_t                      pg_token_check;
     ngx_http_redisgate_cache_t     *cache;
     time_t                          cache_ttl;
     time_t                          cache_negative_ttl;

@@ -33,6 +33,7 @@ typedef struct {
 } ngx_http_redisgate_resolve_t;
 
 
+static ngx_uint_t ngx_http_redisgate_token_shaped(ngx_str_t *token);
 static ngx_int_t ngx_http_redisgate_resolve_static(ngx_http_request_t *r,
     ngx_http_redisgate_key_t *key, ngx_str_t *instance,
     ngx_http_redisgate_auth_t *auth);
@@ -88,6 +89,15 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
         return NGX_HTTP_UNAUTHORIZED;
     }
 
+    if (rmcf->pg_token_check && !ngx_http_redisgate_token_shaped(token)) {
+        /* random garbage never costs the key store a query */
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "redisgate: not a key store token");
+
+        auth->error = "Unauthorized: invalid API key";
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
     rs = ngx_pcalloc(r->pool, sizeof(ngx_http_redisgate_resolve_t));
     if (rs == NULL) {
         auth->error = "out of memory";
@@ -133,6 +143,30 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     auth->error = error;
 
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+/* what tools/redisgate-admin makes: "rg_" and 64 lower-case hex digits */
+
+static ngx_uint_t
+ngx_http_redisgate_token_shaped(ngx_str_t *token)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    if (token->len != 3 + 64 || ngx_strncmp(token->data, "rg_", 3) != 0) {
+        return 0;
+    }
+
+    for (i = 3; i < token->len; i++) {
+        c = token->data[i];
+
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 

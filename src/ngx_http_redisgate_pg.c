@@ -506,14 +506,27 @@ ngx_http_redisgate_pg_poll(ngx_http_redisgate_pg_conn_t *pc)
 
     rc = PQconnectPoll(pc->conn);
 
+    if (rc == PGRES_POLLING_FAILED) {
+        ngx_http_redisgate_pg_down(pc->pg,
+                                   "could not connect to the key store",
+                                   PQerrorMessage(pc->conn));
+        ngx_http_redisgate_pg_close(pc, NULL);
+        ngx_http_redisgate_pg_dispatch(pc->pg);
+        return;
+    }
+
     /* libpq may have moved to another socket (another address) */
-    if (pc->connection == NULL
-        || pc->connection->fd != PQsocket(pc->conn))
-    {
+    if (pc->connection->fd != PQsocket(pc->conn)) {
         ngx_http_redisgate_pg_unwrap(pc);
 
-        if (ngx_http_redisgate_pg_wrap(pc) != NGX_OK) {
-            ngx_http_redisgate_pg_close(pc, "no free nginx connection");
+        if (PQsocket(pc->conn) < 0
+            || ngx_http_redisgate_pg_wrap(pc) != NGX_OK)
+        {
+            ngx_http_redisgate_pg_down(pc->pg,
+                                       "could not connect to the key store",
+                                       "no usable socket");
+            ngx_http_redisgate_pg_close(pc, NULL);
+            ngx_http_redisgate_pg_dispatch(pc->pg);
             return;
         }
     }
@@ -528,16 +541,8 @@ ngx_http_redisgate_pg_poll(ngx_http_redisgate_pg_conn_t *pc)
         ngx_http_redisgate_pg_want_write(pc, 1);
         return;
 
-    case PGRES_POLLING_OK:
+    default: /* PGRES_POLLING_OK */
         break;
-
-    default: /* PGRES_POLLING_FAILED */
-        ngx_http_redisgate_pg_down(pc->pg,
-                                   "could not connect to the key store",
-                                   PQerrorMessage(pc->conn));
-        ngx_http_redisgate_pg_close(pc, NULL);
-        ngx_http_redisgate_pg_dispatch(pc->pg);
-        return;
     }
 
     if (pc->timer.timer_set) {

@@ -283,3 +283,35 @@ Authorization: Bearer $TEST_NGINX_KS_RW_TOKEN
 GET /redis/$TEST_NGINX_KS_ACME_INSTANCE/get/ks
 --- response_body chomp
 {"result":"1"}
+
+
+
+=== TEST 19: a token not shaped like the key store's costs no query
+--- more_headers
+Authorization: Bearer not-a-key-store-token
+--- request
+GET /redis/$TEST_NGINX_KS_ACME_INSTANCE/ping
+--- error_code: 401
+--- response_body chomp
+{"error":"Unauthorized: invalid API key"}
+--- error_log
+not a key store token
+--- no_error_log
+key store lookup for sha256
+--- skip_eval: 6: !$RedisGate::Test::Debug
+
+
+
+=== TEST 20: ... unless redisgate_pg_token_check is off
+--- http_config
+redisgate_pg_token_check off;
+--- more_headers
+Authorization: Bearer not-a-key-store-token
+--- request
+GET /redis/$TEST_NGINX_KS_ACME_INSTANCE/ping
+--- error_code: 401
+--- response_body chomp
+{"error":"Unauthorized: invalid API key"}
+--- error_log
+key store lookup for sha256
+--- skip_eval: 5: !$RedisGate::Test::Debug

@@ -12,7 +12,7 @@
 //   REDIS_SERVER_BIN  redis-server binary    (default redis-server from PATH)
 //   KEEP_TMP=1        keep temporary directories (for debugging)
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { copyFileSync, mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, existsSync, openSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -35,6 +35,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const tracked = new Map();   // pid -> { child, name }
 const tmpDirs = new Set();
+const pgClusters = new Set(); // PgCluster instances still running
 
 function track(child, name) {
   tracked.set(child.pid, { child, name });
@@ -49,6 +50,9 @@ process.once('exit', () => {
       try { process.kill(pid, 'SIGTERM'); } catch { /* already gone */ }
     }
   }
+  // our PostgreSQL clusters (daemonized by pg_ctl, so not in `tracked`):
+  // stopped synchronously, each by its own data directory
+  for (const pg of pgClusters) pg.stopSync();
   if (!process.env.KEEP_TMP) {
     for (const d of tmpDirs) {
       try { rmSync(d, { recursive: true, force: true }); } catch { /* ignore */ }
@@ -224,8 +228,10 @@ export async function startRedis(extraArgs = []) {
 // nginx
 
 /**
- * instances: [{ uuid, url, organization? }]
- * keys:      [{ token, id?, scopes?, organization? }]  (token is hashed here)
+ * instances: [{ uuid, url, organization? }]  (default none)
+ * workers:   worker_processes (default 1)
+ * keys:      [{ token, id?, scopes?, organization? }]  (token is hashed here;
+ *            default none)
  * http:      extra directives at http level (string)
  * location:  extra directives inside `location /redis/` (string)
  * servers:   optional list of { location } for more server blocks on their
@@ -233,7 +239,7 @@ export async function startRedis(extraArgs = []) {
  *            directives, e.g. a shorter redisgate_timeout); their bases are
  *            in nginx.bases[1..]
  */
-export async function startNginx({ instances, keys, http = '', location = '', servers = [], timeoutMs = 10000 }) {
+export async function startNginx({ instances = [], keys = [], http = '', location = '', servers = [], workers = 1, timeoutMs = 10000 }) {
   if (!existsSync(REDISGATE_MODULE)) {
     throw new Error(`module not found at ${REDISGATE_MODULE} (run make, or set REDISGATE_MODULE)`);
   }
@@ -252,7 +258,7 @@ export async function startNginx({ instances, keys, http = '', location = '', se
   copyFileSync(REDISGATE_MODULE, moduleCopy);
   lines.push(`load_module ${moduleCopy};`);
   if (isRoot) lines.push('user root root;');
-  lines.push('worker_processes 1;');
+  lines.push(`worker_processes ${workers};`);
   lines.push(`pid ${dir}/nginx.pid;`);
   lines.push(`error_log ${dir}/error.log debug;`);
   lines.push('events { worker_connections 1024; }');
