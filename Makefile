@@ -37,7 +37,7 @@ export NGINX_BIN MODULE
 BUILD_PKGS := gcc make nginx nginx-dev libhiredis-dev libyajl-dev libpq-dev \
               libssl-dev libpcre2-dev zlib1g-dev
 RUN_PKGS := redis-server postgresql postgresql-client curl
-TEST_PKGS := libtest-base-perl libtext-diff-perl perl
+TEST_PKGS := libtest-base-perl libtext-diff-perl perl dnsmasq-base
 
 .PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE
 

@@ -84,7 +84,16 @@ struct ngx_http_redisgate_backend_s {
 
     ngx_msec_t                      backoff;    /* current reconnect delay */
     ngx_msec_t                      down_until; /* fail fast until then */
-    u_char                          error[128]; /* why it is down */
+    u_char                          error[160]; /* why it is down */
+
+    /* a host name from the key store, resolved by nginx's resolver */
+    ngx_str_t                       resolve_name;
+    time_t                          resolved_until;
+    time_t                          resolve_retry;
+    ngx_resolver_ctx_t             *resolving;
+    ngx_queue_t                     waiting;    /* requests until then */
+    unsigned                        resolve_error:1;
+    unsigned                        resolve_starting:1;
 
     ngx_log_t                      *log;
 };
@@ -166,6 +175,10 @@ typedef struct {
 } ngx_http_redisgate_auth_t;
 
 
+/* a request waiting for something its backend needs, to try again */
+typedef void (*ngx_http_redisgate_retry_pt)(ngx_http_request_t *r);
+
+
 /* the outcome of an asynchronous resolve: NGX_OK or an HTTP status */
 typedef void (*ngx_http_redisgate_resolved_pt)(ngx_http_request_t *r,
     ngx_int_t rc);
@@ -198,6 +211,9 @@ ngx_int_t ngx_http_redisgate_backend_init_process(
 void ngx_http_redisgate_backend_exit_process(void);
 ngx_http_redisgate_backend_t *ngx_http_redisgate_backend_get(
     ngx_http_redisgate_keyinfo_t *ki, ngx_pool_t *pool, const char **error);
+ngx_int_t ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
+    ngx_http_request_t *r, ngx_http_redisgate_retry_pt retry,
+    const char **error);
 
 /* static.c: instances and keys defined in nginx.conf */
 char *ngx_http_redisgate_instance(ngx_conf_t *cf, ngx_command_t *cmd,

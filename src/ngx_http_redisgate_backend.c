@@ -20,6 +20,14 @@
 
 
 typedef struct {
+    ngx_queue_t                     queue;      /* backend->waiting */
+    ngx_http_request_t             *request;
+    ngx_http_redisgate_retry_pt     retry;
+    ngx_pool_cleanup_t             *cleanup;
+} ngx_http_redisgate_resolve_waiter_t;
+
+
+typedef struct {
     ngx_rbtree_node_t               node;
     ngx_queue_t                     queue;
     ngx_http_redisgate_backend_t    backend;
@@ -40,6 +48,11 @@ typedef struct {
 
 static ngx_http_redisgate_dynamic_t *ngx_http_redisgate_backend_create(
     ngx_str_t *key, ngx_http_redisgate_keyinfo_t *ki, const char **error);
+static ngx_int_t ngx_http_redisgate_backend_resolve(
+    ngx_http_redisgate_backend_t *b, ngx_http_core_loc_conf_t *clcf,
+    const char **error);
+static void ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx);
+static void ngx_http_redisgate_backend_waiter_cleanup(void *data);
 static void ngx_http_redisgate_backend_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_http_redisgate_backend_sweep(ngx_event_t *ev);
@@ -163,14 +176,21 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
 }
 
 
-/* one allocation: the record, then the key, host/path, user, password */
+/*
+ * One allocation: the record, the pool's slots, the key, the host (or
+ * path), the user and the password.  An address that is a host name keeps
+ * the name and room for the address the resolver gives.
+ */
 
 static ngx_http_redisgate_dynamic_t *
 ngx_http_redisgate_backend_create(ngx_str_t *key,
     ngx_http_redisgate_keyinfo_t *ki, const char **error)
 {
-    u_char                          *p, text[NGX_SOCKADDR_STRLEN];
-    size_t                           size, len;
+    u_char                          *p, *colon, text[NGX_SOCKADDR_STRLEN];
+    size_t                           len;
+    in_port_t                        port;
+    ngx_int_t                        rc;
+    ngx_str_t                        name;
     ngx_addr_t                       addr;
     ngx_pool_t                      *pool;
     ngx_http_redisgate_dynamic_t    *d;
@@ -178,50 +198,67 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
     ngx_http_redisgate_backends_t   *bs = &ngx_http_redisgate_backends;
 
     len = 0;
+    port = 0;
+    ngx_str_null(&name);
 
-    if (ki->address.len && ki->address.data[0] != '/') {
-        /* numeric only: a host name would need a blocking lookup here */
+    if (ki->address.len == 0) {
+        *error = "the instance has no Redis address";
+        return NULL;
+    }
+
+    if (ki->address.data[0] != '/') {
         pool = ngx_create_pool(512, bs->log);
         if (pool == NULL) {
             *error = "out of memory";
             return NULL;
         }
 
-        if (ngx_parse_addr_port(pool, &addr, ki->address.data,
-                                ki->address.len)
-            != NGX_OK)
-        {
-            ngx_destroy_pool(pool);
-            *error = "the instance's Redis address is not an IP address "
-                     "with a port, nor a unix socket path";
-            return NULL;
+        rc = ngx_parse_addr_port(pool, &addr, ki->address.data,
+                                 ki->address.len);
+
+        if (rc == NGX_OK) {
+            len = ngx_sock_ntop(addr.sockaddr, addr.socklen, text,
+                                NGX_SOCKADDR_STRLEN, 0);
+            port = ngx_inet_get_port(addr.sockaddr);
         }
 
-        len = ngx_sock_ntop(addr.sockaddr, addr.socklen, text,
-                            NGX_SOCKADDR_STRLEN, 0);
-
-        size = ngx_inet_get_port(addr.sockaddr);
         ngx_destroy_pool(pool);
 
-        if (size == 0) {
+        if (rc != NGX_OK) {
+            /* a host name, for nginx's resolver when first used */
+            colon = ngx_strlchr(ki->address.data,
+                                ki->address.data + ki->address.len, ':');
+
+            if (colon == NULL || colon == ki->address.data) {
+                *error = "the instance's Redis address is not host:port "
+                         "nor a unix socket path";
+                return NULL;
+            }
+
+            rc = ngx_atoi(colon + 1,
+                          ki->address.data + ki->address.len - colon - 1);
+            if (rc < 1 || rc > 65535) {
+                *error = "the instance's Redis address has no valid port";
+                return NULL;
+            }
+
+            port = (in_port_t) rc;
+            name.data = ki->address.data;
+            name.len = colon - ki->address.data;
+            len = NGX_SOCKADDR_STRLEN;
+
+        } else if (port == 0) {
             *error = "the instance's Redis address has no port";
             return NULL;
         }
-
-    } else if (ki->address.len == 0) {
-        *error = "the instance has no Redis address";
-        return NULL;
-
-    } else {
-        size = 0;
     }
 
-    d = ngx_calloc(sizeof(ngx_http_redisgate_dynamic_t) + key->len
-                   + ki->address.len + 1 + len + 1 + ki->user.len
-                   + ki->password.len
-                   + sizeof("redis://:65535/") + NGX_INT_T_LEN
-                   + ki->address.len
-                   + bs->rmcf->pool_size * sizeof(ngx_http_redisgate_conn_t),
+    d = ngx_calloc(sizeof(ngx_http_redisgate_dynamic_t)
+                   + bs->rmcf->pool_size * sizeof(ngx_http_redisgate_conn_t)
+                   + key->len + ki->address.len + 1 + len + 1
+                   + ki->user.len + ki->password.len + name.len
+                   + sizeof("unix://?db=") + NGX_INT_T_LEN
+                   + sizeof("redis:///") + ki->address.len,
                    bs->log);
     if (d == NULL) {
         *error = "out of memory";
@@ -240,10 +277,22 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
 
     if (len) {
         a->host.data = p;
-        a->host.len = len;
-        p = ngx_cpymem(p, text, len);
-        *p++ = '\0';
-        a->port = (in_port_t) size;
+
+        if (name.len) {
+            a->host.len = 0;
+            p += NGX_SOCKADDR_STRLEN + 1;
+
+            d->backend.resolve_name.data = p;
+            d->backend.resolve_name.len = name.len;
+            p = ngx_cpymem(p, name.data, name.len);
+
+        } else {
+            a->host.len = len;
+            p = ngx_cpymem(p, text, len);
+            *p++ = '\0';
+        }
+
+        a->port = port;
 
         a->url.data = p;
         p = ngx_sprintf(p, "redis://%V/%ui", &ki->address, ki->db);
@@ -276,12 +325,203 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
     d->backend.backoff_max = bs->rmcf->backoff_max;
     d->backend.log = bs->log;
 
+    ngx_queue_init(&d->backend.waiting);
+
     ngx_http_redisgate_redis_init_conns(&d->backend);
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, bs->log, 0,
                    "redisgate: new backend %V", &a->url);
 
     return d;
+}
+
+
+/*
+ * NGX_OK: the backend has an address to connect to.  NGX_AGAIN: its host
+ * name is being resolved; retry(r) is called when that is over.
+ * NGX_DECLINED: it has none, *error says why.
+ */
+
+ngx_int_t
+ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
+    ngx_http_request_t *r, ngx_http_redisgate_retry_pt retry,
+    const char **error)
+{
+    ngx_pool_cleanup_t                    *cln;
+    ngx_http_core_loc_conf_t              *clcf;
+    ngx_http_redisgate_resolve_waiter_t   *w;
+
+    if (b->resolve_name.len == 0 || b->resolved_until > ngx_time()) {
+        return NGX_OK;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (b->address.host.len) {
+        /* the old answer serves while a new one comes */
+        if (b->resolving == NULL) {
+            (void) ngx_http_redisgate_backend_resolve(b, clcf, error);
+        }
+
+        return NGX_OK;
+    }
+
+    if (b->resolve_error && b->resolve_retry > ngx_time()) {
+        *error = (const char *) b->error;
+        return NGX_DECLINED;
+    }
+
+    w = ngx_palloc(r->pool, sizeof(ngx_http_redisgate_resolve_waiter_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (w == NULL || cln == NULL) {
+        *error = "out of memory";
+        return NGX_DECLINED;
+    }
+
+    w->request = r;
+    w->retry = retry;
+    w->cleanup = cln;
+
+    cln->handler = ngx_http_redisgate_backend_waiter_cleanup;
+    cln->data = w;
+
+    ngx_queue_insert_tail(&b->waiting, &w->queue);
+
+    if (b->resolving) {
+        return NGX_AGAIN;
+    }
+
+    if (ngx_http_redisgate_backend_resolve(b, clcf, error) != NGX_OK) {
+        ngx_queue_remove(&w->queue);
+        cln->handler = NULL;
+        return NGX_DECLINED;
+    }
+
+    if (b->resolving) {
+        return NGX_AGAIN;
+    }
+
+    /* answered from the resolver's cache, right away */
+
+    ngx_queue_remove(&w->queue);
+    cln->handler = NULL;
+
+    if (b->resolve_error) {
+        *error = (const char *) b->error;
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_backend_resolve(ngx_http_redisgate_backend_t *b,
+    ngx_http_core_loc_conf_t *clcf, const char **error)
+{
+    ngx_resolver_ctx_t  *rctx;
+
+    rctx = ngx_resolve_start(clcf->resolver, NULL);
+
+    if (rctx == NULL || rctx == NGX_NO_RESOLVER) {
+        *error = (rctx == NULL) ? "out of memory"
+                 : "the instance's Redis address is a host name, and no "
+                   "\"resolver\" is configured";
+        return NGX_ERROR;
+    }
+
+    rctx->name = b->resolve_name;
+    rctx->handler = ngx_http_redisgate_backend_resolved;
+    rctx->data = b;
+    rctx->timeout = clcf->resolver_timeout;
+
+    b->resolving = rctx;
+    b->resolve_starting = 1;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, b->log, 0,
+                   "redisgate: resolving \"%V\"", &b->resolve_name);
+
+    if (ngx_resolve_name(rctx) != NGX_OK) {
+        b->resolving = NULL;
+        b->resolve_starting = 0;
+        *error = "could not start resolving the instance's Redis host";
+        return NGX_ERROR;
+    }
+
+    b->resolve_starting = 0;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx)
+{
+    ngx_http_redisgate_backend_t *b = rctx->data;
+
+    u_char                               *p;
+    ngx_queue_t                          *q;
+    ngx_http_redisgate_resolve_waiter_t  *w;
+
+    if (rctx->state || rctx->naddrs == 0) {
+        p = ngx_snprintf(b->error, sizeof(b->error) - 1,
+                         "could not resolve the Redis host \"%V\": %s",
+                         &b->resolve_name,
+                         rctx->state ? ngx_resolver_strerror(rctx->state)
+                                     : "no address");
+        *p = '\0';
+
+        ngx_log_error(NGX_LOG_ERR, b->log, 0, "redisgate: %s", b->error);
+
+        b->resolve_error = 1;
+        b->resolve_retry = ngx_time() + 1;
+
+        if (b->address.host.len) {
+            /* keep using the last good answer a little longer */
+            b->resolved_until = ngx_time() + 1;
+        }
+
+    } else {
+        b->address.host.len = ngx_sock_ntop(rctx->addrs[0].sockaddr,
+                                            rctx->addrs[0].socklen,
+                                            b->address.host.data,
+                                            NGX_SOCKADDR_STRLEN, 0);
+        b->address.host.data[b->address.host.len] = '\0';
+
+        b->resolve_error = 0;
+        b->resolved_until = ngx_max(rctx->valid, ngx_time() + 1);
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, b->log, 0,
+                       "redisgate: \"%V\" is %V", &b->resolve_name,
+                       &b->address.host);
+    }
+
+    ngx_resolve_name_done(rctx);
+    b->resolving = NULL;
+
+    if (b->resolve_starting) {
+        /* inside ngx_resolve_name(): the caller looks at the outcome */
+        return;
+    }
+
+    while (!ngx_queue_empty(&b->waiting)) {
+        q = ngx_queue_head(&b->waiting);
+        w = ngx_queue_data(q, ngx_http_redisgate_resolve_waiter_t, queue);
+
+        ngx_queue_remove(q);
+        w->cleanup->handler = NULL;
+
+        w->retry(w->request);
+    }
+}
+
+
+static void
+ngx_http_redisgate_backend_waiter_cleanup(void *data)
+{
+    ngx_http_redisgate_resolve_waiter_t  *w = data;
+
+    ngx_queue_remove(&w->queue);
 }
 
 
@@ -342,7 +582,9 @@ ngx_http_redisgate_backend_sweep(ngx_event_t *ev)
         d = ngx_queue_data(q, ngx_http_redisgate_dynamic_t, queue);
 
         if (ngx_current_msec - d->last_used < bs->rmcf->idle_timeout
-            || ngx_http_redisgate_redis_busy(&d->backend))
+            || ngx_http_redisgate_redis_busy(&d->backend)
+            || d->backend.resolving
+            || !ngx_queue_empty(&d->backend.waiting))
         {
             continue;
         }

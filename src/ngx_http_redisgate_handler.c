@@ -28,6 +28,9 @@ typedef struct {
 
     ngx_http_redisgate_auth_t       auth;
 
+    ngx_str_t                      *resp;       /* RESP commands to send */
+    ngx_uint_t                      nresp;
+
     ngx_uint_t                      encoding;   /* ENC_BASE64 */
     ngx_uint_t                      replies;    /* received so far */
     ngx_uint_t                      status;
@@ -63,6 +66,9 @@ static ngx_int_t ngx_http_redisgate_check_commands(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
 static ngx_int_t ngx_http_redisgate_send_commands(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
+static ngx_int_t ngx_http_redisgate_dispatch(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx);
+static void ngx_http_redisgate_retry_send(ngx_http_request_t *r);
 static void ngx_http_redisgate_on_reply(void *data, redisReply *reply,
     const char *error);
 static redisReply *ngx_http_redisgate_exec_error(ngx_http_request_t *r,
@@ -710,15 +716,10 @@ static ngx_int_t
 ngx_http_redisgate_send_commands(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx)
 {
-    u_char                         *p;
-    size_t                          len;
-    ngx_int_t                       rc;
-    ngx_str_t                      *resp;
-    ngx_uint_t                      i, n, multi;
-    const char                     *error;
-    ngx_http_redisgate_loc_conf_t  *rlcf;
-
-    rlcf = ngx_http_get_module_loc_conf(r, ngx_http_redisgate_module);
+    u_char      *p;
+    size_t       len;
+    ngx_str_t   *resp;
+    ngx_uint_t   i, n, multi;
 
     multi = (ctx->route.kind == NGX_HTTP_REDISGATE_ROUTE_MULTI);
     n = ctx->ncmds + (multi ? 2 : 0);
@@ -761,25 +762,75 @@ ngx_http_redisgate_send_commands(ngx_http_request_t *r,
                    &ctx->auth.backend->address.url, &ctx->auth.key_id,
                    &ctx->cmds[0].argv[0]);
 
-    rc = ngx_http_redisgate_redis_send(ctx->auth.backend, r, resp, n,
-                                       rlcf->timeout,
-                                       ngx_http_redisgate_on_reply, ctx,
-                                       &error);
+    ctx->resp = resp;
+    ctx->nresp = n;
+
+    return ngx_http_redisgate_dispatch(r, ctx);
+}
+
+
+/*
+ * To the backend's pool, once it has an address (a host name from the key
+ * store may have to be resolved first): NGX_DONE while the answer is out.
+ */
+
+static ngx_int_t
+ngx_http_redisgate_dispatch(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx)
+{
+    ngx_int_t                       rc;
+    const char                     *error;
+    ngx_http_redisgate_loc_conf_t  *rlcf;
+
+    rlcf = ngx_http_get_module_loc_conf(r, ngx_http_redisgate_module);
+
+    rc = ngx_http_redisgate_backend_ready(ctx->auth.backend, r,
+                                          ngx_http_redisgate_retry_send,
+                                          &error);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_redisgate_redis_send(ctx->auth.backend, r, ctx->resp,
+                                           ctx->nresp, rlcf->timeout,
+                                           ngx_http_redisgate_on_reply, ctx,
+                                           &error);
+    }
 
     if (rc == NGX_DECLINED) {
         return ngx_http_redisgate_send_error(r,
                                   NGX_HTTP_INTERNAL_SERVER_ERROR, "%s", error);
     }
 
-    if (rc != NGX_OK) {
+    if (rc != NGX_OK && rc != NGX_AGAIN) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* notice a client that leaves while Redis works */
+    /* notice a client that leaves while waiting */
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_request_empty_handler;
 
     return NGX_DONE;
+}
+
+
+/* the backend's host name is resolved (or not): send what was waiting */
+
+static void
+ngx_http_redisgate_retry_send(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_connection_t          *c;
+    ngx_http_redisgate_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
+
+    rc = ngx_http_redisgate_dispatch(r, ctx);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+
+    ngx_http_run_posted_requests(c);
 }
 
 

@@ -26,6 +26,10 @@ my %inst = (
                                      "127.0.0.1:$port", '--db', 5),
     PAUSED => RedisGate::Test::admin('instance', 'create', $acme, 'paused',
                                      "127.0.0.1:$port", '--db', 6),
+    NAMED => RedisGate::Test::admin('instance', 'create', $acme, 'named',
+                                    "cache.redis.test:$port", '--db', 4),
+    NOWHERE => RedisGate::Test::admin('instance', 'create', $acme, 'nowhere',
+                                      "nowhere.invalid:$port"),
 );
 
 $ENV{"TEST_NGINX_KS_${_}_INSTANCE"} = $inst{$_}{instance_id} for keys %inst;
@@ -315,3 +319,40 @@ GET /redis/$TEST_NGINX_KS_ACME_INSTANCE/ping
 --- error_log
 key store lookup for sha256
 --- skip_eval: 5: !$RedisGate::Test::Debug
+
+
+
+=== TEST 21: an instance whose address is a host name, through the resolver
+--- http_config
+resolver 127.0.0.1:$TEST_NGINX_DNS_PORT valid=1s ipv6=off;
+--- more_headers
+Authorization: Bearer $TEST_NGINX_KS_RW_TOKEN
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_KS_NAMED_INSTANCE}/get/ks",
+ "GET /redis/$ENV{TEST_NGINX_KS_NAMED_INSTANCE}/get/ks"]
+--- response_body eval
+['{"result":"1"}', '{"result":"1"}']
+
+
+
+=== TEST 22: a name the resolver does not know
+--- http_config
+resolver 127.0.0.1:$TEST_NGINX_DNS_PORT valid=1s ipv6=off;
+--- more_headers
+Authorization: Bearer $TEST_NGINX_KS_RW_TOKEN
+--- request
+GET /redis/$TEST_NGINX_KS_NOWHERE_INSTANCE/ping
+--- error_code: 500
+--- response_body_like chomp
+^\{"error":"could not resolve the Redis host \\"nowhere.invalid\\": [^"]+"\}$
+
+
+
+=== TEST 23: a host name and no resolver
+--- more_headers
+Authorization: Bearer $TEST_NGINX_KS_RW_TOKEN
+--- request
+GET /redis/$TEST_NGINX_KS_NAMED_INSTANCE/ping
+--- error_code: 500
+--- response_body chomp
+{"error":"the instance's Redis address is a host name, and no \"resolver\" is configured"}

@@ -59,3 +59,13 @@ redisgate_random_hex() {
 redisgate_sha256() {
     printf '%s' "$1" | sha256sum | cut -d' ' -f1
 }
+
+# redisgate_start_dns DIR PORT: a DNS server on 127.0.0.1:PORT (UDP) that
+# answers 127.0.0.1 for every name under redis.test, nothing else
+redisgate_start_dns() {
+    mkdir -p "$1"
+    dnsmasq --port="$2" --listen-address=127.0.0.1 --bind-interfaces \
+        --no-resolv --no-hosts --address=/redis.test/127.0.0.1 \
+        --pid-file="$1/dnsmasq.pid" --user=root --group=root \
+        --log-facility="$1/dnsmasq.log"
+}

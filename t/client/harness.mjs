@@ -229,9 +229,9 @@ export async function startRedis(extraArgs = []) {
 
 /**
  * instances: [{ uuid, url, organization? }]  (default none)
- * workers:   worker_processes (default 1)
  * keys:      [{ token, id?, scopes?, organization? }]  (token is hashed here;
  *            default none)
+ * workers:   worker_processes (default 1)
  * http:      extra directives at http level (string)
  * location:  extra directives inside `location /redis/` (string)
  * servers:   optional list of { location } for more server blocks on their
@@ -362,6 +362,157 @@ export function assertCleanErrorLog(log, { allowCrit = false } = {}) {
     /exited on signal/.test(l) ||
     (!allowCrit && /\[crit\]/.test(l)));
   assert.deepEqual(bad, [], 'error.log has alert/emerg/crit/crash lines');
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL key store (tools/pg.sh, tools/redisgate-admin)
+
+export const PG_SH = path.join(REPO_ROOT, 'tools', 'pg.sh');
+export const REDISGATE_ADMIN = path.join(REPO_ROOT, 'tools', 'redisgate-admin');
+
+/**
+ * Run a program to completion, bounded in time (SIGKILL at the bound).
+ * Resolves { code, stdout, stderr }; never rejects for a non-zero exit.
+ */
+export function runProgram(file, args, { input, timeoutMs = 60000, env, cwd } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, {
+      cwd: cwd ?? REPO_ROOT, env: env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    track(child, `${path.basename(file)}`);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => { stderr += d; });
+    const t = setTimeout(() => { try { child.kill('SIGKILL'); } catch { /* gone */ } }, timeoutMs);
+    child.once('error', (e) => { clearTimeout(t); reject(e); });
+    child.once('close', (code, signal) => {
+      clearTimeout(t);
+      resolve({ code: code ?? (signal ? 128 : 1), signal, stdout, stderr });
+    });
+    child.stdin.on('error', () => { /* it may exit before reading */ });
+    child.stdin.end(input ?? '');
+  });
+}
+
+function pgShell(fn, args) {
+  // the arguments travel as positional parameters, never inside the script
+  return ['-c', `. "$0" && ${fn} "$@"`, PG_SH, ...args];
+}
+
+/**
+ * A private PostgreSQL cluster (tools/pg.sh) in its own temporary directory:
+ * trust authentication, superuser "postgres", database "redisgate".  Started
+ * and stopped only through pg_ctl on its own data directory.
+ */
+export class PgCluster {
+  constructor(dir, port) {
+    this.dir = dir;
+    this.port = port;
+    this.running = false;
+  }
+
+  // libpq conninfo; extra: more "name=value" words (e.g. application_name=x)
+  conninfo(extra = '') {
+    return `host=127.0.0.1 port=${this.port} dbname=redisgate user=postgres` +
+      (extra ? ' ' + extra : '');
+  }
+
+  // init (first time) and start; idempotent
+  async start(timeoutMs = 90000) {
+    const r = await runProgram('bash', pgShell('redisgate_start_pg', [this.dir, String(this.port)]), { timeoutMs });
+    pgClusters.add(this);
+    this.running = true;
+    if (r.code !== 0) {
+      throw new Error(`redisgate_start_pg failed (${r.code}):\n${r.stderr}${r.stdout}`);
+    }
+  }
+
+  // fast shutdown (immediate if that fails); the data directory stays
+  async stop(timeoutMs = 70000) {
+    const r = await runProgram('bash', pgShell('redisgate_stop_pg', [this.dir]), { timeoutMs });
+    this.running = false;
+    pgClusters.delete(this);
+    if (r.code !== 0) throw new Error(`redisgate_stop_pg failed (${r.code}):\n${r.stderr}`);
+  }
+
+  async restart() {
+    await this.stop();
+    await this.start();
+  }
+
+  stopSync() {
+    if (!this.running) return;
+    spawnSync('bash', pgShell('redisgate_stop_pg', [this.dir]), { cwd: REPO_ROOT, stdio: 'ignore', timeout: 70000 });
+    this.running = false;
+    pgClusters.delete(this);
+  }
+
+  /**
+   * Run SQL with psql (from standard input, ON_ERROR_STOP, unaligned, tuples
+   * only, tab-separated).  Resolves its standard output (trimmed); rejects
+   * on an error.  vars: psql variables ({ name: value } -> :'name').
+   */
+  async sql(text, { vars = {}, timeoutMs = 30000, database = 'redisgate' } = {}) {
+    const args = ['-X', '-q', '-A', '-t', '-F', '\t', '-v', 'ON_ERROR_STOP=1',
+      '-d', `host=127.0.0.1 port=${this.port} dbname=${database} user=postgres`];
+    for (const [k, v] of Object.entries(vars)) args.push('-v', `${k}=${v}`);
+    const r = await runProgram('psql', args, { input: text, timeoutMs });
+    if (r.code !== 0) throw new Error(`psql failed (${r.code}): ${r.stderr}\n--- SQL:\n${text}`);
+    return r.stdout.trim();
+  }
+
+  // Rows of a query as arrays of strings.
+  async rows(text, opts) {
+    const out = await this.sql(text, opts);
+    return out === '' ? [] : out.split('\n').map((l) => l.split('\t'));
+  }
+
+  /**
+   * tools/redisgate-admin --db <this cluster> ARGS...: resolves the
+   * NAME=VALUE lines of its output as an object (plus .stdout); rejects on a
+   * non-zero exit.
+   */
+  async admin(...args) {
+    const r = await runProgram(REDISGATE_ADMIN, ['--db', this.conninfo(), ...args], { timeoutMs: 30000 });
+    if (r.code !== 0) throw new Error(`redisgate-admin ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
+    const out = { stdout: r.stdout };
+    for (const line of r.stdout.split('\n')) {
+      const m = /^(\w+)=(.*)$/.exec(line);
+      if (m) out[m[1]] = m[2];
+    }
+    return out;
+  }
+
+  log() {
+    try { return readFileSync(path.join(this.dir, 'postgresql.log'), 'utf8'); } catch { return ''; }
+  }
+}
+
+/**
+ * A fresh cluster on a free port with the schema applied (redisgate-admin
+ * schema apply).  settings: { name: value } for ALTER SYSTEM before the
+ * schema (a restart follows when there are any, e.g. for
+ * shared_preload_libraries).
+ */
+export async function startPg({ settings = {} } = {}) {
+  const dir = makeTmpDir('rg-pg-');
+  const pg = new PgCluster(dir, await freePort());
+  await pg.start();
+  const names = Object.keys(settings);
+  if (names.length) {
+    const vars = {};
+    const stmts = names.map((n, i) => {
+      vars[`v${i}`] = String(settings[n]);
+      if (!/^[a-z_.]+$/.test(n)) throw new Error(`bad setting name ${n}`);
+      return `ALTER SYSTEM SET ${n} = :'v${i}';`;
+    });
+    await pg.sql(stmts.join('\n'), { vars, database: 'postgres' });
+    await pg.restart();
+  }
+  const r = await pg.admin('schema', 'apply');
+  if (!/schema applied/.test(r.stdout)) throw new Error(`schema apply said: ${r.stdout}`);
+  return pg;
 }
 
 // ---------------------------------------------------------------------------
