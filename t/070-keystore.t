@@ -12,7 +12,8 @@ repeat_each(1);
 no_shuffle();
 
 my $port = $ENV{TEST_NGINX_REDIS_PORT};
-my $run = $$;
+our $Run = $$;
+my $run = $Run;
 
 my $acme = RedisGate::Test::admin('org', 'create', "acme-$run")
     ->{organization_id};
@@ -54,6 +55,13 @@ my $rotated = RedisGate::Test::admin('key', 'rotate',
                                      $ENV{TEST_NGINX_KS_OLD_ID},
                                      '--grace', '8 seconds');
 $ENV{TEST_NGINX_KS_NEW_TOKEN} = $rotated->{token};
+
+# an existing deployment's own table, for redisgate_pg_query
+RedisGate::Test::psql("CREATE SCHEMA IF NOT EXISTS legacy;
+    CREATE TABLE IF NOT EXISTS legacy.tokens (sha256 text, instance uuid,
+        address text);
+    INSERT INTO legacy.tokens VALUES (encode(sha256('legacy-token-$run'), 'hex'),
+        '$inst{ACME}{instance_id}', '127.0.0.1:$port')");
 
 $RedisGate::Test::ExtraHttpConfig = <<'_EOC_';
     redisgate_pg "$TEST_NGINX_PG_CONNINFO";
@@ -356,3 +364,22 @@ GET /redis/$TEST_NGINX_KS_NAMED_INSTANCE/ping
 --- error_code: 500
 --- response_body chomp
 {"error":"the instance's Redis address is a host name, and no \"resolver\" is configured"}
+
+
+
+=== TEST 24: redisgate_pg_query points the lookup at a deployment's own tables
+--- http_config eval
+qq{redisgate_pg_token_check off;
+redisgate_pg_query "SELECT 'legacy-key', 'legacy-org', 'read', 0::bigint,
+    'active', 'active', address, 4, NULL, NULL, 100, 100
+    FROM legacy.tokens WHERE sha256 = \$1 AND instance = \$2::uuid";}
+--- more_headers eval
+"Authorization: Bearer legacy-token-$main::Run"
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_KS_ACME_INSTANCE}/get/ks",
+ "GET /redis/$ENV{TEST_NGINX_KS_ACME_INSTANCE}/set/ks/legacy"]
+--- error_code eval
+[200, 403]
+--- response_body eval
+['{"result":"1"}',
+ "{\"error\":\"Forbidden: this API key's scopes do not allow 'set'\"}"]
