@@ -32,6 +32,16 @@ typedef struct ngx_http_redisgate_conn_s     ngx_http_redisgate_conn_t;
 typedef struct ngx_http_redisgate_op_s       ngx_http_redisgate_op_t;
 typedef struct ngx_http_redisgate_cache_s    ngx_http_redisgate_cache_t;
 typedef struct ngx_http_redisgate_pg_s       ngx_http_redisgate_pg_t;
+typedef struct ngx_http_redisgate_limit_s    ngx_http_redisgate_limit_t;
+
+
+/* what a rate limit decision tells the client, in RateLimit-* headers */
+typedef struct {
+    ngx_uint_t                      limit;
+    ngx_uint_t                      remaining;
+    time_t                          reset;
+    time_t                          retry_after;
+} ngx_http_redisgate_limit_state_t;
 
 
 /* what the key store says of a token for an instance */
@@ -143,6 +153,8 @@ typedef struct {
     time_t                          cache_ttl;
     time_t                          cache_negative_ttl;
     time_t                          cache_stale;
+
+    ngx_http_redisgate_limit_t     *limit;
 } ngx_http_redisgate_main_conf_t;
 
 
@@ -170,6 +182,8 @@ typedef struct {
     ngx_str_t                       organization;
     ngx_uint_t                      scopes;
     ngx_http_redisgate_backend_t   *backend;
+    ngx_uint_t                      rate;       /* the plan's; 0: default */
+    ngx_uint_t                      burst;
     const char                     *error;      /* why refused */
     unsigned                        cached:1;
 } ngx_http_redisgate_auth_t;
@@ -254,10 +268,22 @@ void ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
     time_t ttl, time_t stale);
 ngx_uint_t ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
     ngx_str_t *what);
+ngx_atomic_uint_t ngx_http_redisgate_cache_generation(
+    ngx_http_redisgate_cache_t *cache);
 void ngx_http_redisgate_cache_stats(ngx_http_redisgate_cache_t *cache,
     ngx_uint_t *hits, ngx_uint_t *misses, ngx_uint_t *evictions);
 
+/* limit.c: plans' rates, per organization */
+ngx_http_redisgate_limit_t *ngx_http_redisgate_limit_add(ngx_conf_t *cf,
+    ngx_str_t *name, size_t size, ngx_uint_t rate, ngx_uint_t burst,
+    ngx_uint_t nodes);
+ngx_int_t ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
+    ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst, ngx_uint_t cost,
+    ngx_http_redisgate_limit_state_t *state);
+
 /* pg.c: the PostgreSQL key store */
+ngx_int_t ngx_http_redisgate_pg_check_conninfo(ngx_conf_t *cf,
+    ngx_str_t *conninfo);
 ngx_http_redisgate_pg_t *ngx_http_redisgate_pg_create(ngx_conf_t *cf,
     ngx_str_t *conninfo);
 void ngx_http_redisgate_pg_set_connections(ngx_http_redisgate_pg_t *pg,

@@ -52,6 +52,9 @@ typedef struct {
     ngx_atomic_t                    hits;
     ngx_atomic_t                    misses;
     ngx_atomic_t                    evictions;
+
+    /* counts the key store's announcements */
+    ngx_atomic_t                    generation;
 } ngx_http_redisgate_cache_shctx_t;
 
 
@@ -400,6 +403,9 @@ ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
 
     ngx_shmtx_lock(&cache->shpool->mutex);
 
+    /* answers read before this must not be cached after it */
+    (void) ngx_atomic_fetch_add(&cache->sh->generation, 1);
+
     for (q = ngx_queue_head(&cache->sh->queue);
          q != ngx_queue_sentinel(&cache->sh->queue);
          q = next)
@@ -438,6 +444,13 @@ ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
     ngx_shmtx_unlock(&cache->shpool->mutex);
 
     return n;
+}
+
+
+ngx_atomic_uint_t
+ngx_http_redisgate_cache_generation(ngx_http_redisgate_cache_t *cache)
+{
+    return cache->sh->generation;
 }
 
 

@@ -55,6 +55,7 @@ struct ngx_http_redisgate_pg_lookup_s {
     u_char                           hash[32];
     u_char                           hash_hex[65];
     u_char                           instance[NGX_HTTP_REDISGATE_UUID_LEN + 1];
+    ngx_atomic_uint_t                generation;  /* the cache's, at start */
     unsigned                         sent:1;
 };
 
@@ -112,6 +113,9 @@ static void ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
     ngx_http_redisgate_keyinfo_t *ki);
 static void ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg,
     const char *what, const char *detail);
+static void ngx_http_redisgate_pg_error(ngx_http_redisgate_pg_t *pg,
+    const char *what, const char *detail);
+static void ngx_http_redisgate_pg_notice(void *arg, const char *message);
 static void ngx_http_redisgate_pg_event_handler(ngx_event_t *ev);
 static void ngx_http_redisgate_pg_timer_handler(ngx_event_t *ev);
 static void ngx_http_redisgate_pg_waiter_cleanup(void *data);
@@ -126,6 +130,41 @@ static char  ngx_http_redisgate_pg_default_query[] =
     "organization_status, instance_status, redis_address, redis_db, "
     "redis_user, redis_password, requests_per_second, burst "
     "FROM redisgate.lookup($1, $2::uuid)";
+
+
+/* nginx -t tells of a conninfo libpq cannot read */
+
+ngx_int_t
+ngx_http_redisgate_pg_check_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo)
+{
+    char             *err, *s;
+    PQconninfoOption *opts;
+
+    s = ngx_pnalloc(cf->pool, conninfo->len + 1);
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    *ngx_cpymem(s, conninfo->data, conninfo->len) = '\0';
+
+    err = NULL;
+    opts = PQconninfoParse(s, &err);
+
+    if (opts == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid PostgreSQL connection string: %s",
+                           err ? err : "out of memory");
+        if (err) {
+            PQfreemem(err);
+        }
+
+        return NGX_ERROR;
+    }
+
+    PQconninfoFree(opts);
+
+    return NGX_OK;
+}
 
 
 ngx_http_redisgate_pg_t *
@@ -319,6 +358,10 @@ ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
         ngx_hex_dump(lk->hash_hex, hash, 32);
         ngx_memcpy(lk->instance, instance, NGX_HTTP_REDISGATE_UUID_LEN);
 
+        if (pg->cache) {
+            lk->generation = ngx_http_redisgate_cache_generation(pg->cache);
+        }
+
         ngx_queue_init(&lk->waiters);
         ngx_queue_insert_tail(&pg->lookups, &lk->queue);
         pg->nlookups++;
@@ -478,6 +521,7 @@ ngx_http_redisgate_pg_connect(ngx_http_redisgate_pg_conn_t *pc)
     }
 
     (void) PQsetnonblocking(pc->conn, 1);
+    (void) PQsetNoticeProcessor(pc->conn, ngx_http_redisgate_pg_notice, pg);
 
     pc->state = NGX_HTTP_REDISGATE_PG_CONNECTING;
     pc->listening = 0;
@@ -558,12 +602,6 @@ ngx_http_redisgate_pg_poll(ngx_http_redisgate_pg_conn_t *pc)
                    "redisgate: connected to the key store, pc:%p", pc);
 
     if (pc->listener) {
-        /* whatever changed while nobody listened */
-        if (pc->pg->cache) {
-            (void) ngx_http_redisgate_cache_evict(pc->pg->cache,
-                                               &ngx_http_redisgate_pg_all);
-        }
-
         if (PQsendQuery(pc->conn, "LISTEN redisgate") == 0) {
             ngx_http_redisgate_pg_close(pc, PQerrorMessage(pc->conn));
             return;
@@ -722,9 +760,8 @@ ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc,
                           NULL, values, NULL, NULL, 0)
         == 0)
     {
-        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
-                      "redisgate: key store query failed: %s",
-                      PQerrorMessage(pc->conn));
+        ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
+                                    PQerrorMessage(pc->conn));
         ngx_http_redisgate_pg_close(pc, NULL);
         return;
     }
@@ -747,7 +784,9 @@ ngx_http_redisgate_pg_flush(ngx_http_redisgate_pg_conn_t *pc)
     rc = PQflush(pc->conn);
 
     if (rc < 0) {
-        ngx_http_redisgate_pg_close(pc, PQerrorMessage(pc->conn));
+        ngx_http_redisgate_pg_error(pc->pg, "lost the key store connection",
+                                    PQerrorMessage(pc->conn));
+        ngx_http_redisgate_pg_close(pc, NULL);
         return;
     }
 
@@ -789,9 +828,8 @@ ngx_http_redisgate_pg_read(ngx_http_redisgate_pg_conn_t *pc)
     PGresult  *res;
 
     if (PQconsumeInput(pc->conn) == 0) {
-        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
-                      "redisgate: lost the key store connection: %s",
-                      PQerrorMessage(pc->conn));
+        ngx_http_redisgate_pg_error(pc->pg, "lost the key store connection",
+                                    PQerrorMessage(pc->conn));
         ngx_http_redisgate_pg_close(pc, NULL);
         ngx_http_redisgate_pg_dispatch(pc->pg);
         return;
@@ -843,6 +881,13 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
             ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
                           "redisgate: LISTEN failed: %s",
                           PQresultErrorMessage(res));
+            return;
+        }
+
+        /* listening now: whatever changed while nobody listened goes */
+        if (pc->pg->cache) {
+            (void) ngx_http_redisgate_cache_evict(pc->pg->cache,
+                                               &ngx_http_redisgate_pg_all);
         }
 
         return;
@@ -856,11 +901,8 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
     }
 
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
-                      "redisgate: key store lookup failed: %s",
-                      PQresultErrorMessage(res));
-        ngx_snprintf(pc->pg->error, sizeof(pc->pg->error) - 1,
-                     "key store lookup failed%Z");
+        ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
+                                    PQresultErrorMessage(res));
         ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
         return;
     }
@@ -874,9 +916,9 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
     }
 
     if (PQnfields(res) < 12) {
-        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
-                      "redisgate: the key store query returned %d columns, "
-                      "expected 12", PQnfields(res));
+        ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
+                                    "the query returned fewer than 12 "
+                                    "columns");
         ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
         return;
     }
@@ -889,11 +931,24 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
     ngx_http_redisgate_pg_value(res, 9, &ki.password);
 
     if (ngx_http_redisgate_parse_scopes(&scopes, &ki.scopes) != NGX_OK) {
+        ngx_log_error(NGX_LOG_WARN, pc->pg->log, 0,
+                      "redisgate: key \"%V\" has invalid scopes \"%V\" in "
+                      "the key store, it may run nothing", &ki.key_id,
+                      &scopes);
         ki.scopes = 0;
     }
 
     s = (u_char *) PQgetvalue(res, 0, 3);
     n = ngx_atoi(s, ngx_strlen(s));
+
+    if (n == NGX_ERROR && *s != '\0') {
+        /* an expiry that cannot be read: the key is expired */
+        ngx_log_error(NGX_LOG_WARN, pc->pg->log, 0,
+                      "redisgate: key \"%V\" has an invalid expires_at "
+                      "\"%s\" in the key store", &ki.key_id, s);
+        n = 1;
+    }
+
     ki.key_expires = (n > 0) ? (time_t) n : 0;
 
     s = (u_char *) PQgetvalue(res, 0, 7);
@@ -949,7 +1004,14 @@ ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
     ngx_queue_remove(&lk->queue);
     pg->nlookups--;
 
-    if (rc == NGX_OK && pg->cache) {
+    /*
+     * An announcement during the query may concern this answer: hand it
+     * to those who asked, but do not cache it.
+     */
+
+    if (rc == NGX_OK && pg->cache
+        && ngx_http_redisgate_cache_generation(pg->cache) == lk->generation)
+    {
         ttl = (ki->status == NGX_HTTP_REDISGATE_KEY_UNKNOWN)
               ? pg->negative_ttl : pg->ttl;
 
@@ -1027,10 +1089,7 @@ ngx_http_redisgate_pg_timer_handler(ngx_event_t *ev)
         return;
 
     default:
-        ngx_log_error(NGX_LOG_ERR, ev->log, 0,
-                      "redisgate: the key store did not answer in time");
-        ngx_snprintf(pc->pg->error, sizeof(pc->pg->error) - 1,
-                     "key store timed out%Z");
+        ngx_http_redisgate_pg_error(pc->pg, "key store timed out", NULL);
         ngx_http_redisgate_pg_close(pc, NULL);
         ngx_http_redisgate_pg_dispatch(pc->pg);
         return;
@@ -1040,6 +1099,19 @@ ngx_http_redisgate_pg_timer_handler(ngx_event_t *ev)
 
 static void
 ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg, const char *what,
+    const char *detail)
+{
+    ngx_http_redisgate_pg_error(pg, what, detail);
+
+    pg->down_until = ngx_current_msec + pg->backoff;
+    pg->backoff = ngx_min(pg->backoff * 2, 5000);
+}
+
+
+/* what clients waiting on the key store are told, and the log */
+
+static void
+ngx_http_redisgate_pg_error(ngx_http_redisgate_pg_t *pg, const char *what,
     const char *detail)
 {
     u_char  *p, *last;
@@ -1063,8 +1135,25 @@ ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg, const char *what,
 
     *p = '\0';
 
-    pg->down_until = ngx_current_msec + pg->backoff;
-    pg->backoff = ngx_min(pg->backoff * 2, 5000);
-
     ngx_log_error(NGX_LOG_ERR, pg->log, 0, "redisgate: %s", pg->error);
+}
+
+
+/* libpq's notices (a server shutting down...) as one line of the log */
+
+static void
+ngx_http_redisgate_pg_notice(void *arg, const char *message)
+{
+    ngx_http_redisgate_pg_t *pg = arg;
+
+    size_t  len;
+
+    len = ngx_strlen(message);
+
+    while (len && (message[len - 1] == '\n' || message[len - 1] == ' ')) {
+        len--;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, pg->log, 0, "redisgate: key store says: %*s",
+                  len, message);
 }

@@ -77,13 +77,14 @@ __DATA__
 Authorization: Bearer $TEST_NGINX_KS_RW_TOKEN
 --- request eval
 ["GET /redis/$ENV{TEST_NGINX_KS_ACME_INSTANCE}/set/ks/1",
+ "GET /redis/$ENV{TEST_NGINX_KS_ACME_INSTANCE}/get/ks",
  "GET /redis/$ENV{TEST_NGINX_KS_ACME_INSTANCE}/get/ks"]
 --- response_body eval
-['{"result":"OK"}', '{"result":"1"}']
+['{"result":"OK"}', '{"result":"1"}', '{"result":"1"}']
 --- error_log
 key store lookup for sha256
 key cache hit, sha256
---- skip_eval: 4: !$RedisGate::Test::Debug
+--- skip_eval: 5: !$RedisGate::Test::Debug
 
 
 
