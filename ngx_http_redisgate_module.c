@@ -35,6 +35,8 @@ static char *ngx_http_redisgate_pg_query(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_redisgate_cache(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_redisgate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_redisgate_init_process(ngx_cycle_t *cycle);
 static void ngx_http_redisgate_exit_process(ngx_cycle_t *cycle);
 
@@ -129,6 +131,13 @@ static ngx_command_t  ngx_http_redisgate_commands[] = {
     { ngx_string("redisgate_cache"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_redisgate_cache,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_redisgate_limit,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -456,6 +465,10 @@ ngx_http_redisgate_pg(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
+    if (ngx_http_redisgate_pg_check_conninfo(cf, &value[1]) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     rmcf->pg = ngx_http_redisgate_pg_create(cf, &value[1]);
     if (rmcf->pg == NULL) {
         return NGX_CONF_ERROR;
@@ -582,6 +595,122 @@ ngx_http_redisgate_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     rmcf->cache = ngx_http_redisgate_cache_add(cf, &name, size);
     if (rmcf->cache == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * redisgate_limit zone=name:size [rate=100r/s] [burst=200] [nodes=1];
+ * rate and burst are for organizations without a plan (static keys).
+ */
+
+static char *
+ngx_http_redisgate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf = conf;
+
+    u_char      *p;
+    size_t       len;
+    ssize_t      size;
+    ngx_int_t    rate, burst, nodes;
+    ngx_str_t   *value, name, s;
+    ngx_uint_t   i;
+
+    if (rmcf->limit) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    ngx_str_null(&name);
+    size = 0;
+    rate = 100;
+    burst = NGX_ERROR;
+    nodes = 1;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+            name.data = value[i].data + 5;
+
+            p = (u_char *) ngx_strchr(name.data, ':');
+            if (p == NULL) {
+                goto invalid;
+            }
+
+            name.len = p - name.data;
+
+            s.data = p + 1;
+            s.len = value[i].data + value[i].len - s.data;
+
+            size = ngx_parse_size(&s);
+            if (size == NGX_ERROR || size < (ssize_t) (8 * ngx_pagesize)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "zone \"%V\" is too small", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "rate=", 5) == 0) {
+            len = value[i].len;
+            p = value[i].data + len - 3;
+
+            if (len < 9 || ngx_strncmp(p, "r/s", 3) != 0) {
+                goto invalid;
+            }
+
+            rate = ngx_atoi(value[i].data + 5, len - 8);
+            if (rate <= 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "burst=", 6) == 0) {
+            burst = ngx_atoi(value[i].data + 6, value[i].len - 6);
+            if (burst <= 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "nodes=", 6) == 0) {
+            nodes = ngx_atoi(value[i].data + 6, value[i].len - 6);
+            if (nodes <= 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    if (name.len == 0) {
+        return "needs zone=name:size";
+    }
+
+    if (burst == NGX_ERROR) {
+        burst = rate;
+    }
+
+    rmcf->limit = ngx_http_redisgate_limit_add(cf, &name, size, rate, burst,
+                                               nodes);
+    if (rmcf->limit == NULL) {
         return NGX_CONF_ERROR;
     }
 

@@ -41,8 +41,11 @@ typedef struct {
     ngx_chain_t                   **last;
     off_t                           length;
 
+    ngx_http_redisgate_limit_state_t  limit;
+
     unsigned                        resp2:1;
     unsigned                        hash_object:1;
+    unsigned                        limited:1;  /* limit is filled */
 } ngx_http_redisgate_ctx_t;
 
 
@@ -53,6 +56,8 @@ static void ngx_http_redisgate_resolved(ngx_http_request_t *r,
     ngx_int_t rc);
 static ngx_int_t ngx_http_redisgate_authorized(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx, ngx_int_t rc);
+static ngx_int_t ngx_http_redisgate_check_rate(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx);
 static ngx_int_t ngx_http_redisgate_read_headers(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
 static ngx_uint_t ngx_http_redisgate_is(ngx_str_t *s, char *text);
@@ -83,6 +88,9 @@ static ngx_int_t ngx_http_redisgate_send(ngx_http_request_t *r,
     ngx_uint_t status, ngx_chain_t *out, off_t length, ngx_uint_t raw);
 static ngx_int_t ngx_http_redisgate_sync_token(ngx_http_request_t *r);
 static ngx_int_t ngx_http_redisgate_allow_header(ngx_http_request_t *r);
+static ngx_int_t ngx_http_redisgate_rate_headers(ngx_http_request_t *r);
+static ngx_int_t ngx_http_redisgate_add_header(ngx_http_request_t *r,
+    char *name, u_char *value, size_t len);
 
 
 static ngx_str_t  ngx_http_redisgate_json_type =
@@ -315,7 +323,48 @@ ngx_http_redisgate_authorized(ngx_http_request_t *r,
         return rc;
     }
 
+    rc = ngx_http_redisgate_check_rate(r, ctx);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
     return ngx_http_redisgate_send_commands(r, ctx);
+}
+
+
+/* each command costs one token of the organization's bucket */
+
+static ngx_int_t
+ngx_http_redisgate_check_rate(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
+
+    if (rmcf->limit == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ctx->limited = 1;
+
+    if (ngx_http_redisgate_limit_take(rmcf->limit, &ctx->auth.organization,
+                                      ctx->auth.rate, ctx->auth.burst,
+                                      ctx->ncmds, &ctx->limit)
+        == NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "redisgate: organization \"%V\" over its rate, key \"%V\"",
+                  &ctx->auth.organization, &ctx->auth.key_id);
+
+    return ngx_http_redisgate_send_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                                  "Too Many Requests: the organization's "
+                                  "plan allows %ui commands at once, retry "
+                                  "in %T s", ctx->limit.limit,
+                                  ctx->limit.retry_after);
 }
 
 
@@ -1159,7 +1208,9 @@ ngx_http_redisgate_send(ngx_http_request_t *r, ngx_uint_t status,
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
 
-    if (ngx_http_redisgate_sync_token(r) != NGX_OK) {
+    if (ngx_http_redisgate_sync_token(r) != NGX_OK
+        || ngx_http_redisgate_rate_headers(r) != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -1237,6 +1288,69 @@ ngx_http_redisgate_send_error(ngx_http_request_t *r, ngx_uint_t status,
 static ngx_int_t
 ngx_http_redisgate_allow_header(ngx_http_request_t *r)
 {
+    return ngx_http_redisgate_add_header(r, "Allow",
+                                         (u_char *) "GET, HEAD, POST, PUT",
+                                         sizeof("GET, HEAD, POST, PUT") - 1);
+}
+
+
+/* RateLimit-Limit, -Remaining, -Reset, and Retry-After when over */
+
+static ngx_int_t
+ngx_http_redisgate_rate_headers(ngx_http_request_t *r)
+{
+    u_char                    *p, *last;
+    ngx_http_redisgate_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
+
+    if (ctx == NULL || !ctx->limited) {
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, 4 * NGX_TIME_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    last = ngx_sprintf(p, "%ui", ctx->limit.limit);
+    if (ngx_http_redisgate_add_header(r, "RateLimit-Limit", p, last - p)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    p = last;
+    last = ngx_sprintf(p, "%ui", ctx->limit.remaining);
+    if (ngx_http_redisgate_add_header(r, "RateLimit-Remaining", p, last - p)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    p = last;
+    last = ngx_sprintf(p, "%T", ctx->limit.reset);
+    if (ngx_http_redisgate_add_header(r, "RateLimit-Reset", p, last - p)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ctx->limit.retry_after == 0) {
+        return NGX_OK;
+    }
+
+    p = last;
+    last = ngx_sprintf(p, "%T", ctx->limit.retry_after);
+
+    return ngx_http_redisgate_add_header(r, "Retry-After", p, last - p);
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_add_header(ngx_http_request_t *r, char *name,
+    u_char *value, size_t len)
+{
     ngx_table_elt_t  *h;
 
     h = ngx_list_push(&r->headers_out.headers);
@@ -1245,8 +1359,10 @@ ngx_http_redisgate_allow_header(ngx_http_request_t *r)
     }
 
     h->hash = 1;
-    ngx_str_set(&h->key, "Allow");
-    ngx_str_set(&h->value, "GET, HEAD, POST, PUT");
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+    h->value.data = value;
+    h->value.len = len;
 
     return NGX_OK;
 }
@@ -1260,26 +1376,17 @@ ngx_http_redisgate_allow_header(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_redisgate_sync_token(ngx_http_request_t *r)
 {
-    u_char           *p;
-    ngx_table_elt_t  *h;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
+    u_char  *p, *last;
 
     p = ngx_pnalloc(r->pool, NGX_INT_T_LEN * 3 + 2);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
-    h->hash = 1;
-    ngx_str_set(&h->key, "upstash-sync-token");
-    h->value.data = p;
-    h->value.len = ngx_sprintf(p, "%xP-%xT-%xi", ngx_pid,
-                               ngx_http_redisgate_worker_start,
-                               ++ngx_http_redisgate_sync_counter)
-                   - p;
+    last = ngx_sprintf(p, "%xP-%xT-%xi", ngx_pid,
+                       ngx_http_redisgate_worker_start,
+                       ++ngx_http_redisgate_sync_counter);
 
-    return NGX_OK;
+    return ngx_http_redisgate_add_header(r, "upstash-sync-token", p,
+                                         last - p);
 }
