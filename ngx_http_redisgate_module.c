@@ -18,12 +18,16 @@
 #include "ngx_http_redisgate.h"
 
 
+static ngx_int_t ngx_http_redisgate_preconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_redisgate_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_redisgate_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_redisgate_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_redisgate_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_redisgate_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_redisgate(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_redisgate_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_redisgate_command_list(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
@@ -54,6 +58,13 @@ static ngx_command_t  ngx_http_redisgate_commands[] = {
     { ngx_string("redisgate"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_redisgate,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_redisgate_status,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -175,8 +186,8 @@ static ngx_command_t  ngx_http_redisgate_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_redisgate_module_ctx = {
-    NULL,                                  /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_redisgate_preconfiguration,   /* preconfiguration */
+    ngx_http_redisgate_postconfiguration,  /* postconfiguration */
 
     ngx_http_redisgate_create_main_conf,   /* create main configuration */
     ngx_http_redisgate_init_main_conf,     /* init main configuration */
@@ -203,6 +214,36 @@ ngx_module_t  ngx_http_redisgate_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static ngx_int_t
+ngx_http_redisgate_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_redisgate_add_variables(cf);
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    if (ngx_http_redisgate_stats_add(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_redisgate_log_handler;
+
+    return NGX_OK;
+}
 
 
 static void *
@@ -374,6 +415,18 @@ ngx_http_redisgate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (rlcf->skip == 0) {
         rlcf->skip = 1;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_redisgate_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_redisgate_status_handler;
 
     return NGX_CONF_OK;
 }

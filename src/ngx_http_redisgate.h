@@ -33,6 +33,8 @@ typedef struct ngx_http_redisgate_op_s       ngx_http_redisgate_op_t;
 typedef struct ngx_http_redisgate_cache_s    ngx_http_redisgate_cache_t;
 typedef struct ngx_http_redisgate_pg_s       ngx_http_redisgate_pg_t;
 typedef struct ngx_http_redisgate_limit_s    ngx_http_redisgate_limit_t;
+typedef struct ngx_http_redisgate_backend_stats_s
+    ngx_http_redisgate_backend_stats_t;
 
 
 /* what a rate limit decision tells the client, in RateLimit-* headers */
@@ -104,6 +106,8 @@ struct ngx_http_redisgate_backend_s {
     ngx_queue_t                     waiting;    /* requests until then */
     unsigned                        resolve_error:1;
     unsigned                        resolve_starting:1;
+
+    ngx_http_redisgate_backend_stats_t  *stats;
 
     ngx_log_t                      *log;
 };
@@ -185,8 +189,16 @@ typedef struct {
     ngx_uint_t                      rate;       /* the plan's; 0: default */
     ngx_uint_t                      burst;
     const char                     *error;      /* why refused */
-    unsigned                        cached:1;
+    ngx_uint_t                      source;     /* SOURCE_* */
 } ngx_http_redisgate_auth_t;
+
+
+/* where a key was found, for $redisgate_cache */
+#define NGX_HTTP_REDISGATE_SOURCE_NONE    0
+#define NGX_HTTP_REDISGATE_SOURCE_STATIC  1
+#define NGX_HTTP_REDISGATE_SOURCE_HIT     2
+#define NGX_HTTP_REDISGATE_SOURCE_MISS    3
+#define NGX_HTTP_REDISGATE_SOURCE_STALE   4
 
 
 /* a request waiting for something its backend needs, to try again */
@@ -202,6 +214,44 @@ typedef void (*ngx_http_redisgate_resolved_pt)(ngx_http_request_t *r,
  * done == 1; reply == NULL before that means the connection failed */
 typedef void (*ngx_http_redisgate_reply_pt)(void *data, redisReply *reply,
     const char *error);
+
+
+/* one request's state, from route to reply */
+
+typedef struct {
+    ngx_http_request_t             *request;
+    ngx_http_redisgate_route_t      route;
+
+    ngx_http_redisgate_cmd_t       *cmds;
+    ngx_uint_t                      ncmds;
+    u_char                         *map;        /* per command: as object */
+
+    ngx_http_redisgate_auth_t       auth;
+
+    ngx_str_t                      *resp;       /* RESP commands to send */
+    ngx_uint_t                      nresp;
+
+    ngx_uint_t                      encoding;   /* ENC_BASE64 */
+    ngx_uint_t                      replies;    /* received so far */
+    ngx_uint_t                      status;
+    const char                     *error;      /* Redis unreachable */
+    redisReply                     *queue_error;
+
+    ngx_chain_t                    *out;
+    ngx_chain_t                   **last;
+    off_t                           length;
+
+    ngx_http_redisgate_limit_state_t  limit;
+
+    ngx_msec_t                      redis_start;
+    ngx_msec_t                      redis_time;
+
+    unsigned                        resp2:1;
+    unsigned                        hash_object:1;
+    unsigned                        limited:1;  /* limit is filled */
+    unsigned                        rate_refused:1;
+    unsigned                        redis_done:1;
+} ngx_http_redisgate_ctx_t;
 
 
 extern ngx_module_t  ngx_http_redisgate_module;
@@ -281,6 +331,27 @@ ngx_int_t ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
     ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst, ngx_uint_t cost,
     ngx_http_redisgate_limit_state_t *state);
 
+/* stats.c: counters for redisgate_status, shared by the workers */
+#define NGX_HTTP_REDISGATE_STAT_COMMANDS          0
+#define NGX_HTTP_REDISGATE_STAT_RATE_LIMITED      1
+#define NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES  2
+#define NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS   3
+
+#define NGX_HTTP_REDISGATE_STAT_CONNECTIONS       0
+#define NGX_HTTP_REDISGATE_STAT_IN_FLIGHT         1
+#define NGX_HTTP_REDISGATE_STAT_CONNECTS          2
+#define NGX_HTTP_REDISGATE_STAT_CONNECT_FAILURES  3
+
+ngx_int_t ngx_http_redisgate_stats_add(ngx_conf_t *cf);
+void ngx_http_redisgate_stats_request(ngx_uint_t route, ngx_uint_t status,
+    ngx_msec_t ms);
+void ngx_http_redisgate_stats_count(ngx_uint_t what, ngx_uint_t n);
+ngx_http_redisgate_backend_stats_t *ngx_http_redisgate_stats_backend(
+    ngx_str_t *url);
+void ngx_http_redisgate_stats_backend_add(
+    ngx_http_redisgate_backend_stats_t *bs, ngx_uint_t what, ngx_int_t n);
+ngx_int_t ngx_http_redisgate_status_handler(ngx_http_request_t *r);
+
 /* pg.c: the PostgreSQL key store */
 ngx_int_t ngx_http_redisgate_pg_check_conninfo(ngx_conf_t *cf,
     ngx_str_t *conninfo);
@@ -301,8 +372,12 @@ ngx_int_t ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
     ngx_http_redisgate_pg_handler_pt handler, void *data,
     const char **error);
 
+/* variables.c */
+ngx_int_t ngx_http_redisgate_add_variables(ngx_conf_t *cf);
+
 /* handler.c */
 void *ngx_http_redisgate_palloc(void *pool, size_t size);
+ngx_int_t ngx_http_redisgate_log_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_redisgate_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_redisgate_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *fmt, ...);

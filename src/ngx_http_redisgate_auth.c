@@ -118,7 +118,7 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
             ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                            "redisgate: key cache hit, sha256 %*s...",
                            (size_t) 8, hex);
-            auth->cached = 1;
+            auth->source = NGX_HTTP_REDISGATE_SOURCE_HIT;
             return ngx_http_redisgate_resolve_apply(r, &rs->stale, auth);
         }
 
@@ -137,6 +137,7 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     if (rs->has_stale) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "redisgate: %s, using a stale cached key", error);
+        auth->source = NGX_HTTP_REDISGATE_SOURCE_STALE;
         return ngx_http_redisgate_resolve_apply(r, &rs->stale, auth);
     }
 
@@ -204,6 +205,7 @@ ngx_http_redisgate_resolve_static(ngx_http_request_t *r,
     auth->organization = key->organization;
     auth->scopes = key->scopes;
     auth->backend = inst->backend;
+    auth->source = NGX_HTTP_REDISGATE_SOURCE_STATIC;
 
     return NGX_OK;
 }
@@ -220,11 +222,13 @@ ngx_http_redisgate_resolve_looked_up(void *data, ngx_int_t rc,
     r = rs->request;
 
     if (rc == NGX_OK) {
+        rs->auth->source = NGX_HTTP_REDISGATE_SOURCE_MISS;
         rc = ngx_http_redisgate_resolve_apply(r, ki, rs->auth);
 
     } else if (rs->has_stale) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "redisgate: %s, using a stale cached key", error);
+        rs->auth->source = NGX_HTTP_REDISGATE_SOURCE_STALE;
         rc = ngx_http_redisgate_resolve_apply(r, &rs->stale, rs->auth);
 
     } else {

@@ -18,35 +18,6 @@
 #include "ngx_http_redisgate.h"
 
 
-typedef struct {
-    ngx_http_request_t             *request;
-    ngx_http_redisgate_route_t      route;
-
-    ngx_http_redisgate_cmd_t       *cmds;
-    ngx_uint_t                      ncmds;
-    u_char                         *map;        /* per command: as object */
-
-    ngx_http_redisgate_auth_t       auth;
-
-    ngx_str_t                      *resp;       /* RESP commands to send */
-    ngx_uint_t                      nresp;
-
-    ngx_uint_t                      encoding;   /* ENC_BASE64 */
-    ngx_uint_t                      replies;    /* received so far */
-    ngx_uint_t                      status;
-    const char                     *error;      /* Redis unreachable */
-    redisReply                     *queue_error;
-
-    ngx_chain_t                    *out;
-    ngx_chain_t                   **last;
-    off_t                           length;
-
-    ngx_http_redisgate_limit_state_t  limit;
-
-    unsigned                        resp2:1;
-    unsigned                        hash_object:1;
-    unsigned                        limited:1;  /* limit is filled */
-} ngx_http_redisgate_ctx_t;
 
 
 static void ngx_http_redisgate_body_handler(ngx_http_request_t *r);
@@ -355,6 +326,10 @@ ngx_http_redisgate_check_rate(ngx_http_request_t *r,
     {
         return NGX_DECLINED;
     }
+
+    ctx->rate_refused = 1;
+
+    ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_RATE_LIMITED, 1);
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "redisgate: organization \"%V\" over its rate, key \"%V\"",
@@ -842,6 +817,12 @@ ngx_http_redisgate_dispatch(ngx_http_request_t *r,
                                            ctx->nresp, rlcf->timeout,
                                            ngx_http_redisgate_on_reply, ctx,
                                            &error);
+
+        if (rc == NGX_OK) {
+            ctx->redis_start = ngx_current_msec;
+            ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_COMMANDS,
+                                           ctx->ncmds);
+        }
     }
 
     if (rc == NGX_DECLINED) {
@@ -898,6 +879,9 @@ ngx_http_redisgate_on_reply(void *data, redisReply *reply, const char *error)
 
     if (reply == NULL && error == NULL) {
         c = r->connection;
+
+        ctx->redis_time = ngx_current_msec - ctx->redis_start;
+        ctx->redis_done = 1;
 
         rc = ngx_http_redisgate_finish(r, ctx);
 
@@ -1389,4 +1373,31 @@ ngx_http_redisgate_sync_token(ngx_http_request_t *r)
 
     return ngx_http_redisgate_add_header(r, "upstash-sync-token", p,
                                          last - p);
+}
+
+
+/* the log phase: every request this module answered, into the stats */
+
+ngx_int_t
+ngx_http_redisgate_log_handler(ngx_http_request_t *r)
+{
+    ngx_msec_int_t             ms;
+    ngx_time_t                *tp;
+    ngx_http_redisgate_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
+
+    if (ctx == NULL) {
+        return NGX_OK;
+    }
+
+    tp = ngx_timeofday();
+
+    ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                           + (tp->msec - r->start_msec));
+
+    ngx_http_redisgate_stats_request(ctx->route.kind, r->headers_out.status,
+                                     (ngx_msec_t) ngx_max(ms, 0));
+
+    return NGX_OK;
 }

@@ -768,6 +768,8 @@ ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc,
 
     lk->sent = 1;
     pc->lookup = lk;
+
+    ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES, 1);
     pc->state = NGX_HTTP_REDISGATE_PG_BUSY;
 
     ngx_add_timer(&pc->timer, pc->pg->timeout);
@@ -1003,6 +1005,11 @@ ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
 
     ngx_queue_remove(&lk->queue);
     pg->nlookups--;
+
+    if (rc != NGX_OK) {
+        ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS,
+                                       1);
+    }
 
     /*
      * An announcement during the query may concern this answer: hand it

@@ -97,6 +97,7 @@ ngx_http_redisgate_redis_init_conns(ngx_http_redisgate_backend_t *backend)
     }
 
     backend->backoff = backend->backoff_min;
+    backend->stats = ngx_http_redisgate_stats_backend(&backend->address.url);
 }
 
 
@@ -188,6 +189,10 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
 
     cln->handler = ngx_http_redisgate_redis_op_cleanup;
     cln->data = op;
+
+    ngx_http_redisgate_stats_backend_add(backend->stats,
+                                         NGX_HTTP_REDISGATE_STAT_IN_FLIGHT,
+                                         (ngx_int_t) op->left);
 
     op->timer.handler = ngx_http_redisgate_redis_op_timeout;
     op->timer.data = op;
@@ -312,6 +317,9 @@ ngx_http_redisgate_redis_connect(ngx_http_redisgate_conn_t *conn)
     ac->ev.delWrite = ngx_http_redisgate_redis_del_write;
     ac->ev.cleanup = ngx_http_redisgate_redis_cleanup;
 
+    ngx_http_redisgate_stats_backend_add(backend->stats,
+                                         NGX_HTTP_REDISGATE_STAT_CONNECTS, 1);
+
     redisAsyncSetConnectCallback(ac, ngx_http_redisgate_redis_connected);
     redisAsyncSetDisconnectCallback(ac, ngx_http_redisgate_redis_disconnected);
 
@@ -368,6 +376,10 @@ ngx_http_redisgate_redis_connected(const redisAsyncContext *ac, int status)
 
     conn->connected = 1;
     conn->backend->backoff = conn->backend->backoff_min;
+
+    ngx_http_redisgate_stats_backend_add(conn->backend->stats,
+                                         NGX_HTTP_REDISGATE_STAT_CONNECTIONS,
+                                         1);
     conn->backend->down_until = ngx_current_msec;
 }
 
@@ -449,6 +461,10 @@ ngx_http_redisgate_redis_down(ngx_http_redisgate_backend_t *b,
     b->down_until = ngx_current_msec + b->backoff;
     b->backoff = ngx_min(b->backoff * 2, b->backoff_max);
 
+    ngx_http_redisgate_stats_backend_add(b->stats,
+                                     NGX_HTTP_REDISGATE_STAT_CONNECT_FAILURES,
+                                     1);
+
     ngx_log_error(NGX_LOG_ERR, b->log, 0, "redisgate: %s", b->error);
 }
 
@@ -486,6 +502,10 @@ ngx_http_redisgate_redis_reply(redisAsyncContext *ac, void *r,
 
     conn->pending--;
     op->left--;
+
+    ngx_http_redisgate_stats_backend_add(conn->backend->stats,
+                                         NGX_HTTP_REDISGATE_STAT_IN_FLIGHT,
+                                         -1);
 
     if (reply == NULL && op->error == NULL) {
         if (conn->drop_reason) {
@@ -668,6 +688,12 @@ ngx_http_redisgate_redis_cleanup(void *data)
 
         /* tells the event loop that events still queued for it are stale */
         c->fd = (ngx_socket_t) -1;
+    }
+
+    if (conn->connected) {
+        ngx_http_redisgate_stats_backend_add(conn->backend->stats,
+                                         NGX_HTTP_REDISGATE_STAT_CONNECTIONS,
+                                         -1);
     }
 
     conn->connection = NULL;
