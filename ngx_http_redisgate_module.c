@@ -41,6 +41,10 @@ static char *ngx_http_redisgate_cache(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_redisgate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_redisgate_usage(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_redisgate_zone(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_str_t *name, ssize_t *size);
 static ngx_int_t ngx_http_redisgate_init_process(ngx_cycle_t *cycle);
 static void ngx_http_redisgate_exit_process(ngx_cycle_t *cycle);
 
@@ -149,6 +153,13 @@ static ngx_command_t  ngx_http_redisgate_commands[] = {
     { ngx_string("redisgate_limit"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_redisgate_limit,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_usage"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_redisgate_usage,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -296,6 +307,13 @@ ngx_http_redisgate_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(rmcf->idle_timeout, 60000);
     ngx_conf_init_msec_value(rmcf->pg_timeout, 5000);
     ngx_conf_init_value(rmcf->pg_token_check, 1);
+
+    if (rmcf->usage && rmcf->pg == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"redisgate_usage\" needs \"redisgate_pg\": "
+                           "usage is written to the key store");
+        return NGX_CONF_ERROR;
+    }
 
     if (rmcf->pg) {
         ngx_http_redisgate_pg_configure(rmcf->pg, rmcf->cache,
@@ -574,7 +592,6 @@ ngx_http_redisgate_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_redisgate_main_conf_t  *rmcf = conf;
 
-    u_char      *p;
     time_t      *t;
     ssize_t      size;
     ngx_str_t   *value, name, s;
@@ -596,22 +613,9 @@ ngx_http_redisgate_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     for (i = 1; i < cf->args->nelts; i++) {
 
         if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
-            name.data = value[i].data + 5;
-
-            p = (u_char *) ngx_strchr(name.data, ':');
-            if (p == NULL) {
-                goto invalid;
-            }
-
-            name.len = p - name.data;
-
-            s.data = p + 1;
-            s.len = value[i].data + value[i].len - s.data;
-
-            size = ngx_parse_size(&s);
-            if (size == NGX_ERROR || size < (ssize_t) (8 * ngx_pagesize)) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "zone \"%V\" is too small", &value[i]);
+            if (ngx_http_redisgate_zone(cf, &value[i], &name, &size)
+                != NGX_OK)
+            {
                 return NGX_CONF_ERROR;
             }
 
@@ -676,7 +680,7 @@ ngx_http_redisgate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     size_t       len;
     ssize_t      size;
     ngx_int_t    rate, burst, nodes;
-    ngx_str_t   *value, name, s;
+    ngx_str_t   *value, name;
     ngx_uint_t   i;
 
     if (rmcf->limit) {
@@ -694,22 +698,9 @@ ngx_http_redisgate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     for (i = 1; i < cf->args->nelts; i++) {
 
         if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
-            name.data = value[i].data + 5;
-
-            p = (u_char *) ngx_strchr(name.data, ':');
-            if (p == NULL) {
-                goto invalid;
-            }
-
-            name.len = p - name.data;
-
-            s.data = p + 1;
-            s.len = value[i].data + value[i].len - s.data;
-
-            size = ngx_parse_size(&s);
-            if (size == NGX_ERROR || size < (ssize_t) (8 * ngx_pagesize)) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "zone \"%V\" is too small", &value[i]);
+            if (ngx_http_redisgate_zone(cf, &value[i], &name, &size)
+                != NGX_OK)
+            {
                 return NGX_CONF_ERROR;
             }
 
@@ -778,6 +769,110 @@ invalid:
 }
 
 
+/* redisgate_usage zone=name:size [interval=10s]; */
+
+static char *
+ngx_http_redisgate_usage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf = conf;
+
+    ssize_t      size;
+    ngx_str_t   *value, name, s;
+    ngx_msec_t   interval;
+    ngx_uint_t   i;
+
+    if (rmcf->usage) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    ngx_str_null(&name);
+    size = 0;
+    interval = 10000;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+            if (ngx_http_redisgate_zone(cf, &value[i], &name, &size)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "interval=", 9) == 0) {
+            s.data = value[i].data + 9;
+            s.len = value[i].len - 9;
+
+            interval = ngx_parse_time(&s, 0);
+            if (interval == (ngx_msec_t) NGX_ERROR || interval == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    if (name.len == 0) {
+        return "needs zone=name:size";
+    }
+
+    rmcf->usage = ngx_http_redisgate_usage_add(cf, &name, size, interval);
+    if (rmcf->usage == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/* "zone=name:size", as limit_req_zone takes it */
+
+static ngx_int_t
+ngx_http_redisgate_zone(ngx_conf_t *cf, ngx_str_t *value, ngx_str_t *name,
+    ssize_t *size)
+{
+    u_char     *p;
+    ngx_str_t   s;
+
+    name->data = value->data + 5;
+
+    p = (u_char *) ngx_strchr(name->data, ':');
+    if (p == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\"", value);
+        return NGX_ERROR;
+    }
+
+    name->len = p - name->data;
+
+    s.data = p + 1;
+    s.len = value->data + value->len - s.data;
+
+    *size = ngx_parse_size(&s);
+
+    if (*size == NGX_ERROR || *size < (ssize_t) (8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is too small", value);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_redisgate_init_process(ngx_cycle_t *cycle)
 {
@@ -799,6 +894,13 @@ ngx_http_redisgate_init_process(ngx_cycle_t *cycle)
 
     if (rmcf->pg
         && ngx_http_redisgate_pg_init_process(rmcf->pg, cycle) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (rmcf->usage
+        && ngx_http_redisgate_usage_init_process(rmcf->usage, rmcf->pg, cycle)
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -839,6 +941,10 @@ ngx_http_redisgate_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_redisgate_backend_exit_process();
+
+    if (rmcf->usage) {
+        ngx_http_redisgate_usage_exit_process(rmcf->usage);
+    }
 
     if (rmcf->pg) {
         ngx_http_redisgate_pg_exit_process(rmcf->pg);

@@ -1,6 +1,8 @@
 -- RedisGate key store: plans, organizations, Redis instances and API keys,
 -- in the schema "redisgate", with the functions that manage them and the one
--- the nginx module calls on a cache miss (redisgate.lookup).
+-- the nginx module calls on a cache miss (redisgate.lookup).  Also the usage
+-- the module counts (usage_minutes, written with redisgate.record_usage; see
+-- docs/usage.md).
 --
 -- Apply it with psql, as often as you like (it is idempotent, and it takes a
 -- lock so two applies do not race):
@@ -34,12 +36,16 @@
 -- Creating things sends nothing: new ids and tokens are random, so no cache
 -- can hold anything about them yet.
 --
--- Privileges: every function here is revoked from PUBLIC.  lookup() and
--- mark_keys_used() are SECURITY DEFINER, so the module's role needs only:
+-- Privileges: every function here is revoked from PUBLIC.  lookup(),
+-- mark_keys_used() and record_usage() are SECURITY DEFINER, so the module's
+-- role needs only:
 --
 --     GRANT USAGE ON SCHEMA redisgate TO gateway;
 --     GRANT EXECUTE ON FUNCTION redisgate.lookup(text, uuid),
---                               redisgate.mark_keys_used(uuid[]) TO gateway;
+--                               redisgate.mark_keys_used(uuid[]),
+--                               redisgate.record_usage(text[], text[],
+--                                   bigint[], bigint[], bigint[], bigint[],
+--                                   bigint[]) TO gateway;
 --
 -- Changing a function's result type later needs a DROP FUNCTION first
 -- (CREATE OR REPLACE cannot do it).
@@ -422,19 +428,30 @@ returns integer
 language sql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
-    with touched as (
-        update redisgate.api_keys k
-           set last_used_at = now()
+    -- rows are locked in id order, so that concurrent calls (several nginx
+    -- hosts) cannot deadlock; last_used_at never moves backwards.  The
+    -- notify trigger ignores last_used_at: no cache is evicted.
+    with locked as (
+        select k.id
+          from redisgate.api_keys k
          where k.id = any ($1)
            and (k.last_used_at is null or k.last_used_at < now())
+         order by k.id
+           for no key update
+    ), touched as (
+        update redisgate.api_keys k
+           set last_used_at = greatest(k.last_used_at, now())
+          from locked
+         where k.id = locked.id
         returning 1
     )
     select count(*)::integer from touched
 $$;
 
 comment on function redisgate.mark_keys_used(uuid[]) is
-    'Sets last_used_at of these keys to now(); for the module to call now '
-    'and then, in batches. Sends no notification. Returns the rows touched.';
+    'Sets last_used_at of these keys to greatest(last_used_at, now()); for '
+    'the module to call now and then, in batches. Unknown ids are ignored. '
+    'Sends no notification (evicts no cache). Returns the rows touched.';
 
 
 -- ---------------------------------------------------------------------------
@@ -1148,6 +1165,213 @@ $$;
 comment on function redisgate.list_keys(uuid) is
     'An organization''s keys (state: active, expired or revoked), without '
     'tokens or hashes.';
+
+
+-- ---------------------------------------------------------------------------
+-- Usage accounting (see docs/usage.md)
+-- ---------------------------------------------------------------------------
+
+-- The ids are text, without foreign keys: organizations and instances of
+-- nginx.conf have names, those of the key store UUIDs (as text, lower case).
+create table if not exists redisgate.usage_minutes (
+    organization_id text not null,
+    instance_id     text not null,
+    minute          timestamptz not null,
+    requests        bigint not null default 0,
+    commands        bigint not null default 0,
+    bytes_in        bigint not null default 0,
+    bytes_out       bigint not null default 0,
+    primary key (organization_id, instance_id, minute)
+);
+
+comment on table redisgate.usage_minutes is
+    'Usage per organization, instance and minute, as the module counts it '
+    '(redisgate.record_usage adds to it). Ids are the module''s text: a '
+    'UUID for the key store, a name for nginx.conf.';
+comment on column redisgate.usage_minutes.minute is
+    'the start of the minute (whole minutes, UTC)';
+comment on column redisgate.usage_minutes.requests is
+    'HTTP requests answered for this instance';
+comment on column redisgate.usage_minutes.commands is
+    'Redis commands sent (each command of a pipeline counts)';
+comment on column redisgate.usage_minutes.bytes_in is
+    'request bytes (request line, headers and body)';
+comment on column redisgate.usage_minutes.bytes_out is
+    'response body bytes';
+
+create index if not exists usage_minutes_organization_minute
+    on redisgate.usage_minutes (organization_id, minute);
+
+create or replace function redisgate.record_usage(
+    organization_ids text[],
+    instance_ids text[],
+    minutes bigint[],
+    requests bigint[],
+    commands bigint[],
+    bytes_in bigint[],
+    bytes_out bigint[])
+returns integer
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    n integer := cardinality(record_usage.organization_ids);
+    touched integer;
+begin
+    if record_usage.organization_ids is null
+       or record_usage.instance_ids is null or record_usage.minutes is null
+       or record_usage.requests is null or record_usage.commands is null
+       or record_usage.bytes_in is null or record_usage.bytes_out is null then
+        raise exception 'record_usage: an array is NULL'
+            using errcode = 'null_value_not_allowed';
+    end if;
+    if cardinality(record_usage.instance_ids) <> n
+       or cardinality(record_usage.minutes) <> n
+       or cardinality(record_usage.requests) <> n
+       or cardinality(record_usage.commands) <> n
+       or cardinality(record_usage.bytes_in) <> n
+       or cardinality(record_usage.bytes_out) <> n then
+        raise exception 'record_usage: the arrays differ in length '
+                        '(organization_ids %, instance_ids %, minutes %, '
+                        'requests %, commands %, bytes_in %, bytes_out %)',
+                        n, cardinality(record_usage.instance_ids),
+                        cardinality(record_usage.minutes),
+                        cardinality(record_usage.requests),
+                        cardinality(record_usage.commands),
+                        cardinality(record_usage.bytes_in),
+                        cardinality(record_usage.bytes_out)
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if n = 0 then
+        return 0;
+    end if;
+    if exists (select
+                 from unnest(record_usage.organization_ids,
+                             record_usage.instance_ids,
+                             record_usage.minutes) as u(o, i, m)
+                where o is null or o = '' or i is null or i = ''
+                   or m is null) then
+        raise exception 'record_usage: an organization id, instance id or '
+                        'minute is NULL or empty'
+            using errcode = 'null_value_not_allowed';
+    end if;
+    if exists (select
+                 from unnest(record_usage.requests, record_usage.commands,
+                             record_usage.bytes_in,
+                             record_usage.bytes_out) as u(r, c, bi, bo)
+                where r < 0 or c < 0 or bi < 0 or bo < 0) then
+        raise exception 'record_usage: a count is negative'
+            using errcode = 'invalid_parameter_value';
+    end if;
+
+    -- one row per key (ON CONFLICT cannot touch a row twice), inserted in
+    -- key order (concurrent calls wait for each other instead of
+    -- deadlocking); counts are added, never overwritten
+    with batch as (
+        select u.o, u.i,
+               -- the start of the minute, should a time not be one
+               to_timestamp(u.m - ((u.m % 60) + 60) % 60) as minute,
+               sum(coalesce(u.r, 0))::bigint as r,
+               sum(coalesce(u.c, 0))::bigint as c,
+               sum(coalesce(u.bi, 0))::bigint as bi,
+               sum(coalesce(u.bo, 0))::bigint as bo
+          from unnest(record_usage.organization_ids,
+                      record_usage.instance_ids, record_usage.minutes,
+                      record_usage.requests, record_usage.commands,
+                      record_usage.bytes_in, record_usage.bytes_out)
+               as u(o, i, m, r, c, bi, bo)
+         group by 1, 2, 3
+    ), written as (
+        insert into redisgate.usage_minutes as t
+               (organization_id, instance_id, minute,
+                requests, commands, bytes_in, bytes_out)
+        select b.o, b.i, b.minute, b.r, b.c, b.bi, b.bo
+          from batch b
+         order by b.o, b.i, b.minute
+        on conflict (organization_id, instance_id, minute) do update
+           set requests = t.requests + excluded.requests,
+               commands = t.commands + excluded.commands,
+               bytes_in = t.bytes_in + excluded.bytes_in,
+               bytes_out = t.bytes_out + excluded.bytes_out
+        returning 1
+    )
+    select count(*) into touched from written;
+    return touched;
+end
+$$;
+
+comment on function redisgate.record_usage(text[], text[], bigint[],
+                                           bigint[], bigint[], bigint[],
+                                           bigint[]) is
+    'The module''s usage write: parallel arrays of organization id, '
+    'instance id, minute (epoch seconds, a multiple of 60), requests, '
+    'commands, bytes in and bytes out, added to usage_minutes (never '
+    'overwritten; rows repeated in a batch are summed). Raises when the '
+    'arrays differ in length. Returns the rows touched.';
+
+create or replace view redisgate.usage_daily as
+    select u.organization_id,
+           u.instance_id,
+           (u.minute at time zone 'UTC')::date as day,
+           sum(u.requests)::bigint as requests,
+           sum(u.commands)::bigint as commands,
+           sum(u.bytes_in)::bigint as bytes_in,
+           sum(u.bytes_out)::bigint as bytes_out
+      from redisgate.usage_minutes u
+     group by 1, 2, 3;
+
+comment on view redisgate.usage_daily is
+    'Usage per organization, instance and day (UTC).';
+
+create or replace function redisgate.usage_for_organization(
+    org text,
+    from_time timestamptz default null,
+    to_time timestamptz default null)
+returns table (instance_id text, requests bigint, commands bigint,
+               bytes_in bigint, bytes_out bigint)
+language sql stable
+as $$
+    select u.instance_id,
+           sum(u.requests)::bigint,
+           sum(u.commands)::bigint,
+           sum(u.bytes_in)::bigint,
+           sum(u.bytes_out)::bigint
+      from redisgate.usage_minutes u
+     where u.organization_id = $1
+       and u.minute >= coalesce($2, '-infinity')
+       and u.minute < coalesce($3, 'infinity')
+     group by u.instance_id
+     order by u.instance_id
+$$;
+
+comment on function redisgate.usage_for_organization(text, timestamptz,
+                                                     timestamptz) is
+    'An organization''s usage per instance, over the minutes that start in '
+    '[from_time, to_time) (NULL: no bound). org is the id as usage_minutes '
+    'holds it: the UUID text for the key store, the name for nginx.conf.';
+
+create or replace function redisgate.prune_usage(older_than interval)
+returns bigint
+language plpgsql volatile
+as $$
+declare
+    deleted bigint;
+begin
+    if prune_usage.older_than is null
+       or prune_usage.older_than < interval '0' then
+        raise exception 'older_than must be an interval of 0 or more'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    delete from redisgate.usage_minutes u
+     where u.minute < now() - prune_usage.older_than;
+    get diagnostics deleted = row_count;
+    return deleted;
+end
+$$;
+
+comment on function redisgate.prune_usage(interval) is
+    'Deletes the usage minutes that started more than older_than ago. '
+    'Returns the rows deleted.';
 
 
 -- ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ typedef struct ngx_http_redisgate_op_s       ngx_http_redisgate_op_t;
 typedef struct ngx_http_redisgate_cache_s    ngx_http_redisgate_cache_t;
 typedef struct ngx_http_redisgate_pg_s       ngx_http_redisgate_pg_t;
 typedef struct ngx_http_redisgate_limit_s    ngx_http_redisgate_limit_t;
+typedef struct ngx_http_redisgate_usage_s    ngx_http_redisgate_usage_t;
 typedef struct ngx_http_redisgate_backend_stats_s
     ngx_http_redisgate_backend_stats_t;
 
@@ -70,6 +71,7 @@ typedef struct {
 
 typedef void (*ngx_http_redisgate_pg_handler_pt)(void *data, ngx_int_t rc,
     ngx_http_redisgate_keyinfo_t *ki, const char *error);
+typedef void (*ngx_http_redisgate_pg_done_pt)(void *data, ngx_int_t rc);
 
 
 /* where one instance's Redis is, parsed from redis:// or unix:// */
@@ -159,6 +161,7 @@ typedef struct {
     time_t                          cache_stale;
 
     ngx_http_redisgate_limit_t     *limit;
+    ngx_http_redisgate_usage_t     *usage;
 } ngx_http_redisgate_main_conf_t;
 
 
@@ -352,6 +355,17 @@ void ngx_http_redisgate_stats_backend_add(
     ngx_http_redisgate_backend_stats_t *bs, ngx_uint_t what, ngx_int_t n);
 ngx_int_t ngx_http_redisgate_status_handler(ngx_http_request_t *r);
 
+/* usage.c: what each organization used, to the key store */
+ngx_http_redisgate_usage_t *ngx_http_redisgate_usage_add(ngx_conf_t *cf,
+    ngx_str_t *name, size_t size, ngx_msec_t interval);
+ngx_int_t ngx_http_redisgate_usage_init_process(
+    ngx_http_redisgate_usage_t *usage, ngx_http_redisgate_pg_t *pg,
+    ngx_cycle_t *cycle);
+void ngx_http_redisgate_usage_exit_process(ngx_http_redisgate_usage_t *usage);
+void ngx_http_redisgate_usage_record(ngx_http_redisgate_usage_t *usage,
+    ngx_str_t *org, ngx_str_t *instance, ngx_str_t *key_id,
+    ngx_uint_t commands, off_t bytes_in, off_t bytes_out);
+
 /* pg.c: the PostgreSQL key store */
 ngx_int_t ngx_http_redisgate_pg_check_conninfo(ngx_conf_t *cf,
     ngx_str_t *conninfo);
@@ -367,6 +381,9 @@ void ngx_http_redisgate_pg_configure(ngx_http_redisgate_pg_t *pg,
 ngx_int_t ngx_http_redisgate_pg_init_process(ngx_http_redisgate_pg_t *pg,
     ngx_cycle_t *cycle);
 void ngx_http_redisgate_pg_exit_process(ngx_http_redisgate_pg_t *pg);
+ngx_int_t ngx_http_redisgate_pg_write(ngx_http_redisgate_pg_t *pg,
+    const char *query, int n, const char **values,
+    ngx_http_redisgate_pg_done_pt done, void *data);
 ngx_int_t ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
     ngx_http_request_t *r, u_char *hash, u_char *instance,
     ngx_http_redisgate_pg_handler_pt handler, void *data,

@@ -1381,9 +1381,11 @@ ngx_http_redisgate_sync_token(ngx_http_request_t *r)
 ngx_int_t
 ngx_http_redisgate_log_handler(ngx_http_request_t *r)
 {
-    ngx_msec_int_t             ms;
-    ngx_time_t                *tp;
-    ngx_http_redisgate_ctx_t  *ctx;
+    ngx_str_t                        instance;
+    ngx_time_t                      *tp;
+    ngx_msec_int_t                   ms;
+    ngx_http_redisgate_ctx_t        *ctx;
+    ngx_http_redisgate_main_conf_t  *rmcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
 
@@ -1398,6 +1400,22 @@ ngx_http_redisgate_log_handler(ngx_http_request_t *r)
 
     ngx_http_redisgate_stats_request(ctx->route.kind, r->headers_out.status,
                                      (ngx_msec_t) ngx_max(ms, 0));
+
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
+
+    if (rmcf->usage && ctx->redis_start) {
+        instance.data = ctx->route.instance;
+        instance.len = NGX_HTTP_REDISGATE_UUID_LEN;
+
+        /* keys of the key store are marked used; nginx.conf's have no row */
+        ngx_http_redisgate_usage_record(rmcf->usage, &ctx->auth.organization,
+                                &instance,
+                                (ctx->auth.source
+                                 == NGX_HTTP_REDISGATE_SOURCE_STATIC)
+                                ? NULL : &ctx->auth.key_id,
+                                ctx->ncmds, r->request_length,
+                                r->headers_out.content_length_n);
+    }
 
     return NGX_OK;
 }

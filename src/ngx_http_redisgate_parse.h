@@ -67,6 +67,9 @@ ngx_int_t ngx_http_redisgate_parse_route(ngx_http_redisgate_route_t *rt,
     u_char *path, size_t len, u_char *query, size_t query_len,
     ngx_uint_t body, ngx_http_redisgate_alloc_t *a);
 
+/* a UUID in any case into dst[36], in lower case; NGX_ERROR if not one */
+ngx_int_t ngx_http_redisgate_parse_uuid(u_char *dst, u_char *p, size_t len);
+
 /* decodes %XX in place semantics into dst; NGX_ERROR on malformed input */
 ngx_int_t ngx_http_redisgate_percent_decode(u_char *dst, size_t *dst_len,
     u_char *src, size_t len);

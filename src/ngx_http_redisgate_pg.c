@@ -46,6 +46,11 @@ struct ngx_http_redisgate_pg_conn_s {
     ngx_uint_t                       state;
     unsigned                         listener:1;
     unsigned                         listening:1;
+
+    /* the listener also writes (usage), one statement at a time */
+    ngx_http_redisgate_pg_done_pt    write_done;
+    void                            *write_data;
+    ngx_int_t                        write_rc;
 };
 
 
@@ -116,6 +121,8 @@ static void ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg,
 static void ngx_http_redisgate_pg_error(ngx_http_redisgate_pg_t *pg,
     const char *what, const char *detail);
 static void ngx_http_redisgate_pg_notice(void *arg, const char *message);
+static void ngx_http_redisgate_pg_write_over(ngx_http_redisgate_pg_conn_t *pc,
+    ngx_int_t rc);
 static void ngx_http_redisgate_pg_event_handler(ngx_event_t *ev);
 static void ngx_http_redisgate_pg_timer_handler(ngx_event_t *ev);
 static void ngx_http_redisgate_pg_waiter_cleanup(void *data);
@@ -264,9 +271,12 @@ ngx_http_redisgate_pg_init_process(ngx_http_redisgate_pg_t *pg,
         pc->timer.log = cycle->log;
     }
 
-    /* one worker listens for what changed, for all: the cache is shared */
+    /*
+     * one worker listens for what changed, for all (the cache is shared),
+     * and writes what the workers counted
+     */
 
-    if (pg->cache && ngx_worker == 0) {
+    if (ngx_worker == 0) {
         pc = &pg->listener;
         pc->pg = pg;
         pc->listener = 1;
@@ -736,6 +746,10 @@ ngx_http_redisgate_pg_close(ngx_http_redisgate_pg_conn_t *pc,
         ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
     }
 
+    if (pc->write_done) {
+        ngx_http_redisgate_pg_write_over(pc, NGX_ERROR);
+    }
+
     if (pc->listener && !ngx_exiting && !ngx_terminate) {
         /* listening is not request-driven: try again by itself */
         if (pc->timer.timer_set) {
@@ -851,12 +865,16 @@ ngx_http_redisgate_pg_read(ngx_http_redisgate_pg_conn_t *pc)
 
         if (res == NULL) {
             /* the query is over */
-            if (pc->timer.timer_set && !pc->listener) {
+            if (pc->timer.timer_set) {
                 ngx_del_timer(&pc->timer);
             }
 
             pc->state = NGX_HTTP_REDISGATE_PG_IDLE;
             pc->listening = pc->listener;
+
+            if (pc->write_done) {
+                ngx_http_redisgate_pg_write_over(pc, pc->write_rc);
+            }
 
             ngx_http_redisgate_pg_dispatch(pc->pg);
             return;
@@ -872,11 +890,33 @@ static void
 ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
     PGresult *res)
 {
+    char                            *state;
     u_char                          *s;
     ngx_int_t                        n;
     ngx_str_t                        scopes;
     ngx_http_redisgate_keyinfo_t     ki;
     ngx_http_redisgate_pg_lookup_t  *lk;
+
+    if (pc->listener && pc->write_done) {
+        if (PQresultStatus(res) == PGRES_TUPLES_OK
+            || PQresultStatus(res) == PGRES_COMMAND_OK)
+        {
+            pc->write_rc = NGX_OK;
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                          "redisgate: writing to the key store failed: %s",
+                          PQresultErrorMessage(res));
+
+            /* SQLSTATE class 22, data exception: trying again cannot help */
+            state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+            pc->write_rc = (state && state[0] == '2' && state[1] == '2')
+                           ? NGX_DECLINED : NGX_ERROR;
+        }
+
+        return;
+    }
 
     if (pc->listener) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
@@ -1143,6 +1183,71 @@ ngx_http_redisgate_pg_error(ngx_http_redisgate_pg_t *pg, const char *what,
     *p = '\0';
 
     ngx_log_error(NGX_LOG_ERR, pg->log, 0, "redisgate: %s", pg->error);
+}
+
+
+/*
+ * A statement on the listening connection, for what the workers counted.
+ * NGX_DECLINED: not now (not connected, or busy); done(data, rc) is called
+ * once otherwise, rc NGX_OK, NGX_ERROR (try again later) or NGX_DECLINED
+ * (the key store refused the data itself).
+ */
+
+ngx_int_t
+ngx_http_redisgate_pg_write(ngx_http_redisgate_pg_t *pg, const char *query,
+    int n, const char **values, ngx_http_redisgate_pg_done_pt done,
+    void *data)
+{
+    ngx_http_redisgate_pg_conn_t  *pc;
+
+    pc = &pg->listener;
+
+    if (!pc->listener || pc->state != NGX_HTTP_REDISGATE_PG_IDLE
+        || pc->write_done)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (PQsendQueryParams(pc->conn, query, n, NULL, values, NULL, NULL, 0)
+        == 0)
+    {
+        ngx_http_redisgate_pg_error(pg, "writing to the key store failed",
+                                    PQerrorMessage(pc->conn));
+        ngx_http_redisgate_pg_close(pc, NULL);
+        return NGX_DECLINED;
+    }
+
+    pc->write_done = done;
+    pc->write_data = data;
+    pc->write_rc = NGX_ERROR;
+    pc->state = NGX_HTTP_REDISGATE_PG_BUSY;
+
+    if (pc->timer.timer_set) {
+        ngx_del_timer(&pc->timer);
+    }
+
+    ngx_add_timer(&pc->timer, pg->timeout);
+
+    ngx_http_redisgate_pg_flush(pc);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_redisgate_pg_write_over(ngx_http_redisgate_pg_conn_t *pc,
+    ngx_int_t rc)
+{
+    void                           *data;
+    ngx_http_redisgate_pg_done_pt   done;
+
+    done = pc->write_done;
+    data = pc->write_data;
+
+    pc->write_done = NULL;
+    pc->write_data = NULL;
+
+    done(data, rc);
 }
 
 

@@ -10,8 +10,6 @@
 #include "ngx_http_redisgate_parse.h"
 
 
-static ngx_int_t ngx_http_redisgate_parse_uuid(u_char *dst, u_char *p,
-    size_t len);
 static ngx_int_t ngx_http_redisgate_hex(u_char c);
 static ngx_int_t ngx_http_redisgate_route_is(u_char *p, size_t len,
     ngx_str_t *name);
@@ -294,7 +292,7 @@ ngx_http_redisgate_hex(u_char c)
 
 /* 8-4-4-4-12 hex digits in any case, stored in lower case */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_redisgate_parse_uuid(u_char *dst, u_char *p, size_t len)
 {
     u_char      c;

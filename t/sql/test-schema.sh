@@ -73,6 +73,20 @@ refused() {
     fi
 }
 
+# raises NAME ERROR-REGEX COMMAND...: COMMAND (psql) fails with an error
+# matching ERROR-REGEX on standard error
+raises() {
+    local name=$1 re=$2 err rc
+    shift 2
+    err=$("$@" 2>&1 >/dev/null)
+    rc=$?
+    if [ "$rc" -ne 0 ] && [[ $err =~ $re ]]; then
+        ok "$name"
+    else
+        not_ok "$name" "exit status $rc, stderr: $err" "expected: /$re/"
+    fi
+}
+
 q() {
     psql -X -q -A -t -F '|' -v ON_ERROR_STOP=1 -d "$REDISGATE_PG" "$@"
 }
@@ -303,7 +317,10 @@ like "$("$admin" lookup - "$inst" <<<"$token")" \
 q -c "create role rg_gateway login" >/dev/null
 q -c "grant usage on schema redisgate to rg_gateway;
       grant execute on function redisgate.lookup(text, uuid),
-                                redisgate.mark_keys_used(uuid[])
+                                redisgate.mark_keys_used(uuid[]),
+                                redisgate.record_usage(text[], text[],
+                                    bigint[], bigint[], bigint[], bigint[],
+                                    bigint[])
          to rg_gateway" >/dev/null
 gw="host=127.0.0.1 port=$port dbname=redisgate user=rg_gateway"
 is "$(psql -X -q -A -t -d "$gw" -c "select key_id from redisgate.lookup('$hash', '$inst')")" \
@@ -468,12 +485,194 @@ is "$(notified "psql -X -q -d '$REDISGATE_PG' -c \"update redisgate.api_keys set
    "" "last_used_at updates: no notification"
 
 # --------------------------------------------------------------------------
+echo "# usage accounting"
+# record ORGS INSTANCES MINUTES REQUESTS COMMANDS BYTES_IN BYTES_OUT: the
+# module's call, with array literals ('{a,b}'); prints the rows touched
+record() {
+    q -v o="$1" -v i="$2" -v m="$3" -v r="$4" -v c="$5" -v bi="$6" \
+      -v bo="$7" <<'SQL'
+select redisgate.record_usage(:'o', :'i', :'m', :'r', :'c', :'bi', :'bo');
+SQL
+}
+# counts ORG INSTANCE EPOCH: requests|commands|bytes_in|bytes_out of a minute
+counts() {
+    q -v o="$1" -v i="$2" -v m="$3" <<'SQL'
+select requests || '|' || commands || '|' || bytes_in || '|' || bytes_out
+  from redisgate.usage_minutes
+ where organization_id = :'o' and instance_id = :'i'
+   and minute = to_timestamp(:'m'::bigint);
+SQL
+}
+m0=$(date -u -d '2030-01-01 23:58:00Z' +%s)
+m1=$((m0 + 60))
+m2=$((m0 + 120))
+is "$(record "{$acme,$acme}" "{$inst,$sock}" "{$m0,$m0}" '{1,2}' '{3,4}' \
+             '{100,200}' '{10,20}')" 2 "record_usage: returns the rows touched"
+is "$(counts "$acme" "$inst" "$m0")" "1|3|100|10" "record_usage: a new row"
+is "$(record "{$acme}" "{$inst}" "{$m0}" '{5}' '{6}' '{7}' '{8}')" 1 \
+   "record_usage again for the same minute"
+is "$(counts "$acme" "$inst" "$m0")" "6|9|107|18" \
+   "two calls for the same minute: the counts add up"
+is "$(counts "$acme" "$sock" "$m0")" "2|4|200|20" "the other instance: unchanged"
+is "$(record "{$acme,$acme,$acme}" "{$inst,$inst,$inst}" "{$m1,$m1,$((m1 + 59))}" \
+             '{1,1,1}' '{1,1,1}' '{1,1,1}' '{1,1,1}')" 1 \
+   "one row repeated in a batch (and a time inside the minute): one row touched"
+is "$(counts "$acme" "$inst" "$m1")" "3|3|3|3" "... its counts summed"
+is "$(record '{static-org,static-org}' '{cache,cache}' "{$m1,$m2}" '{1,2}' \
+             '{2,4}' '{30,40}' '{300,400}')" 2 \
+   "record_usage with nginx.conf names as ids"
+is "$(record '{}' '{}' '{}' '{}' '{}' '{}' '{}')" 0 "empty arrays: 0 rows"
+raises "record_usage: arrays of different lengths raise" \
+    'arrays differ in length \(organization_ids 1, instance_ids 2' \
+    record '{a}' '{x,y}' "{$m0}" '{1}' '{1}' '{1}' '{1}'
+raises "record_usage: a missing array element raises" 'arrays differ in length' \
+    record '{a,b}' '{x,y}' "{$m0,$m0}" '{1,1}' '{1,1}' '{1,1}' '{1}'
+raises "record_usage: a NULL instance id raises" 'NULL or empty' \
+    record '{a}' '{NULL}' "{$m0}" '{1}' '{1}' '{1}' '{1}'
+raises "record_usage: a negative count raises" 'a count is negative' \
+    record '{a}' '{x}' "{$m0}" '{1}' '{-1}' '{1}' '{1}'
+is "$(q -c "select count(*) from redisgate.usage_minutes
+             where organization_id in ('a', 'b')")" 0 \
+   "a refused batch writes nothing"
+
+# two sessions at once, each 200 calls: the same new minutes, the rows in
+# opposite orders
+cm=$(date -u -d '2030-03-01 00:00:00Z' +%s)
+concurrent_calls() {
+    local k m
+    for k in $(seq 1 200); do
+        m=$((cm + (k % 10) * 60))
+        if [ "$1" = a ]; then
+            echo "select redisgate.record_usage('{conc,conc}', '{i1,i2}',
+                  '{$m,$m}', '{1,1}', '{2,2}', '{3,3}', '{4,4}');"
+        else
+            echo "select redisgate.record_usage('{conc,conc}', '{i2,i1}',
+                  '{$m,$m}', '{1,1}', '{2,2}', '{3,3}', '{4,4}');"
+        fi
+    done
+}
+concurrent_calls a | q >/dev/null 2>"$tmp/conc-a.err" &
+pid_a=$!
+concurrent_calls b | q >/dev/null 2>"$tmp/conc-b.err" &
+pid_b=$!
+wait "$pid_a"; rc_a=$?
+wait "$pid_b"; rc_b=$?
+is "$rc_a/$rc_b" 0/0 "two concurrent sessions: no error" \
+    || cat "$tmp/conc-a.err" "$tmp/conc-b.err" >&2
+is "$(q -c "select instance_id || ':' || count(*) || ':' || sum(requests)
+                   || ':' || sum(commands) || ':' || sum(bytes_in) || ':'
+                   || sum(bytes_out)
+              from redisgate.usage_minutes where organization_id = 'conc'
+             group by instance_id order by instance_id" | paste -sd ' ' -)" \
+   "i1:10:400:800:1200:1600 i2:10:400:800:1200:1600" \
+   "two concurrent sessions: every count added exactly once"
+
+is "$(q -c "set timezone to 'Asia/Tokyo';
+            select string_agg(day || ':' || requests || ':' || commands || ':'
+                              || bytes_in || ':' || bytes_out, ' ' order by day)
+              from redisgate.usage_daily
+             where organization_id = 'static-org' and instance_id = 'cache'")" \
+   "2030-01-01:1:2:30:300 2030-01-02:2:4:40:400" \
+   "usage_daily: per UTC day, whatever the session's time zone"
+is "$(q -c "select string_agg(instance_id || ':' || requests || ':' || commands
+                              || ':' || bytes_in || ':' || bytes_out, ' '
+                              order by instance_id)
+              from redisgate.usage_for_organization('$acme')")" \
+   "$(sort <<<"$inst:9:12:110:21
+$sock:2:4:200:20" | paste -sd ' ' -)" \
+   "usage_for_organization: per-instance totals"
+is "$(q -c "select requests from redisgate.usage_for_organization('$acme',
+                to_timestamp($m1), to_timestamp($m2))
+             where instance_id = '$inst'")" 3 \
+   "usage_for_organization: minutes starting in [from, to)"
+is "$(q -c "select requests from redisgate.usage_for_organization('static-org',
+                from_time => to_timestamp($m1 + 30))")" 2 \
+   "usage_for_organization: a minute that starts before from_time is left out"
+is "$(q -c "select count(*) from redisgate.usage_for_organization('nobody')")" \
+   0 "usage_for_organization: an unknown organization has no rows"
+
+list=$("$admin" usage acme)
+is "$list" "instance_id	requests	commands	bytes_in	bytes_out
+$(sort <<<"$inst	9	12	110	21
+$sock	2	4	200	20")" "redisgate-admin usage ORG (by name): header and totals"
+is "$("$admin" -q usage "$acme" --from "$(date -u -d "@$m1" '+%F %T+00')" \
+          --to "$(date -u -d "@$m2" '+%F %T+00')")" "$inst	3	3	3	3" \
+   "redisgate-admin usage ORG (by id) --from --to, --quiet: no header"
+is "$("$admin" -q usage static-org)" "cache	3	6	70	700" \
+   "redisgate-admin usage: an organization of nginx.conf, by its name"
+refused "redisgate-admin usage: a bad time" 'invalid input syntax' \
+    "$admin" usage acme --from 'not a time'
+"$admin" usage 2>/dev/null
+is "$?" 2 "redisgate-admin usage without ORG: exit status 2"
+
+record '{old-org}' '{x}' "{$(date -u -d '2001-01-01 00:00:00Z' +%s)}" \
+       '{1}' '{1}' '{1}' '{1}' >/dev/null
+is "$(q -c "select redisgate.prune_usage('10 years')")" 1 \
+   "prune_usage: returns the rows deleted"
+is "$(q -c "select count(*) from redisgate.usage_minutes
+             where organization_id = 'old-org'")" 0 "prune_usage: old rows gone"
+raises "prune_usage: a negative interval raises" 'interval of 0 or more' \
+    q -c "select redisgate.prune_usage('-1 day')"
+record '{old-org}' '{x}' "{$(date -u -d '2001-01-01 00:00:00Z' +%s)}" \
+       '{1}' '{1}' '{1}' '{1}' >/dev/null
+is "$("$admin" usage prune --older-than '10 years')" \
+   "usage rows deleted: 1 (older than 10 years)" "redisgate-admin usage prune"
+is "$("$admin" -q usage prune --older-than '10 years')" 0 \
+   "redisgate-admin usage prune --quiet: the number only"
+"$admin" usage prune 2>/dev/null
+is "$?" 2 "usage prune without --older-than: exit status 2"
+is "$(q -c "select count(*) from redisgate.usage_minutes
+             where minute > now()")" 25 "prune leaves newer rows alone"
+
+is "$(q -c "select count(*) from pg_description d join pg_proc p
+                on p.oid = d.objoid join pg_namespace n
+                on n.oid = p.pronamespace
+             where n.nspname = 'redisgate' and p.proname in
+               ('record_usage', 'usage_for_organization', 'prune_usage',
+                'mark_keys_used')")" 4 "the usage functions have comments"
+is "$(q -c "select obj_description('redisgate.usage_minutes'::regclass,
+                                   'pg_class') is not null
+               and obj_description('redisgate.usage_daily'::regclass,
+                                   'pg_class') is not null")" t \
+   "usage_minutes and usage_daily have comments"
+is "$(q -c "select string_agg(proname || ':' || prosecdef, ' ' order by proname)
+              from pg_proc where pronamespace = 'redisgate'::regnamespace
+               and proname in ('record_usage', 'usage_for_organization',
+                               'prune_usage')")" \
+   "prune_usage:false record_usage:true usage_for_organization:false" \
+   "record_usage alone is SECURITY DEFINER"
+
+# the module's role
+is "$(psql -X -q -A -t -d "$gw" -c "select redisgate.record_usage('{gw}',
+          '{x}', '{$m0}', '{1}', '{1}', '{1}', '{1}')")" 1 \
+   "the module's role can call record_usage()"
+like "$(psql -X -q -A -t -d "$gw" -c "select count(*) from redisgate.usage_minutes" 2>&1)" \
+     'permission denied' "... but cannot read usage_minutes"
+like "$(psql -X -q -A -t -d "$gw" -c "select redisgate.prune_usage('1 day')" 2>&1)" \
+     'permission denied' "... nor call prune_usage()"
+q -c "update redisgate.api_keys set last_used_at = null where id = '$key'"
+is "$(notified "psql -X -q -A -t -d '$gw' -c \"select redisgate.mark_keys_used(array['$key'::uuid, '00000000-0000-0000-0000-000000000000'])\"")" \
+   "" "mark_keys_used(): no notification (no cache is evicted)"
+is "$(q -c "select last_used_at > now() - interval '1 minute'
+              from redisgate.api_keys where id = '$key'")" t \
+   "mark_keys_used() set last_used_at"
+q -c "update redisgate.api_keys set last_used_at = '2099-01-01 00:00Z'
+       where id = '$key'"
+is "$(psql -X -q -A -t -d "$gw" -c "select redisgate.mark_keys_used(array['$key'::uuid])")" \
+   0 "mark_keys_used(): a later last_used_at is not touched"
+is "$(q -c "select last_used_at = '2099-01-01 00:00Z'
+              from redisgate.api_keys where id = '$key'")" t \
+   "... last_used_at = greatest(last_used_at, now())"
+
+# --------------------------------------------------------------------------
 echo "# schema applied again over data"
 "$admin" -q schema apply
 is "$(lookup "$token" "$inst" | cut -d'|' -f1,11,12)" "$key|1500|3000" \
    "data and changed plans survive a new apply"
 is "$(q -c "select count(*) from redisgate.organizations")" 3 \
    "organizations survive a new apply"
+is "$(q -c "select sum(requests) from redisgate.usage_minutes
+             where organization_id = 'conc'")" 800 "usage survives a new apply"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
