@@ -253,6 +253,13 @@ ngx_http_redisgate_postconfiguration(ngx_conf_t *cf)
 
     *h = ngx_http_redisgate_log_handler;
 
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_redisgate_redact_handler;
+
     return NGX_OK;
 }
 

@@ -391,6 +391,9 @@ ngx_int_t ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
 
 /* variables.c */
 ngx_int_t ngx_http_redisgate_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_redisgate_redact(ngx_pool_t *pool, ngx_str_t *src,
+    ngx_str_t *dst);
+ngx_int_t ngx_http_redisgate_redact_handler(ngx_http_request_t *r);
 
 /* handler.c */
 void *ngx_http_redisgate_palloc(void *pool, size_t size);

@@ -224,60 +224,114 @@ static ngx_int_t
 ngx_http_redisgate_request_uri_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    u_char  *p, *q, *last, *dst, *arg;
+    ngx_str_t  uri;
 
     if (r->unparsed_uri.len == 0) {
         v->not_found = 1;
         return NGX_OK;
     }
 
-    p = r->unparsed_uri.data;
-    last = p + r->unparsed_uri.len;
+    if (ngx_http_redisgate_redact(r->pool, &r->unparsed_uri, &uri)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_http_redisgate_variable_set(v, uri.data, uri.len);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The post-read phase, for every request: a request line with ?_token=
+ * is what nginx prints in its error log lines ("request: ...") and in
+ * $request, so it gets the hidden value too.
+ */
+
+ngx_int_t
+ngx_http_redisgate_redact_handler(ngx_http_request_t *r)
+{
+    ngx_str_t  line;
+
+    if (r->args.len == 0
+        || ngx_strlcasestrn(r->args.data, r->args.data + r->args.len,
+                            (u_char *) "_token=", 7 - 1)
+           == NULL)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_redisgate_redact(r->pool, &r->request_line, &line)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->request_line = line;
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * "...?a=1&_token=secret&b=2 ..." as "...?a=1&_token=***&b=2 ...": the
+ * value of each _token= argument of the query up to the first space
+ */
+
+ngx_int_t
+ngx_http_redisgate_redact(ngx_pool_t *pool, ngx_str_t *src, ngx_str_t *dst)
+{
+    u_char  *p, *q, *last, *end, *d;
+
+    p = src->data;
+    last = src->data + src->len;
 
     q = ngx_strlchr(p, last, '?');
 
     if (q == NULL) {
-        ngx_http_redisgate_variable_set(v, p, last - p);
+        *dst = *src;
         return NGX_OK;
     }
 
     /* "_token=***" is at most twice what it replaces */
-    dst = ngx_pnalloc(r->pool, 2 * r->unparsed_uri.len + 16);
-    if (dst == NULL) {
+    dst->data = ngx_pnalloc(pool, 2 * src->len + 16);
+    if (dst->data == NULL) {
         return NGX_ERROR;
     }
 
-    v->data = dst;
-
-    dst = ngx_cpymem(dst, p, q + 1 - p);
+    d = ngx_cpymem(dst->data, p, q + 1 - p);
     p = q + 1;
 
-    while (p < last) {
-        arg = p;
+    end = ngx_strlchr(p, last, ' ');
+    if (end == NULL) {
+        end = last;
+    }
 
-        q = ngx_strlchr(p, last, '&');
+    while (p < end) {
+        q = ngx_strlchr(p, end, '&');
         if (q == NULL) {
-            q = last;
+            q = end;
         }
 
-        if (q - arg > 7 && ngx_strncmp(arg, "_token=", 7) == 0) {
-            dst = ngx_cpymem(dst, "_token=***", 10);
+        if (q - p > 7 && ngx_strncmp(p, "_token=", 7) == 0) {
+            d = ngx_cpymem(d, "_token=***", 10);
 
         } else {
-            dst = ngx_cpymem(dst, arg, q - arg);
+            d = ngx_cpymem(d, p, q - p);
         }
 
-        if (q < last) {
-            *dst++ = '&';
+        if (q < end) {
+            *d++ = '&';
         }
 
         p = q + 1;
     }
 
-    v->len = dst - v->data;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
+    /* " HTTP/1.1" of a request line */
+    d = ngx_cpymem(d, end, last - end);
+
+    dst->len = d - dst->data;
 
     return NGX_OK;
 }

@@ -110,3 +110,25 @@ Authorization: Bearer rg_nope
 [401, 200]
 --- response_body_like eval
 ["Unauthorized", qr/redisgate_requests_total\{route="path",status="401"\} [1-9]/]
+
+
+
+=== TEST 7: nginx's own error lines show the request without the token
+--- http_config
+limit_req_zone $binary_remote_addr zone=one:1m rate=1r/m;
+--- config
+location /redis/ {
+    limit_req zone=one nodelay;
+    redisgate;
+}
+--- more_headers
+X-Nothing: 1
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/ping?_token=$ENV{TEST_NGINX_ADMIN_TOKEN}",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/ping?_token=$ENV{TEST_NGINX_ADMIN_TOKEN}"]
+--- error_code eval
+[200, 503]
+--- error_log eval
+qr/limiting requests.*request: "GET \/redis\/123e4567-e89b-12d3-a456-426614174000\/ping\?_token=\*\*\* HTTP\/1\.1"/
+--- no_error_log eval
+[qr/\[(error|warn|notice|info)\].*$ENV{TEST_NGINX_ADMIN_TOKEN}/]
