@@ -23,6 +23,10 @@
 #include "ngx_http_redisgate.h"
 
 
+/* replies awaited on a connection before the next one takes requests */
+#define NGX_HTTP_REDISGATE_BUSY  64
+
+
 struct ngx_http_redisgate_op_s {
     ngx_http_redisgate_conn_t     *conn;
     ngx_http_redisgate_reply_pt    handler;
@@ -209,7 +213,12 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
 }
 
 
-/* the live connection with the fewest replies awaited; opens more lazily */
+/*
+ * The first live connection with fewer than NGX_HTTP_REDISGATE_BUSY replies
+ * awaited: one connection carries the load while it can, so each of its
+ * reads and writes carries many requests.  Past that, the least busy, and
+ * more connections are opened.
+ */
 
 static ngx_http_redisgate_conn_t *
 ngx_http_redisgate_redis_pick(ngx_http_redisgate_backend_t *backend)
@@ -235,13 +244,13 @@ ngx_http_redisgate_redis_pick(ngx_http_redisgate_backend_t *backend)
             continue;
         }
 
+        if (conn->pending < NGX_HTTP_REDISGATE_BUSY) {
+            return conn;
+        }
+
         if (best == NULL || conn->pending < best->pending) {
             best = conn;
         }
-    }
-
-    if (best && (best->pending == 0 || free == NULL)) {
-        return best;
     }
 
     /* while the backend is down, fail fast instead of queueing */
