@@ -33,7 +33,16 @@ typedef struct {
 } ngx_http_redisgate_resolve_t;
 
 
+static ngx_int_t ngx_http_redisgate_sha256(ngx_str_t *token, u_char *hash);
 static ngx_uint_t ngx_http_redisgate_token_shaped(ngx_str_t *token);
+
+
+/*
+ * OpenSSL 3 looks SHA-256 up (under locks) on every EVP_sha256() use:
+ * once per worker is enough, and so is one digest context
+ */
+static const EVP_MD  *ngx_http_redisgate_sha256_md;
+static EVP_MD_CTX    *ngx_http_redisgate_sha256_ctx;
 static ngx_int_t ngx_http_redisgate_resolve_static(ngx_http_request_t *r,
     ngx_http_redisgate_key_t *key, ngx_str_t *instance,
     ngx_http_redisgate_auth_t *auth);
@@ -54,7 +63,6 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     ngx_http_redisgate_resolved_pt done)
 {
     u_char                           hash[32], hex[8];
-    unsigned int                     len;
     ngx_int_t                        rc;
     const char                      *error;
     ngx_http_redisgate_key_t        *key;
@@ -63,11 +71,7 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
 
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
 
-    len = sizeof(hash);
-
-    if (EVP_Digest(token->data, token->len, hash, &len, EVP_sha256(), NULL)
-        != 1)
-    {
+    if (ngx_http_redisgate_sha256(token, hash) != NGX_OK) {
         auth->error = "could not hash the API key";
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -144,6 +148,41 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     auth->error = error;
 
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_sha256(ngx_str_t *token, u_char *hash)
+{
+    unsigned int  len;
+
+    if (ngx_http_redisgate_sha256_ctx == NULL) {
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+        ngx_http_redisgate_sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+#else
+        ngx_http_redisgate_sha256_md = EVP_sha256();
+#endif
+        ngx_http_redisgate_sha256_ctx = EVP_MD_CTX_new();
+
+        if (ngx_http_redisgate_sha256_md == NULL
+            || ngx_http_redisgate_sha256_ctx == NULL)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    len = 32;
+
+    if (EVP_DigestInit_ex(ngx_http_redisgate_sha256_ctx,
+                          ngx_http_redisgate_sha256_md, NULL) != 1
+        || EVP_DigestUpdate(ngx_http_redisgate_sha256_ctx, token->data,
+                            token->len) != 1
+        || EVP_DigestFinal_ex(ngx_http_redisgate_sha256_ctx, hash, &len) != 1)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
