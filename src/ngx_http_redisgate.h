@@ -38,6 +38,30 @@ typedef struct ngx_http_redisgate_backend_stats_s
     ngx_http_redisgate_backend_stats_t;
 
 
+/* at the start of every zone's shared context */
+typedef struct {
+    ngx_rbtree_t                    rbtree;
+    ngx_rbtree_node_t               sentinel;
+    ngx_queue_t                     queue;      /* least recently used last */
+} ngx_http_redisgate_tree_t;
+
+
+/* one of the module's shared memory zones, as each worker sees it */
+typedef struct {
+    ngx_shm_zone_t                 *shm_zone;
+    ngx_slab_pool_t                *shpool;
+    ngx_http_redisgate_tree_t      *sh;         /* the zone's context */
+    size_t                          sh_size;
+    ngx_rbtree_insert_pt            insert;
+    const char                     *what;       /* for the log */
+} ngx_http_redisgate_zone_t;
+
+
+/* orders two nodes of a tree that have the same hash */
+typedef ngx_int_t (*ngx_http_redisgate_node_cmp_pt)(ngx_rbtree_node_t *one,
+    ngx_rbtree_node_t *two);
+
+
 /* what a rate limit decision tells the client, in RateLimit-* headers */
 typedef struct {
     ngx_uint_t                      limit;
@@ -309,6 +333,19 @@ ngx_http_redisgate_instance_t *ngx_http_redisgate_static_instance(
     ngx_http_redisgate_main_conf_t *rmcf, u_char *id);
 ngx_http_redisgate_key_t *ngx_http_redisgate_static_key(
     ngx_http_redisgate_main_conf_t *rmcf, u_char *hash);
+
+/* socket.c: nginx connections around hiredis' and libpq's sockets */
+ngx_connection_t *ngx_http_redisgate_socket_wrap(ngx_socket_t fd, void *data,
+    ngx_event_handler_pt read, ngx_event_handler_pt write, ngx_log_t *log);
+void ngx_http_redisgate_socket_release(ngx_connection_t *c,
+    ngx_uint_t closed);
+
+/* zone.c: shared memory zones */
+ngx_int_t ngx_http_redisgate_zone_add(ngx_conf_t *cf,
+    ngx_http_redisgate_zone_t *zone, ngx_str_t *name, size_t size);
+void ngx_http_redisgate_zone_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel,
+    ngx_http_redisgate_node_cmp_pt cmp);
 
 /* cache.c: the shared-memory key cache */
 ngx_http_redisgate_cache_t *ngx_http_redisgate_cache_add(ngx_conf_t *cf,

@@ -53,6 +53,8 @@ static ngx_int_t ngx_http_redisgate_backend_resolve(
     const char **error);
 static void ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx);
 static void ngx_http_redisgate_backend_waiter_cleanup(void *data);
+static ngx_int_t ngx_http_redisgate_backend_cmp(ngx_rbtree_node_t *one,
+    ngx_rbtree_node_t *two);
 static void ngx_http_redisgate_backend_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_http_redisgate_backend_sweep(ngx_event_t *ev);
@@ -529,38 +531,20 @@ static void
 ngx_http_redisgate_backend_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_rbtree_node_t             **p;
-    ngx_http_redisgate_dynamic_t   *d, *t;
+    ngx_http_redisgate_zone_insert(temp, node, sentinel,
+                                   ngx_http_redisgate_backend_cmp);
+}
 
-    for ( ;; ) {
 
-        if (node->key < temp->key) {
-            p = &temp->left;
+static ngx_int_t
+ngx_http_redisgate_backend_cmp(ngx_rbtree_node_t *one, ngx_rbtree_node_t *two)
+{
+    ngx_http_redisgate_dynamic_t  *d, *t;
 
-        } else if (node->key > temp->key) {
-            p = &temp->right;
+    d = (ngx_http_redisgate_dynamic_t *) one;
+    t = (ngx_http_redisgate_dynamic_t *) two;
 
-        } else {
-            d = (ngx_http_redisgate_dynamic_t *) node;
-            t = (ngx_http_redisgate_dynamic_t *) temp;
-
-            p = (ngx_memn2cmp(d->key.data, t->key.data, d->key.len,
-                              t->key.len) < 0)
-                ? &temp->left : &temp->right;
-        }
-
-        if (*p == sentinel) {
-            break;
-        }
-
-        temp = *p;
-    }
-
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
+    return ngx_memn2cmp(d->key.data, t->key.data, d->key.len, t->key.len);
 }
 
 

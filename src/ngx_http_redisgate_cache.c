@@ -45,9 +45,7 @@ typedef struct {
 
 
 typedef struct {
-    ngx_rbtree_t                    rbtree;
-    ngx_rbtree_node_t               sentinel;
-    ngx_queue_t                     queue;
+    ngx_http_redisgate_tree_t       tree;
 
     ngx_atomic_t                    hits;
     ngx_atomic_t                    misses;
@@ -59,19 +57,21 @@ typedef struct {
 
 
 struct ngx_http_redisgate_cache_s {
-    ngx_http_redisgate_cache_shctx_t  *sh;
-    ngx_slab_pool_t                   *shpool;
-    ngx_shm_zone_t                    *shm_zone;
+    ngx_http_redisgate_zone_t       zone;
 };
 
 
-static ngx_int_t ngx_http_redisgate_cache_init_zone(ngx_shm_zone_t *shm_zone,
-    void *data);
+#define ngx_http_redisgate_cache_sh(cache)                                    \
+    ((ngx_http_redisgate_cache_shctx_t *) (cache)->zone.sh)
+
+
 static ngx_http_redisgate_cache_node_t *ngx_http_redisgate_cache_find(
     ngx_http_redisgate_cache_t *cache, uint32_t hash, u_char *key);
 static void ngx_http_redisgate_cache_rbtree_insert_value(
     ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
     ngx_rbtree_node_t *sentinel);
+static ngx_int_t ngx_http_redisgate_cache_cmp(ngx_rbtree_node_t *one,
+    ngx_rbtree_node_t *two);
 static void ngx_http_redisgate_cache_delete(ngx_http_redisgate_cache_t *cache,
     ngx_http_redisgate_cache_node_t *cn);
 static uint32_t ngx_http_redisgate_cache_hash(u_char *hash, u_char *instance);
@@ -84,7 +84,6 @@ static uint32_t ngx_http_redisgate_cache_hash(u_char *hash, u_char *instance);
 ngx_http_redisgate_cache_t *
 ngx_http_redisgate_cache_add(ngx_conf_t *cf, ngx_str_t *name, size_t size)
 {
-    ngx_shm_zone_t              *shm_zone;
     ngx_http_redisgate_cache_t  *cache;
 
     cache = ngx_pcalloc(cf->pool, sizeof(ngx_http_redisgate_cache_t));
@@ -92,79 +91,15 @@ ngx_http_redisgate_cache_add(ngx_conf_t *cf, ngx_str_t *name, size_t size)
         return NULL;
     }
 
-    shm_zone = ngx_shared_memory_add(cf, name, size,
-                                     &ngx_http_redisgate_module);
-    if (shm_zone == NULL) {
+    cache->zone.sh_size = sizeof(ngx_http_redisgate_cache_shctx_t);
+    cache->zone.insert = ngx_http_redisgate_cache_rbtree_insert_value;
+    cache->zone.what = "key cache";
+
+    if (ngx_http_redisgate_zone_add(cf, &cache->zone, name, size) != NGX_OK) {
         return NULL;
     }
-
-    if (shm_zone->data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "zone \"%V\" is already used", name);
-        return NULL;
-    }
-
-    shm_zone->init = ngx_http_redisgate_cache_init_zone;
-    shm_zone->data = cache;
-
-    cache->shm_zone = shm_zone;
 
     return cache;
-}
-
-
-static ngx_int_t
-ngx_http_redisgate_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
-{
-    ngx_http_redisgate_cache_t  *ocache = data;
-
-    size_t                       len;
-    ngx_http_redisgate_cache_t  *cache;
-
-    cache = shm_zone->data;
-
-    if (ocache) {
-        cache->sh = ocache->sh;
-        cache->shpool = ocache->shpool;
-        return NGX_OK;
-    }
-
-    cache->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
-
-    if (shm_zone->shm.exists) {
-        cache->sh = cache->shpool->data;
-        return NGX_OK;
-    }
-
-    cache->sh = ngx_slab_alloc(cache->shpool,
-                               sizeof(ngx_http_redisgate_cache_shctx_t));
-    if (cache->sh == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memzero(cache->sh, sizeof(ngx_http_redisgate_cache_shctx_t));
-
-    cache->shpool->data = cache->sh;
-
-    ngx_rbtree_init(&cache->sh->rbtree, &cache->sh->sentinel,
-                    ngx_http_redisgate_cache_rbtree_insert_value);
-
-    ngx_queue_init(&cache->sh->queue);
-
-    len = sizeof(" in redisgate key cache \"\"") + shm_zone->shm.name.len;
-
-    cache->shpool->log_ctx = ngx_slab_alloc(cache->shpool, len);
-    if (cache->shpool->log_ctx == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_sprintf(cache->shpool->log_ctx, " in redisgate key cache \"%V\"%Z",
-                &shm_zone->shm.name);
-
-    /* a full zone evicts; it is not worth an error line each time */
-    cache->shpool->log_nomem = 0;
-
-    return NGX_OK;
 }
 
 
@@ -191,7 +126,7 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
 
     now = ngx_time();
 
-    ngx_shmtx_lock(&cache->shpool->mutex);
+    ngx_shmtx_lock(&cache->zone.shpool->mutex);
 
     cn = ngx_http_redisgate_cache_find(cache,
                                 ngx_http_redisgate_cache_hash(hash, instance),
@@ -204,13 +139,13 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
             ngx_http_redisgate_cache_delete(cache, cn);
         }
 
-        ngx_shmtx_unlock(&cache->shpool->mutex);
-        (void) ngx_atomic_fetch_add(&cache->sh->misses, 1);
+        ngx_shmtx_unlock(&cache->zone.shpool->mutex);
+        (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->misses, 1);
         return NGX_DECLINED;
     }
 
     ngx_queue_remove(&cn->queue);
-    ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
+    ngx_queue_insert_head(&cache->zone.sh->queue, &cn->queue);
 
     ki->status = cn->status;
     ki->scopes = cn->scopes;
@@ -242,10 +177,10 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
         p += s[i]->len;
     }
 
-    ngx_shmtx_unlock(&cache->shpool->mutex);
+    ngx_shmtx_unlock(&cache->zone.shpool->mutex);
 
     if (rc == NGX_OK) {
-        (void) ngx_atomic_fetch_add(&cache->sh->hits, 1);
+        (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->hits, 1);
     }
 
     return rc;
@@ -291,7 +226,7 @@ ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
     h = ngx_http_redisgate_cache_hash(hash, instance);
     now = ngx_time();
 
-    ngx_shmtx_lock(&cache->shpool->mutex);
+    ngx_shmtx_lock(&cache->zone.shpool->mutex);
 
     cn = ngx_http_redisgate_cache_find(cache, h, key);
     if (cn) {
@@ -301,26 +236,26 @@ ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
     node = NULL;
 
     for (tries = 0; tries < 64; tries++) {
-        node = ngx_slab_alloc_locked(cache->shpool, size);
+        node = ngx_slab_alloc_locked(cache->zone.shpool, size);
         if (node) {
             break;
         }
 
         /* full: the least recently used go first */
 
-        if (ngx_queue_empty(&cache->sh->queue)) {
+        if (ngx_queue_empty(&cache->zone.sh->queue)) {
             break;
         }
 
-        q = ngx_queue_last(&cache->sh->queue);
+        q = ngx_queue_last(&cache->zone.sh->queue);
         cn = ngx_queue_data(q, ngx_http_redisgate_cache_node_t, queue);
 
         ngx_http_redisgate_cache_delete(cache, cn);
-        (void) ngx_atomic_fetch_add(&cache->sh->evictions, 1);
+        (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->evictions, 1);
     }
 
     if (node == NULL) {
-        ngx_shmtx_unlock(&cache->shpool->mutex);
+        ngx_shmtx_unlock(&cache->zone.shpool->mutex);
         return;
     }
 
@@ -347,10 +282,10 @@ ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
         p = ngx_cpymem(p, s[i]->data, s[i]->len);
     }
 
-    ngx_rbtree_insert(&cache->sh->rbtree, node);
-    ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
+    ngx_rbtree_insert(&cache->zone.sh->rbtree, node);
+    ngx_queue_insert_head(&cache->zone.sh->queue, &cn->queue);
 
-    ngx_shmtx_unlock(&cache->shpool->mutex);
+    ngx_shmtx_unlock(&cache->zone.shpool->mutex);
 }
 
 
@@ -401,13 +336,13 @@ ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
 
     n = 0;
 
-    ngx_shmtx_lock(&cache->shpool->mutex);
+    ngx_shmtx_lock(&cache->zone.shpool->mutex);
 
     /* answers read before this must not be cached after it */
-    (void) ngx_atomic_fetch_add(&cache->sh->generation, 1);
+    (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->generation, 1);
 
-    for (q = ngx_queue_head(&cache->sh->queue);
-         q != ngx_queue_sentinel(&cache->sh->queue);
+    for (q = ngx_queue_head(&cache->zone.sh->queue);
+         q != ngx_queue_sentinel(&cache->zone.sh->queue);
          q = next)
     {
         next = ngx_queue_next(q);
@@ -441,7 +376,7 @@ ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
         }
     }
 
-    ngx_shmtx_unlock(&cache->shpool->mutex);
+    ngx_shmtx_unlock(&cache->zone.shpool->mutex);
 
     return n;
 }
@@ -450,7 +385,7 @@ ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
 ngx_atomic_uint_t
 ngx_http_redisgate_cache_generation(ngx_http_redisgate_cache_t *cache)
 {
-    return cache->sh->generation;
+    return ngx_http_redisgate_cache_sh(cache)->generation;
 }
 
 
@@ -458,9 +393,13 @@ void
 ngx_http_redisgate_cache_stats(ngx_http_redisgate_cache_t *cache,
     ngx_uint_t *hits, ngx_uint_t *misses, ngx_uint_t *evictions)
 {
-    *hits = cache->sh->hits;
-    *misses = cache->sh->misses;
-    *evictions = cache->sh->evictions;
+    ngx_http_redisgate_cache_shctx_t  *sh;
+
+    sh = ngx_http_redisgate_cache_sh(cache);
+
+    *hits = sh->hits;
+    *misses = sh->misses;
+    *evictions = sh->evictions;
 }
 
 
@@ -472,8 +411,8 @@ ngx_http_redisgate_cache_find(ngx_http_redisgate_cache_t *cache,
     ngx_rbtree_node_t                *node, *sentinel;
     ngx_http_redisgate_cache_node_t  *cn;
 
-    node = cache->sh->rbtree.root;
-    sentinel = cache->sh->rbtree.sentinel;
+    node = cache->zone.sh->rbtree.root;
+    sentinel = cache->zone.sh->rbtree.sentinel;
 
     while (node != sentinel) {
 
@@ -506,38 +445,17 @@ static void
 ngx_http_redisgate_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_rbtree_node_t                **p;
-    ngx_http_redisgate_cache_node_t   *cn, *cnt;
+    ngx_http_redisgate_zone_insert(temp, node, sentinel,
+                                   ngx_http_redisgate_cache_cmp);
+}
 
-    for ( ;; ) {
 
-        if (node->key < temp->key) {
-            p = &temp->left;
-
-        } else if (node->key > temp->key) {
-            p = &temp->right;
-
-        } else {
-            cn = ngx_http_redisgate_cache_node(node);
-            cnt = ngx_http_redisgate_cache_node(temp);
-
-            p = (ngx_memcmp(cn->hash, cnt->hash,
-                            32 + NGX_HTTP_REDISGATE_UUID_LEN) < 0)
-                ? &temp->left : &temp->right;
-        }
-
-        if (*p == sentinel) {
-            break;
-        }
-
-        temp = *p;
-    }
-
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
+static ngx_int_t
+ngx_http_redisgate_cache_cmp(ngx_rbtree_node_t *one, ngx_rbtree_node_t *two)
+{
+    return ngx_memcmp(ngx_http_redisgate_cache_node(one)->hash,
+                      ngx_http_redisgate_cache_node(two)->hash,
+                      32 + NGX_HTTP_REDISGATE_UUID_LEN);
 }
 
 
@@ -551,8 +469,8 @@ ngx_http_redisgate_cache_delete(ngx_http_redisgate_cache_t *cache,
                ((u_char *) cn - offsetof(ngx_rbtree_node_t, color));
 
     ngx_queue_remove(&cn->queue);
-    ngx_rbtree_delete(&cache->sh->rbtree, node);
-    ngx_slab_free_locked(cache->shpool, node);
+    ngx_rbtree_delete(&cache->zone.sh->rbtree, node);
+    ngx_slab_free_locked(cache->zone.shpool, node);
 }
 
 

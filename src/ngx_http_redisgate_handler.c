@@ -97,13 +97,6 @@ ngx_http_redisgate_handler(ngx_http_request_t *r)
     ngx_http_redisgate_alloc_t      a;
     ngx_http_redisgate_loc_conf_t  *rlcf;
 
-    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST|NGX_HTTP_PUT)))
-    {
-        return ngx_http_redisgate_send_error(r, NGX_HTTP_NOT_ALLOWED,
-                                  "method %V is not allowed: use GET, HEAD, "
-                                  "POST or PUT", &r->method_name);
-    }
-
     rlcf = ngx_http_get_module_loc_conf(r, ngx_http_redisgate_module);
 
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_redisgate_ctx_t));
@@ -116,6 +109,13 @@ ngx_http_redisgate_handler(ngx_http_request_t *r)
     ctx->status = NGX_HTTP_OK;
 
     ngx_http_set_ctx(r, ctx, ngx_http_redisgate_module);
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST|NGX_HTTP_PUT)))
+    {
+        return ngx_http_redisgate_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                  "method %V is not allowed: use GET, HEAD, "
+                                  "POST or PUT", &r->method_name);
+    }
 
     /*
      * The raw URI, not r->uri: a %2F inside a key is not a separator.

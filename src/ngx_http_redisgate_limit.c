@@ -35,27 +35,18 @@ typedef struct {
 } ngx_http_redisgate_bucket_t;
 
 
-typedef struct {
-    ngx_rbtree_t                    rbtree;
-    ngx_rbtree_node_t               sentinel;
-    ngx_queue_t                     queue;
-} ngx_http_redisgate_limit_shctx_t;
-
-
 struct ngx_http_redisgate_limit_s {
-    ngx_http_redisgate_limit_shctx_t  *sh;
-    ngx_slab_pool_t                   *shpool;
-    ngx_shm_zone_t                    *shm_zone;
+    ngx_http_redisgate_zone_t          zone;
     ngx_uint_t                         rate;      /* default, per second */
     ngx_uint_t                         burst;
     ngx_uint_t                         nodes;     /* nginx nodes sharing */
 };
 
 
-static ngx_int_t ngx_http_redisgate_limit_init_zone(ngx_shm_zone_t *shm_zone,
-    void *data);
 static ngx_http_redisgate_bucket_t *ngx_http_redisgate_limit_lookup(
     ngx_http_redisgate_limit_t *limit, uint32_t hash, ngx_str_t *org);
+static ngx_int_t ngx_http_redisgate_limit_cmp(ngx_rbtree_node_t *one,
+    ngx_rbtree_node_t *two);
 static void ngx_http_redisgate_limit_rbtree_insert_value(
     ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
     ngx_rbtree_node_t *sentinel);
@@ -73,7 +64,6 @@ ngx_http_redisgate_limit_t *
 ngx_http_redisgate_limit_add(ngx_conf_t *cf, ngx_str_t *name, size_t size,
     ngx_uint_t rate, ngx_uint_t burst, ngx_uint_t nodes)
 {
-    ngx_shm_zone_t              *shm_zone;
     ngx_http_redisgate_limit_t  *limit;
 
     limit = ngx_pcalloc(cf->pool, sizeof(ngx_http_redisgate_limit_t));
@@ -81,79 +71,19 @@ ngx_http_redisgate_limit_add(ngx_conf_t *cf, ngx_str_t *name, size_t size,
         return NULL;
     }
 
-    shm_zone = ngx_shared_memory_add(cf, name, size,
-                                     &ngx_http_redisgate_module);
-    if (shm_zone == NULL) {
+    limit->zone.sh_size = sizeof(ngx_http_redisgate_tree_t);
+    limit->zone.insert = ngx_http_redisgate_limit_rbtree_insert_value;
+    limit->zone.what = "rate limit";
+
+    if (ngx_http_redisgate_zone_add(cf, &limit->zone, name, size) != NGX_OK) {
         return NULL;
     }
 
-    if (shm_zone->data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "zone \"%V\" is already used", name);
-        return NULL;
-    }
-
-    shm_zone->init = ngx_http_redisgate_limit_init_zone;
-    shm_zone->data = limit;
-
-    limit->shm_zone = shm_zone;
     limit->rate = rate;
     limit->burst = burst;
     limit->nodes = nodes;
 
     return limit;
-}
-
-
-static ngx_int_t
-ngx_http_redisgate_limit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
-{
-    ngx_http_redisgate_limit_t  *olimit = data;
-
-    size_t                       len;
-    ngx_http_redisgate_limit_t  *limit;
-
-    limit = shm_zone->data;
-
-    if (olimit) {
-        limit->sh = olimit->sh;
-        limit->shpool = olimit->shpool;
-        return NGX_OK;
-    }
-
-    limit->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
-
-    if (shm_zone->shm.exists) {
-        limit->sh = limit->shpool->data;
-        return NGX_OK;
-    }
-
-    limit->sh = ngx_slab_alloc(limit->shpool,
-                               sizeof(ngx_http_redisgate_limit_shctx_t));
-    if (limit->sh == NULL) {
-        return NGX_ERROR;
-    }
-
-    limit->shpool->data = limit->sh;
-
-    ngx_rbtree_init(&limit->sh->rbtree, &limit->sh->sentinel,
-                    ngx_http_redisgate_limit_rbtree_insert_value);
-
-    ngx_queue_init(&limit->sh->queue);
-
-    len = sizeof(" in redisgate rate limit zone \"\"") + shm_zone->shm.name.len;
-
-    limit->shpool->log_ctx = ngx_slab_alloc(limit->shpool, len);
-    if (limit->shpool->log_ctx == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_sprintf(limit->shpool->log_ctx, " in redisgate rate limit zone \"%V\"%Z",
-                &shm_zone->shm.name);
-
-    limit->shpool->log_nomem = 0;
-
-    return NGX_OK;
 }
 
 
@@ -180,6 +110,9 @@ ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
     if (rate == 0) {
         rate = limit->rate;
         burst = limit->burst;
+
+    } else if (burst == 0) {
+        burst = rate;
     }
 
     /* each of N nodes behind a balancer takes its share */
@@ -192,7 +125,7 @@ ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
                                               NGX_HTTP_REDISGATE_ORG_MAX));
     now = ngx_current_msec;
 
-    ngx_shmtx_lock(&limit->shpool->mutex);
+    ngx_shmtx_lock(&limit->zone.shpool->mutex);
 
     b = ngx_http_redisgate_limit_lookup(limit, hash, org);
 
@@ -201,25 +134,25 @@ ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
                + offsetof(ngx_http_redisgate_bucket_t, org)
                + ngx_min(org->len, NGX_HTTP_REDISGATE_ORG_MAX);
 
-        node = ngx_slab_alloc_locked(limit->shpool, size);
+        node = ngx_slab_alloc_locked(limit->zone.shpool, size);
 
-        while (node == NULL && !ngx_queue_empty(&limit->sh->queue)) {
+        while (node == NULL && !ngx_queue_empty(&limit->zone.sh->queue)) {
             /* full: the organization idle the longest goes */
-            q = ngx_queue_last(&limit->sh->queue);
+            q = ngx_queue_last(&limit->zone.sh->queue);
             b = ngx_queue_data(q, ngx_http_redisgate_bucket_t, queue);
 
             ngx_queue_remove(q);
-            ngx_rbtree_delete(&limit->sh->rbtree,
+            ngx_rbtree_delete(&limit->zone.sh->rbtree,
                               ngx_http_redisgate_bucket_node(b));
-            ngx_slab_free_locked(limit->shpool,
+            ngx_slab_free_locked(limit->zone.shpool,
                                  ngx_http_redisgate_bucket_node(b));
 
-            node = ngx_slab_alloc_locked(limit->shpool, size);
+            node = ngx_slab_alloc_locked(limit->zone.shpool, size);
         }
 
         if (node == NULL) {
             /* cannot count: let it in rather than refuse everyone */
-            ngx_shmtx_unlock(&limit->shpool->mutex);
+            ngx_shmtx_unlock(&limit->zone.shpool->mutex);
             state->limit = burst;
             state->remaining = burst;
             state->reset = 0;
@@ -235,13 +168,13 @@ ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
         b->millitokens = max;
         b->last = now;
 
-        ngx_rbtree_insert(&limit->sh->rbtree, node);
+        ngx_rbtree_insert(&limit->zone.sh->rbtree, node);
 
     } else {
         ngx_queue_remove(&b->queue);
     }
 
-    ngx_queue_insert_head(&limit->sh->queue, &b->queue);
+    ngx_queue_insert_head(&limit->zone.sh->queue, &b->queue);
 
     elapsed = now - b->last;
     b->last = now;
@@ -269,7 +202,7 @@ ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
 
     b->millitokens = tokens;
 
-    ngx_shmtx_unlock(&limit->shpool->mutex);
+    ngx_shmtx_unlock(&limit->zone.shpool->mutex);
 
     state->limit = burst;
     state->remaining = (tokens > 0) ? (ngx_uint_t) (tokens / 1000) : 0;
@@ -291,8 +224,8 @@ ngx_http_redisgate_limit_lookup(ngx_http_redisgate_limit_t *limit,
 
     len = ngx_min(org->len, NGX_HTTP_REDISGATE_ORG_MAX);
 
-    node = limit->sh->rbtree.root;
-    sentinel = limit->sh->rbtree.sentinel;
+    node = limit->zone.sh->rbtree.root;
+    sentinel = limit->zone.sh->rbtree.sentinel;
 
     while (node != sentinel) {
 
@@ -320,36 +253,18 @@ static void
 ngx_http_redisgate_limit_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_rbtree_node_t            **p;
-    ngx_http_redisgate_bucket_t   *b, *t;
+    ngx_http_redisgate_zone_insert(temp, node, sentinel,
+                                   ngx_http_redisgate_limit_cmp);
+}
 
-    for ( ;; ) {
 
-        if (node->key < temp->key) {
-            p = &temp->left;
+static ngx_int_t
+ngx_http_redisgate_limit_cmp(ngx_rbtree_node_t *one, ngx_rbtree_node_t *two)
+{
+    ngx_http_redisgate_bucket_t  *b, *t;
 
-        } else if (node->key > temp->key) {
-            p = &temp->right;
+    b = ngx_http_redisgate_bucket(one);
+    t = ngx_http_redisgate_bucket(two);
 
-        } else {
-            b = ngx_http_redisgate_bucket(node);
-            t = ngx_http_redisgate_bucket(temp);
-
-            p = (ngx_memn2cmp(b->org, t->org, (size_t) b->len,
-                              (size_t) t->len) < 0)
-                ? &temp->left : &temp->right;
-        }
-
-        if (*p == sentinel) {
-            break;
-        }
-
-        temp = *p;
-    }
-
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
+    return ngx_memn2cmp(b->org, t->org, (size_t) b->len, (size_t) t->len);
 }

@@ -633,16 +633,13 @@ ngx_http_redisgate_pg_wrap(ngx_http_redisgate_pg_conn_t *pc)
 {
     ngx_connection_t  *c;
 
-    c = ngx_get_connection(PQsocket(pc->conn), pc->pg->log);
+    c = ngx_http_redisgate_socket_wrap(PQsocket(pc->conn), pc,
+                                       ngx_http_redisgate_pg_event_handler,
+                                       ngx_http_redisgate_pg_event_handler,
+                                       pc->pg->log);
     if (c == NULL) {
         return NGX_ERROR;
     }
-
-    c->data = pc;
-    c->read->handler = ngx_http_redisgate_pg_event_handler;
-    c->write->handler = ngx_http_redisgate_pg_event_handler;
-    c->read->log = pc->pg->log;
-    c->write->log = pc->pg->log;
 
     pc->connection = c;
 
@@ -659,39 +656,18 @@ ngx_http_redisgate_pg_wrap(ngx_http_redisgate_pg_conn_t *pc)
 static void
 ngx_http_redisgate_pg_unwrap(ngx_http_redisgate_pg_conn_t *pc)
 {
-    ngx_uint_t         flags;
-    ngx_connection_t  *c;
-
-    c = pc->connection;
-
-    if (c == NULL) {
+    if (pc->connection == NULL) {
         return;
     }
 
     /*
      * libpq closes the socket itself when the server goes away, or when it
-     * moves to another address; the kernel has dropped it from epoll then
+     * moves to another address
      */
-    flags = (pc->conn && PQsocket(pc->conn) == c->fd) ? 0 : NGX_CLOSE_EVENT;
-
-    if (c->read->active) {
-        (void) ngx_del_event(c->read, NGX_READ_EVENT, flags);
-    }
-
-    if (c->write->active) {
-        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, flags);
-    }
-
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
-    ngx_free_connection(c);
-    c->fd = (ngx_socket_t) -1;
+    ngx_http_redisgate_socket_release(pc->connection,
+                                      pc->conn == NULL
+                                      || PQsocket(pc->conn)
+                                         != pc->connection->fd);
 
     pc->connection = NULL;
 }

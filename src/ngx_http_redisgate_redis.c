@@ -297,19 +297,16 @@ ngx_http_redisgate_redis_connect(ngx_http_redisgate_conn_t *conn)
         return NGX_ERROR;
     }
 
-    c = ngx_get_connection(ac->c.fd, backend->log);
+    c = ngx_http_redisgate_socket_wrap(ac->c.fd, conn,
+                                       ngx_http_redisgate_redis_read_handler,
+                                       ngx_http_redisgate_redis_write_handler,
+                                       backend->log);
     if (c == NULL) {
         ngx_http_redisgate_redis_down(backend, "could not connect to",
                                       "no free nginx connection");
         redisAsyncFree(ac);
         return NGX_ERROR;
     }
-
-    c->data = conn;
-    c->read->handler = ngx_http_redisgate_redis_read_handler;
-    c->write->handler = ngx_http_redisgate_redis_write_handler;
-    c->read->log = backend->log;
-    c->write->log = backend->log;
 
     conn->ac = ac;
     conn->connection = c;
@@ -677,26 +674,8 @@ ngx_http_redisgate_redis_cleanup(void *data)
     }
 
     if (c) {
-        if (c->read->active) {
-            (void) ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-        }
-
-        if (c->write->active) {
-            (void) ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-        }
-
-        if (c->read->posted) {
-            ngx_delete_posted_event(c->read);
-        }
-
-        if (c->write->posted) {
-            ngx_delete_posted_event(c->write);
-        }
-
-        ngx_free_connection(c);
-
-        /* tells the event loop that events still queued for it are stale */
-        c->fd = (ngx_socket_t) -1;
+        /* hiredis closes the socket right after this */
+        ngx_http_redisgate_socket_release(c, 1);
     }
 
     if (conn->connected) {

@@ -302,6 +302,8 @@ ngx_http_redisgate_parse_uuid(u_char *dst, u_char *p, size_t len)
         return NGX_ERROR;
     }
 
+    /* all checked before any is copied: dst is left alone on an error */
+
     for (i = 0; i < NGX_HTTP_REDISGATE_UUID_LEN; i++) {
         c = p[i];
 
@@ -310,14 +312,16 @@ ngx_http_redisgate_parse_uuid(u_char *dst, u_char *p, size_t len)
                 return NGX_ERROR;
             }
 
-            dst[i] = c;
             continue;
         }
 
         if (ngx_http_redisgate_hex(c) < 0) {
             return NGX_ERROR;
         }
+    }
 
+    for (i = 0; i < NGX_HTTP_REDISGATE_UUID_LEN; i++) {
+        c = p[i];
         dst[i] = (c >= 'A' && c <= 'F') ? (c | 0x20) : c;
     }
 

@@ -44,9 +44,7 @@ typedef struct {
 
 
 typedef struct {
-    ngx_rbtree_t                    rbtree;
-    ngx_rbtree_node_t               sentinel;
-    ngx_queue_t                     queue;
+    ngx_http_redisgate_tree_t       tree;
     ngx_atomic_t                    dropped;
 } ngx_http_redisgate_usage_shctx_t;
 
@@ -66,9 +64,7 @@ typedef struct {
 
 
 struct ngx_http_redisgate_usage_s {
-    ngx_http_redisgate_usage_shctx_t  *sh;
-    ngx_slab_pool_t                   *shpool;
-    ngx_shm_zone_t                    *shm_zone;
+    ngx_http_redisgate_zone_t          zone;
     ngx_msec_t                         interval;
 
     /* the first worker's */
@@ -81,8 +77,6 @@ struct ngx_http_redisgate_usage_s {
 };
 
 
-static ngx_int_t ngx_http_redisgate_usage_init_zone(ngx_shm_zone_t *shm_zone,
-    void *data);
 static void ngx_http_redisgate_usage_add_locked(
     ngx_http_redisgate_usage_t *usage, ngx_http_redisgate_usage_item_t *it);
 static void ngx_http_redisgate_usage_flush(ngx_event_t *ev);
@@ -92,6 +86,8 @@ static u_char *ngx_http_redisgate_usage_array(u_char *p,
 static void ngx_http_redisgate_usage_rbtree_insert_value(
     ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
     ngx_rbtree_node_t *sentinel);
+static ngx_int_t ngx_http_redisgate_usage_node_cmp(ngx_rbtree_node_t *one,
+    ngx_rbtree_node_t *two);
 static ngx_int_t ngx_http_redisgate_usage_cmp(
     ngx_http_redisgate_usage_node_t *un, ngx_http_redisgate_usage_item_t *it);
 
@@ -114,7 +110,6 @@ ngx_http_redisgate_usage_t *
 ngx_http_redisgate_usage_add(ngx_conf_t *cf, ngx_str_t *name, size_t size,
     ngx_msec_t interval)
 {
-    ngx_shm_zone_t              *shm_zone;
     ngx_http_redisgate_usage_t  *usage;
 
     usage = ngx_pcalloc(cf->pool, sizeof(ngx_http_redisgate_usage_t));
@@ -122,78 +117,17 @@ ngx_http_redisgate_usage_add(ngx_conf_t *cf, ngx_str_t *name, size_t size,
         return NULL;
     }
 
-    shm_zone = ngx_shared_memory_add(cf, name, size,
-                                     &ngx_http_redisgate_module);
-    if (shm_zone == NULL) {
+    usage->zone.sh_size = sizeof(ngx_http_redisgate_usage_shctx_t);
+    usage->zone.insert = ngx_http_redisgate_usage_rbtree_insert_value;
+    usage->zone.what = "usage";
+
+    if (ngx_http_redisgate_zone_add(cf, &usage->zone, name, size) != NGX_OK) {
         return NULL;
     }
 
-    if (shm_zone->data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "zone \"%V\" is already used", name);
-        return NULL;
-    }
-
-    shm_zone->init = ngx_http_redisgate_usage_init_zone;
-    shm_zone->data = usage;
-
-    usage->shm_zone = shm_zone;
     usage->interval = interval;
 
     return usage;
-}
-
-
-static ngx_int_t
-ngx_http_redisgate_usage_init_zone(ngx_shm_zone_t *shm_zone, void *data)
-{
-    ngx_http_redisgate_usage_t  *ousage = data;
-
-    size_t                       len;
-    ngx_http_redisgate_usage_t  *usage;
-
-    usage = shm_zone->data;
-
-    if (ousage) {
-        /* a reload: the counts not written yet stay */
-        usage->sh = ousage->sh;
-        usage->shpool = ousage->shpool;
-        return NGX_OK;
-    }
-
-    usage->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
-
-    if (shm_zone->shm.exists) {
-        usage->sh = usage->shpool->data;
-        return NGX_OK;
-    }
-
-    usage->sh = ngx_slab_calloc(usage->shpool,
-                                sizeof(ngx_http_redisgate_usage_shctx_t));
-    if (usage->sh == NULL) {
-        return NGX_ERROR;
-    }
-
-    usage->shpool->data = usage->sh;
-
-    ngx_rbtree_init(&usage->sh->rbtree, &usage->sh->sentinel,
-                    ngx_http_redisgate_usage_rbtree_insert_value);
-
-    ngx_queue_init(&usage->sh->queue);
-
-    len = sizeof(" in redisgate usage zone \"\"") + shm_zone->shm.name.len;
-
-    usage->shpool->log_ctx = ngx_slab_alloc(usage->shpool, len);
-    if (usage->shpool->log_ctx == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_sprintf(usage->shpool->log_ctx, " in redisgate usage zone \"%V\"%Z",
-                &shm_zone->shm.name);
-
-    usage->shpool->log_nomem = 0;
-
-    return NGX_OK;
 }
 
 
@@ -270,7 +204,7 @@ ngx_http_redisgate_usage_record(ngx_http_redisgate_usage_t *usage,
     it.bytes_in = (bytes_in > 0) ? (uint64_t) bytes_in : 0;
     it.bytes_out = (bytes_out > 0) ? (uint64_t) bytes_out : 0;
 
-    ngx_shmtx_lock(&usage->shpool->mutex);
+    ngx_shmtx_lock(&usage->zone.shpool->mutex);
 
     ngx_http_redisgate_usage_add_locked(usage, &it);
 
@@ -285,7 +219,7 @@ ngx_http_redisgate_usage_record(ngx_http_redisgate_usage_t *usage,
         ngx_http_redisgate_usage_add_locked(usage, &it);
     }
 
-    ngx_shmtx_unlock(&usage->shpool->mutex);
+    ngx_shmtx_unlock(&usage->zone.shpool->mutex);
 }
 
 
@@ -306,8 +240,8 @@ ngx_http_redisgate_usage_add_locked(ngx_http_redisgate_usage_t *usage,
     ngx_crc32_update(&hash, (u_char *) &it->minute, sizeof(time_t));
     ngx_crc32_final(hash);
 
-    node = usage->sh->rbtree.root;
-    sentinel = usage->sh->rbtree.sentinel;
+    node = usage->zone.sh->rbtree.root;
+    sentinel = usage->zone.sh->rbtree.sentinel;
 
     while (node != sentinel) {
 
@@ -335,11 +269,11 @@ ngx_http_redisgate_usage_add_locked(ngx_http_redisgate_usage_t *usage,
            + offsetof(ngx_http_redisgate_usage_node_t, data)
            + it->org.len + it->instance.len;
 
-    node = ngx_slab_alloc_locked(usage->shpool, size);
+    node = ngx_slab_alloc_locked(usage->zone.shpool, size);
 
     if (node == NULL) {
         /* full until the next write empties it: this count is lost */
-        (void) ngx_atomic_fetch_add(&usage->sh->dropped, 1);
+        (void) ngx_atomic_fetch_add(&((ngx_http_redisgate_usage_shctx_t *) usage->zone.sh)->dropped, 1);
         return;
     }
 
@@ -359,8 +293,8 @@ ngx_http_redisgate_usage_add_locked(ngx_http_redisgate_usage_t *usage,
     ngx_memcpy(un->data, it->org.data, it->org.len);
     ngx_memcpy(un->data + it->org.len, it->instance.data, it->instance.len);
 
-    ngx_rbtree_insert(&usage->sh->rbtree, node);
-    ngx_queue_insert_head(&usage->sh->queue, &un->queue);
+    ngx_rbtree_insert(&usage->zone.sh->rbtree, node);
+    ngx_queue_insert_head(&usage->zone.sh->queue, &un->queue);
 }
 
 
@@ -378,6 +312,7 @@ ngx_http_redisgate_usage_flush(ngx_event_t *ev)
     const char                       *values[8];
     ngx_http_redisgate_usage_item_t  *it;
     ngx_http_redisgate_usage_node_t  *un;
+    ngx_http_redisgate_usage_shctx_t *sh;
 
     if (usage->nbatch) {
         /* the last batch is still on its way */
@@ -386,12 +321,12 @@ ngx_http_redisgate_usage_flush(ngx_event_t *ev)
 
     n = 0;
 
-    ngx_shmtx_lock(&usage->shpool->mutex);
+    ngx_shmtx_lock(&usage->zone.shpool->mutex);
 
     while (n < NGX_HTTP_REDISGATE_USAGE_BATCH
-           && !ngx_queue_empty(&usage->sh->queue))
+           && !ngx_queue_empty(&usage->zone.sh->queue))
     {
-        q = ngx_queue_last(&usage->sh->queue);
+        q = ngx_queue_last(&usage->zone.sh->queue);
         un = ngx_queue_data(q, ngx_http_redisgate_usage_node_t, queue);
 
         it = &usage->batch[n++];
@@ -412,16 +347,18 @@ ngx_http_redisgate_usage_flush(ngx_event_t *ev)
                    un->instance_len);
 
         ngx_queue_remove(q);
-        ngx_rbtree_delete(&usage->sh->rbtree,
+        ngx_rbtree_delete(&usage->zone.sh->rbtree,
                           ngx_http_redisgate_usage_rbnode(un));
-        ngx_slab_free_locked(usage->shpool,
+        ngx_slab_free_locked(usage->zone.shpool,
                              ngx_http_redisgate_usage_rbnode(un));
     }
 
-    dropped = usage->sh->dropped;
-    usage->sh->dropped = 0;
+    sh = (ngx_http_redisgate_usage_shctx_t *) usage->zone.sh;
 
-    ngx_shmtx_unlock(&usage->shpool->mutex);
+    dropped = sh->dropped;
+    sh->dropped = 0;
+
+    ngx_shmtx_unlock(&usage->zone.shpool->mutex);
 
     if (dropped) {
         ngx_log_error(NGX_LOG_WARN, ev->log, 0,
@@ -503,13 +440,13 @@ ngx_http_redisgate_usage_written(void *data, ngx_int_t rc)
                       "redisgate: %ui usage entries not written, kept for "
                       "the next try", usage->nbatch);
 
-        ngx_shmtx_lock(&usage->shpool->mutex);
+        ngx_shmtx_lock(&usage->zone.shpool->mutex);
 
         for (i = 0; i < usage->nbatch; i++) {
             ngx_http_redisgate_usage_add_locked(usage, &usage->batch[i]);
         }
 
-        ngx_shmtx_unlock(&usage->shpool->mutex);
+        ngx_shmtx_unlock(&usage->zone.shpool->mutex);
     }
 
     usage->nbatch = 0;
@@ -517,6 +454,18 @@ ngx_http_redisgate_usage_written(void *data, ngx_int_t rc)
     if (usage->pool) {
         ngx_destroy_pool(usage->pool);
         usage->pool = NULL;
+    }
+
+    /* more than a batch waits: the next one now, not after the interval */
+
+    if (rc == NGX_OK && !ngx_exiting && !ngx_terminate
+        && !ngx_queue_empty(&usage->zone.sh->queue))
+    {
+        if (usage->timer.timer_set) {
+            ngx_del_timer(&usage->timer);
+        }
+
+        ngx_add_timer(&usage->timer, 1);
     }
 }
 
@@ -627,43 +576,28 @@ static void
 ngx_http_redisgate_usage_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_rbtree_node_t                **p;
-    ngx_http_redisgate_usage_node_t   *un, *unt;
-    ngx_http_redisgate_usage_item_t    it;
+    ngx_http_redisgate_zone_insert(temp, node, sentinel,
+                                   ngx_http_redisgate_usage_node_cmp);
+}
 
-    for ( ;; ) {
 
-        if (node->key < temp->key) {
-            p = &temp->left;
+static ngx_int_t
+ngx_http_redisgate_usage_node_cmp(ngx_rbtree_node_t *one,
+    ngx_rbtree_node_t *two)
+{
+    ngx_http_redisgate_usage_node_t  *un;
+    ngx_http_redisgate_usage_item_t   it;
 
-        } else if (node->key > temp->key) {
-            p = &temp->right;
+    un = ngx_http_redisgate_usage_node(one);
 
-        } else {
-            un = ngx_http_redisgate_usage_node(node);
-            unt = ngx_http_redisgate_usage_node(temp);
+    it.type = un->type;
+    it.minute = un->minute;
+    it.org.data = un->data;
+    it.org.len = un->org_len;
+    it.instance.data = un->data + un->org_len;
+    it.instance.len = un->instance_len;
 
-            it.type = un->type;
-            it.minute = un->minute;
-            it.org.data = un->data;
-            it.org.len = un->org_len;
-            it.instance.data = un->data + un->org_len;
-            it.instance.len = un->instance_len;
-
-            p = (ngx_http_redisgate_usage_cmp(unt, &it) < 0)
-                ? &temp->left : &temp->right;
-        }
-
-        if (*p == sentinel) {
-            break;
-        }
-
-        temp = *p;
-    }
-
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
+    /* how one (as an item) stands to two */
+    return ngx_http_redisgate_usage_cmp(ngx_http_redisgate_usage_node(two),
+                                        &it);
 }

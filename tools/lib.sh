@@ -1,11 +1,15 @@
 # Shell helpers shared by tools/demo and t/run-tests: free ports and
 # servers started under a directory of their own.  Source it; do not run it.
 
-# a free loopback TCP port (nothing answers on it right now)
+# a free loopback TCP port (nothing answers on it right now), below the
+# kernel's ephemeral range: a port there may be some outgoing connection's
+# source port, which nothing answers on and nobody can bind either
 redisgate_free_port() {
-    local port i
+    local port i low
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)
+    [ "${low:-0}" -gt 12000 ] || low=32768
     for i in $(seq 1 200); do
-        port=$(( (RANDOM * 32768 + RANDOM) % 30000 + 20000 ))
+        port=$(( (RANDOM * 32768 + RANDOM) % (low - 11000) + 10000 ))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return 0
