@@ -147,6 +147,7 @@ struct ngx_http_redisgate_conn_s {
     ngx_uint_t                      pending;    /* replies awaited */
     const char                     *drop_reason;
     unsigned                        connected:1;
+    unsigned                        writing:1;  /* in redisAsyncHandleWrite */
 };
 
 

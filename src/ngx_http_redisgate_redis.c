@@ -603,7 +603,11 @@ ngx_http_redisgate_redis_write_handler(ngx_event_t *ev)
     ngx_connection_t           *c = ev->data;
     ngx_http_redisgate_conn_t  *conn = c->data;
 
+    conn->writing = 1;
     redisAsyncHandleWrite(conn->ac);
+
+    /* the context may be gone: conn is a slot, it stays */
+    conn->writing = 0;
 }
 
 
@@ -635,15 +639,31 @@ ngx_http_redisgate_redis_del_read(void *data)
 }
 
 
+/*
+ * Commands appended while the event loop runs are written once it has run
+ * its events, all in one write: a posted event, not a trip through epoll.
+ * Only a write that could not finish (or a connect) waits for writability.
+ */
+
 static void
 ngx_http_redisgate_redis_add_write(void *data)
 {
     ngx_http_redisgate_conn_t  *conn = data;
 
-    if (!conn->connection->write->active) {
-        (void) ngx_add_event(conn->connection->write, NGX_WRITE_EVENT,
-                             NGX_LEVEL_EVENT);
+    ngx_event_t  *wev;
+
+    wev = conn->connection->write;
+
+    if (wev->active || wev->posted) {
+        return;
     }
+
+    if (conn->writing || !(conn->ac->c.flags & REDIS_CONNECTED)) {
+        (void) ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT);
+        return;
+    }
+
+    ngx_post_event(wev, &ngx_posted_events);
 }
 
 
@@ -651,6 +671,10 @@ static void
 ngx_http_redisgate_redis_del_write(void *data)
 {
     ngx_http_redisgate_conn_t  *conn = data;
+
+    if (conn->connection->write->posted) {
+        ngx_delete_posted_event(conn->connection->write);
+    }
 
     if (conn->connection->write->active) {
         (void) ngx_del_event(conn->connection->write, NGX_WRITE_EVENT, 0);
