@@ -267,6 +267,7 @@ typedef struct {
 
     ngx_chain_t                    *out;
     ngx_chain_t                   **last;
+    ngx_buf_t                      *out_buf;    /* being filled */
     off_t                           length;
 
     ngx_http_redisgate_limit_state_t  limit;

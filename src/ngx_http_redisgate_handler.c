@@ -51,8 +51,8 @@ static redisReply *ngx_http_redisgate_exec_error(ngx_http_request_t *r,
     redisReply *exec, redisReply *queued);
 static ngx_int_t ngx_http_redisgate_add_entry(ngx_http_redisgate_ctx_t *ctx,
     redisReply *reply, ngx_uint_t map, ngx_uint_t comma);
-static ngx_int_t ngx_http_redisgate_add_bytes(ngx_http_redisgate_ctx_t *ctx,
-    u_char *data, size_t len);
+static u_char *ngx_http_redisgate_reserve(ngx_http_redisgate_ctx_t *ctx,
+    size_t len);
 static ngx_int_t ngx_http_redisgate_finish(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
 static ngx_int_t ngx_http_redisgate_send(ngx_http_request_t *r,
@@ -74,6 +74,10 @@ static ngx_str_t  ngx_http_redisgate_multi =
 static ngx_str_t  ngx_http_redisgate_exec = ngx_string("*1\r\n$4\r\nEXEC\r\n");
 
 static ngx_uint_t  ngx_http_redisgate_sync_counter;
+
+
+/* the size of the buffers a response's entries are written into */
+#define NGX_HTTP_REDISGATE_OUT_SIZE  8192
 
 /* set when the worker starts: tells this worker's sync tokens apart */
 time_t  ngx_http_redisgate_worker_start;
@@ -1030,20 +1034,19 @@ ngx_http_redisgate_add_entry(ngx_http_redisgate_ctx_t *ctx, redisReply *reply,
 {
     u_char      *p;
     size_t       len;
-    ngx_buf_t   *b;
     ngx_uint_t   flags;
 
     if (ctx->resp2) {
         len = ngx_http_redisgate_resp_reply_len(reply);
 
-        b = ngx_create_temp_buf(ctx->request->pool, len);
-        if (b == NULL) {
+        p = ngx_http_redisgate_reserve(ctx, len);
+        if (p == NULL) {
             return NGX_ERROR;
         }
 
-        b->last = ngx_http_redisgate_resp_reply(b->last, reply);
+        p = ngx_http_redisgate_resp_reply(p, reply);
 
-        goto link;
+        goto done;
     }
 
     flags = ctx->encoding | (map ? NGX_HTTP_REDISGATE_ENC_MAP : 0);
@@ -1058,12 +1061,10 @@ ngx_http_redisgate_add_entry(ngx_http_redisgate_ctx_t *ctx, redisReply *reply,
               + ngx_http_redisgate_json_value_len(reply, flags);
     }
 
-    b = ngx_create_temp_buf(ctx->request->pool, len);
-    if (b == NULL) {
+    p = ngx_http_redisgate_reserve(ctx, len);
+    if (p == NULL) {
         return NGX_ERROR;
     }
-
-    p = b->last;
 
     if (comma) {
         *p++ = ',';
@@ -1081,43 +1082,52 @@ ngx_http_redisgate_add_entry(ngx_http_redisgate_ctx_t *ctx, redisReply *reply,
 
     *p++ = '}';
 
-    b->last = p;
+done:
 
-link:
+    ctx->length += p - ctx->out_buf->last;
+    ctx->out_buf->last = p;
 
-    return ngx_http_redisgate_add_bytes(ctx, b->pos, b->last - b->pos);
+    return NGX_OK;
 }
 
 
-static ngx_int_t
-ngx_http_redisgate_add_bytes(ngx_http_redisgate_ctx_t *ctx, u_char *data,
-    size_t len)
+/*
+ * Room for len bytes at the end of the response: entries share buffers of
+ * NGX_HTTP_REDISGATE_OUT_SIZE (or one of their own when larger), so a
+ * pipeline's thousand small answers cost a few allocations, not thousands.
+ */
+
+static u_char *
+ngx_http_redisgate_reserve(ngx_http_redisgate_ctx_t *ctx, size_t len)
 {
     ngx_buf_t    *b;
     ngx_chain_t  *cl;
 
+    b = ctx->out_buf;
+
+    if (b && (size_t) (b->end - b->last) >= len) {
+        return b->last;
+    }
+
+    b = ngx_create_temp_buf(ctx->request->pool,
+                            ngx_max(len, NGX_HTTP_REDISGATE_OUT_SIZE));
+    if (b == NULL) {
+        return NULL;
+    }
+
     cl = ngx_alloc_chain_link(ctx->request->pool);
     if (cl == NULL) {
-        return NGX_ERROR;
+        return NULL;
     }
-
-    b = ngx_calloc_buf(ctx->request->pool);
-    if (b == NULL) {
-        return NGX_ERROR;
-    }
-
-    b->pos = data;
-    b->last = data + len;
-    b->memory = 1;
 
     cl->buf = b;
     cl->next = NULL;
 
     *ctx->last = cl;
     ctx->last = &cl->next;
-    ctx->length += len;
+    ctx->out_buf = b;
 
-    return NGX_OK;
+    return b->last;
 }
 
 

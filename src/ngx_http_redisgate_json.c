@@ -37,6 +37,10 @@ struct ngx_http_redisgate_json_s {
     ngx_uint_t                   argv_cap;
 
     const char                  *error;
+
+    /* arguments are copied into chunks, not allocated one by one */
+    u_char                      *chunk;
+    u_char                      *chunk_end;
 };
 
 
@@ -53,6 +57,8 @@ static int ngx_http_redisgate_json_start_array(void *ctx);
 static int ngx_http_redisgate_json_end_array(void *ctx);
 static int ngx_http_redisgate_json_arg(ngx_http_redisgate_json_t *j,
     const u_char *s, size_t len, ngx_uint_t is_string);
+static void *ngx_http_redisgate_json_alloc(ngx_http_redisgate_json_t *j,
+    size_t size, size_t align);
 static void *ngx_http_redisgate_json_grow(ngx_http_redisgate_json_t *j,
     void *old, ngx_uint_t n, ngx_uint_t *cap, size_t size);
 
@@ -323,9 +329,8 @@ ngx_http_redisgate_json_arg(ngx_http_redisgate_json_t *j, const u_char *s,
     data = NULL;
 
     if (len) {
-        data = j->alloc->alloc(j->alloc->data, len);
+        data = ngx_http_redisgate_json_alloc(j, len, 1);
         if (data == NULL) {
-            j->error = "out of memory";
             return 0;
         }
 
@@ -349,9 +354,8 @@ ngx_http_redisgate_json_grow(ngx_http_redisgate_json_t *j, void *old,
 
     want = *cap ? *cap * 2 : 8;
 
-    p = j->alloc->alloc(j->alloc->data, want * size);
+    p = ngx_http_redisgate_json_alloc(j, want * size, sizeof(void *));
     if (p == NULL) {
-        j->error = "out of memory";
         return NULL;
     }
 
@@ -360,6 +364,41 @@ ngx_http_redisgate_json_grow(ngx_http_redisgate_json_t *j, void *old,
     }
 
     *cap = want;
+
+    return p;
+}
+
+
+#define NGX_HTTP_REDISGATE_JSON_CHUNK  4096
+
+
+static void *
+ngx_http_redisgate_json_alloc(ngx_http_redisgate_json_t *j, size_t size,
+    size_t align)
+{
+    u_char  *p;
+    size_t   want;
+
+    p = ngx_align_ptr(j->chunk, align);
+
+    if (j->chunk == NULL || p + size > j->chunk_end) {
+        want = ngx_max(size, NGX_HTTP_REDISGATE_JSON_CHUNK);
+
+        p = j->alloc->alloc(j->alloc->data, want);
+        if (p == NULL) {
+            j->error = "out of memory";
+            return NULL;
+        }
+
+        if (size >= NGX_HTTP_REDISGATE_JSON_CHUNK) {
+            /* a large value has a block of its own; the chunk stays */
+            return p;
+        }
+
+        j->chunk_end = p + want;
+    }
+
+    j->chunk = p + size;
 
     return p;
 }

@@ -57,26 +57,27 @@ static char  *ngx_http_redisgate_default_deny[] = {
 
 /* per-instance commands that destroy data wholesale: scope "admin" */
 
-static char  *ngx_http_redisgate_admin_commands[] = {
-    "flushdb", "flushall", "script|flush", "function|flush",
-    "function|delete", "function|restore",
-    NULL
+static ngx_str_t  ngx_http_redisgate_admin_commands[] = {
+    ngx_string("flushdb"), ngx_string("flushall"), ngx_string("script|flush"),
+    ngx_string("function|flush"), ngx_string("function|delete"),
+    ngx_string("function|restore"),
+    ngx_null_string
 };
 
 
 /* change data without Redis's "write" flag: scope "write" */
 
-static char  *ngx_http_redisgate_write_commands[] = {
-    "publish", "spublish",
-    NULL
+static ngx_str_t  ngx_http_redisgate_write_commands[] = {
+    ngx_string("publish"), ngx_string("spublish"),
+    ngx_null_string
 };
 
 
 /* replies that are field/value pairs, sent as objects on request */
 
-static char  *ngx_http_redisgate_map_commands[] = {
-    "hgetall", "config|get",
-    NULL
+static ngx_str_t  ngx_http_redisgate_map_commands[] = {
+    ngx_string("hgetall"), ngx_string("config|get"),
+    ngx_null_string
 };
 
 
@@ -235,10 +236,10 @@ ngx_http_redisgate_rule_find(ngx_array_t *rules, u_char *name, size_t len)
 
 
 static ngx_uint_t
-ngx_http_redisgate_in_list(char **list, u_char *name, size_t len)
+ngx_http_redisgate_in_list(ngx_str_t *list, u_char *name, size_t len)
 {
-    for ( /* void */ ; *list; list++) {
-        if (ngx_strlen(*list) == len && ngx_memcmp(*list, name, len) == 0) {
+    for ( /* void */ ; list->len; list++) {
+        if (list->len == len && ngx_memcmp(list->data, name, len) == 0) {
             return 1;
         }
     }
