@@ -669,8 +669,8 @@ ngx_http_redisgate_check_commands(ngx_http_request_t *r,
 {
     u_char                          name[NGX_HTTP_REDISGATE_NAME_MAX];
     ngx_int_t                       rc;
-    ngx_str_t                       reason, *script;
-    ngx_uint_t                      i, map;
+    ngx_str_t                       reason, *script, *same;
+    ngx_uint_t                      i, map, by_name;
     ngx_http_redisgate_cmd_t       *cmd;
     ngx_http_redisgate_alloc_t      a;
     ngx_http_redisgate_loc_conf_t  *rlcf;
@@ -685,14 +685,25 @@ ngx_http_redisgate_check_commands(ngx_http_request_t *r,
     a.alloc = ngx_http_redisgate_palloc;
     a.data = r->pool;
 
+    same = NULL;
+    map = 0;
+
     for (i = 0; i < ctx->ncmds; i++) {
         cmd = &ctx->cmds[i];
 
+        /* a pipeline of a hundred GETs asks the policy once */
+
+        if (same && same->len == cmd->argv[0].len
+            && ngx_memcmp(same->data, cmd->argv[0].data, same->len) == 0)
+        {
+            ctx->map[i] = ctx->map[i - 1];
+            continue;
+        }
+
         reason.data = name;
-        map = 0;
 
         rc = ngx_http_redisgate_policy_check(rlcf, cmd, ctx->auth.scopes,
-                                             &reason, &map);
+                                             &reason, &map, &by_name);
 
         if (rc == NGX_DECLINED) {
             return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
@@ -734,6 +745,8 @@ ngx_http_redisgate_check_commands(ngx_http_request_t *r,
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+
+        same = (by_name && script == NULL) ? &cmd->argv[0] : NULL;
     }
 
     return NGX_DECLINED;

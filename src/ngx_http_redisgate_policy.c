@@ -256,7 +256,7 @@ ngx_http_redisgate_in_list(ngx_str_t *list, u_char *name, size_t len)
 ngx_int_t
 ngx_http_redisgate_policy_check(ngx_http_redisgate_loc_conf_t *rlcf,
     ngx_http_redisgate_cmd_t *cmd, ngx_uint_t scopes, ngx_str_t *reason,
-    ngx_uint_t *map_reply)
+    ngx_uint_t *map_reply, ngx_uint_t *by_name)
 {
     u_char                              *name;
     size_t                               len, sub_len;
@@ -265,6 +265,7 @@ ngx_http_redisgate_policy_check(ngx_http_redisgate_loc_conf_t *rlcf,
     const ngx_http_redisgate_command_t  *c;
 
     *map_reply = 0;
+    *by_name = 0;
 
     /* the caller's buffer of NGX_HTTP_REDISGATE_NAME_MAX bytes */
     name = reason->data;
@@ -365,6 +366,10 @@ scopes:
     if ((scopes & need) == 0) {
         return NGX_ABORT;
     }
+
+    /* the same name gets the same answer, unless its arguments matter */
+    *by_name = len && !(flags & (NGX_HTTP_REDISGATE_CMD_CONTAINER
+                                 |NGX_HTTP_REDISGATE_CMD_BLOCKING));
 
     return NGX_OK;
 }

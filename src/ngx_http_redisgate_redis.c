@@ -34,6 +34,7 @@ struct ngx_http_redisgate_op_s {
     ngx_pool_cleanup_t            *cleanup;
     ngx_event_t                    timer;
     ngx_uint_t                     left;      /* replies to come */
+    ngx_uint_t                     sent;
     const char                    *error;
 };
 
@@ -194,9 +195,11 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     cln->handler = ngx_http_redisgate_redis_op_cleanup;
     cln->data = op;
 
+    op->sent = op->left;
+
     ngx_http_redisgate_stats_backend_add(backend->stats,
                                          NGX_HTTP_REDISGATE_STAT_IN_FLIGHT,
-                                         (ngx_int_t) op->left);
+                                         (ngx_int_t) op->sent);
 
     op->timer.handler = ngx_http_redisgate_redis_op_timeout;
     op->timer.data = op;
@@ -509,10 +512,6 @@ ngx_http_redisgate_redis_reply(redisAsyncContext *ac, void *r,
     conn->pending--;
     op->left--;
 
-    ngx_http_redisgate_stats_backend_add(conn->backend->stats,
-                                         NGX_HTTP_REDISGATE_STAT_IN_FLIGHT,
-                                         -1);
-
     if (reply == NULL && op->error == NULL) {
         if (conn->drop_reason) {
             op->error = conn->drop_reason;
@@ -539,6 +538,11 @@ ngx_http_redisgate_redis_reply(redisAsyncContext *ac, void *r,
     if (op->timer.timer_set) {
         ngx_del_timer(&op->timer);
     }
+
+    /* one shared-memory update per request, not per reply */
+    ngx_http_redisgate_stats_backend_add(conn->backend->stats,
+                                         NGX_HTTP_REDISGATE_STAT_IN_FLIGHT,
+                                         -(ngx_int_t) op->sent);
 
     data = op->data;
     handler = op->handler;
