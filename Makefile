@@ -39,7 +39,7 @@ BUILD_PKGS := gcc make nginx nginx-dev libhiredis-dev libyajl-dev libpq-dev \
 RUN_PKGS := redis-server postgresql postgresql-client curl
 TEST_PKGS := libtest-base-perl libtext-diff-perl perl dnsmasq-base
 
-.PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE
+.PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE bench bench-deps
 
 all: $(MODULE)
 
@@ -115,3 +115,16 @@ stop:
 test: build-deps test-deps
 	@$(MAKE) --no-print-directory all
 	t/run-tests
+
+# make bench: RedisGate against nginx's return 200, webdis, an nginx + Lua
+# gateway and redis-benchmark, on loopback, a few minutes (BENCH_QUICK=1: a
+# smoke test); writes docs/benchmarks.md and docs/benchmarks.png
+BENCH_PKGS := wrk webdis libnginx-mod-http-lua lua-nginx-redis lua-cjson \
+              gnuplot-nox
+
+bench-deps: build-deps test-deps
+	$(call apt_install,$(BENCH_PKGS))
+
+bench: bench-deps
+	@$(MAKE) --no-print-directory all
+	BENCH_QUICK=$(BENCH_QUICK) bench/run
