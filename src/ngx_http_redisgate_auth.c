@@ -326,15 +326,22 @@ ngx_http_redisgate_resolve_apply(ngx_http_request_t *r,
                    "for %V", &ki->key_id, &ki->organization,
                    &auth->backend->address.url);
 
-    /* the key store's strings live only as long as its answer */
-    auth->key_id.data = ngx_pstrdup(r->pool, &ki->key_id);
-    auth->key_id.len = ki->key_id.len;
-    auth->organization.data = ngx_pstrdup(r->pool, &ki->organization);
-    auth->organization.len = ki->organization.len;
+    if (auth->source == NGX_HTTP_REDISGATE_SOURCE_MISS) {
+        /* the key store's strings live only as long as its answer */
+        auth->key_id.data = ngx_pstrdup(r->pool, &ki->key_id);
+        auth->key_id.len = ki->key_id.len;
+        auth->organization.data = ngx_pstrdup(r->pool, &ki->organization);
+        auth->organization.len = ki->organization.len;
 
-    if (auth->key_id.data == NULL || auth->organization.data == NULL) {
-        auth->error = "out of memory";
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (auth->key_id.data == NULL || auth->organization.data == NULL) {
+            auth->error = "out of memory";
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+    } else {
+        /* copied out of the cache into the request's pool already */
+        auth->key_id = ki->key_id;
+        auth->organization = ki->organization;
     }
 
     auth->scopes = ki->scopes;

@@ -115,7 +115,7 @@ ngx_http_redisgate_backend_t *
 ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
     ngx_pool_t *pool, const char **error)
 {
-    u_char                         *p;
+    u_char                         *p, buf[512];
     uint32_t                        hash;
     ngx_int_t                       rc;
     ngx_str_t                       key;
@@ -123,16 +123,30 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
     ngx_http_redisgate_dynamic_t   *d;
     ngx_http_redisgate_backends_t  *bs = &ngx_http_redisgate_backends;
 
+    /* "address|db|user|password", on the stack when it fits: every request */
+
     key.len = ki->address.len + ki->user.len + ki->password.len
               + NGX_INT_T_LEN + 3;
-    key.data = ngx_pnalloc(pool, key.len);
-    if (key.data == NULL) {
-        *error = "out of memory";
-        return NULL;
+
+    if (key.len <= sizeof(buf)) {
+        key.data = buf;
+
+    } else {
+        key.data = ngx_pnalloc(pool, key.len);
+        if (key.data == NULL) {
+            *error = "out of memory";
+            return NULL;
+        }
     }
 
-    p = ngx_sprintf(key.data, "%V|%ui|%V|%V", &ki->address, ki->db,
-                    &ki->user, &ki->password);
+    p = ngx_cpymem(key.data, ki->address.data, ki->address.len);
+    *p++ = '|';
+    p = ngx_sprintf(p, "%ui", ki->db);
+    *p++ = '|';
+    p = ngx_cpymem(p, ki->user.data, ki->user.len);
+    *p++ = '|';
+    p = ngx_cpymem(p, ki->password.data, ki->password.len);
+
     key.len = p - key.data;
 
     hash = ngx_crc32_short(key.data, key.len);

@@ -114,7 +114,8 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
     u_char *hash, u_char *instance, ngx_http_redisgate_keyinfo_t *ki,
     ngx_pool_t *pool)
 {
-    u_char                           *p, key[32 + NGX_HTTP_REDISGATE_UUID_LEN];
+    u_char                           *p, *src;
+    u_char                            key[32 + NGX_HTTP_REDISGATE_UUID_LEN];
     time_t                            now;
     ngx_int_t                         rc;
     ngx_str_t                        *s[5];
@@ -162,19 +163,25 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
 
     rc = (cn->fresh_until > now) ? NGX_OK : NGX_AGAIN;
 
-    p = cn->data;
+    /* one allocation for the five strings, each NUL-terminated */
 
-    for (i = 0; i < 5; i++) {
-        s[i]->len = cn->lens[i];
-        s[i]->data = ngx_pnalloc(pool, s[i]->len + 1);
-        if (s[i]->data == NULL) {
-            rc = NGX_ERROR;
-            break;
+    p = ngx_pnalloc(pool, cn->lens[0] + cn->lens[1] + cn->lens[2]
+                          + cn->lens[3] + cn->lens[4] + 5);
+    if (p == NULL) {
+        rc = NGX_ERROR;
+
+    } else {
+        src = cn->data;
+
+        for (i = 0; i < 5; i++) {
+            s[i]->len = cn->lens[i];
+            s[i]->data = p;
+
+            /* addresses go to hiredis as C strings */
+            p = ngx_cpymem(p, src, s[i]->len);
+            *p++ = '\0';
+            src += s[i]->len;
         }
-
-        /* NUL-terminated: addresses go to hiredis as C strings */
-        *ngx_cpymem(s[i]->data, p, s[i]->len) = '\0';
-        p += s[i]->len;
     }
 
     ngx_shmtx_unlock(&cache->zone.shpool->mutex);
