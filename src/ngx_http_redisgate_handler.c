@@ -889,6 +889,7 @@ ngx_http_redisgate_on_reply(void *data, redisReply *reply, const char *error)
     size_t               i;
     ngx_int_t            rc;
     ngx_uint_t           index, multi;
+    redisReply           aborted;
     ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
@@ -976,9 +977,12 @@ ngx_http_redisgate_on_reply(void *data, redisReply *reply, const char *error)
         }
 
         if (reply->type == REDIS_REPLY_NIL) {
-            reply->type = REDIS_REPLY_ERROR;
-            reply->str = "EXECABORT Transaction aborted";
-            reply->len = sizeof("EXECABORT Transaction aborted") - 1;
+            /* hiredis' reply is its own to free: a copy says it instead */
+            ngx_memzero(&aborted, sizeof(redisReply));
+            aborted.type = REDIS_REPLY_ERROR;
+            aborted.str = "EXECABORT Transaction aborted";
+            aborted.len = sizeof("EXECABORT Transaction aborted") - 1;
+            reply = &aborted;
         }
 
         if (ngx_http_redisgate_add_entry(ctx, reply, 0, 0) != NGX_OK) {
