@@ -312,6 +312,13 @@ ngx_http_redisgate_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(rmcf->backoff_max, 1000);
     ngx_conf_init_uint_value(rmcf->pool_size, 2);
     ngx_conf_init_msec_value(rmcf->idle_timeout, 60000);
+
+    if (rmcf->idle_timeout < 2000) {
+        /* workers remember a key's backend for a second: it must outlive */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"redisgate_idle_timeout\" must be at least 2s");
+        return NGX_CONF_ERROR;
+    }
     ngx_conf_init_msec_value(rmcf->pg_timeout, 5000);
     ngx_conf_init_value(rmcf->pg_token_check, 1);
 

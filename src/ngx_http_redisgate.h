@@ -134,6 +134,7 @@ struct ngx_http_redisgate_backend_s {
     unsigned                        resolve_starting:1;
 
     ngx_http_redisgate_backend_stats_t  *stats;
+    ngx_msec_t                      last_used;  /* for the idle sweep */
 
     ngx_log_t                      *log;
 };

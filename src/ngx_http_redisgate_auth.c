@@ -33,6 +33,40 @@ typedef struct {
 } ngx_http_redisgate_resolve_t;
 
 
+/*
+ * In front of the shared cache, each worker remembers what it resolved in
+ * the last second: no lock, no copy out of shared memory, no backend
+ * lookup.  An entry is good while the shared cache has seen no
+ * announcement since it was made (its generation), so a revocation
+ * reaches it as fast as the shared cache.
+ */
+
+#define NGX_HTTP_REDISGATE_FRONT_SLOTS  1024
+#define NGX_HTTP_REDISGATE_FRONT_TTL    1000
+#define NGX_HTTP_REDISGATE_FRONT_ID     64
+
+typedef struct {
+    u_char                           hash[32];
+    u_char                           instance[NGX_HTTP_REDISGATE_UUID_LEN];
+    ngx_atomic_uint_t                generation;
+    ngx_msec_t                       until;
+    ngx_uint_t                       scopes;
+    ngx_uint_t                       rate;
+    ngx_uint_t                       burst;
+    ngx_http_redisgate_backend_t    *backend;
+    size_t                           key_id_len;
+    size_t                           org_len;
+    u_char                           key_id[NGX_HTTP_REDISGATE_FRONT_ID];
+    u_char                           org[NGX_HTTP_REDISGATE_FRONT_ID];
+} ngx_http_redisgate_front_t;
+
+
+static ngx_int_t ngx_http_redisgate_front_get(ngx_http_request_t *r,
+    ngx_http_redisgate_cache_t *cache, u_char *hash, u_char *instance,
+    ngx_http_redisgate_auth_t *auth);
+static void ngx_http_redisgate_front_put(ngx_http_redisgate_cache_t *cache,
+    u_char *hash, u_char *instance, ngx_atomic_uint_t generation,
+    ngx_http_redisgate_auth_t *auth);
 static ngx_int_t ngx_http_redisgate_sha256(ngx_str_t *token, u_char *hash);
 static ngx_uint_t ngx_http_redisgate_token_shaped(ngx_str_t *token);
 
@@ -43,6 +77,8 @@ static ngx_uint_t ngx_http_redisgate_token_shaped(ngx_str_t *token);
  */
 static const EVP_MD  *ngx_http_redisgate_sha256_md;
 static EVP_MD_CTX    *ngx_http_redisgate_sha256_ctx;
+
+static ngx_http_redisgate_front_t  *ngx_http_redisgate_front;
 static ngx_int_t ngx_http_redisgate_resolve_static(ngx_http_request_t *r,
     ngx_http_redisgate_key_t *key, ngx_str_t *instance,
     ngx_http_redisgate_auth_t *auth);
@@ -65,6 +101,7 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     u_char                           hash[32], hex[8];
     ngx_int_t                        rc;
     const char                      *error;
+    ngx_atomic_uint_t                generation;
     ngx_http_redisgate_key_t        *key;
     ngx_http_redisgate_resolve_t    *rs;
     ngx_http_redisgate_main_conf_t  *rmcf;
@@ -115,6 +152,18 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     ngx_memcpy(rs->instance, instance->data, NGX_HTTP_REDISGATE_UUID_LEN);
 
     if (rmcf->cache) {
+        if (ngx_http_redisgate_front_get(r, rmcf->cache, hash, instance->data,
+                                         auth)
+            == NGX_OK)
+        {
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "redisgate: key cache hit, sha256 %*s...",
+                           (size_t) 8, hex);
+            return NGX_OK;
+        }
+
+        generation = ngx_http_redisgate_cache_generation(rmcf->cache);
+
         rc = ngx_http_redisgate_cache_get(rmcf->cache, hash, instance->data,
                                           &rs->stale, r->pool);
 
@@ -123,7 +172,16 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
                            "redisgate: key cache hit, sha256 %*s...",
                            (size_t) 8, hex);
             auth->source = NGX_HTTP_REDISGATE_SOURCE_HIT;
-            return ngx_http_redisgate_resolve_apply(r, &rs->stale, auth);
+
+            rc = ngx_http_redisgate_resolve_apply(r, &rs->stale, auth);
+
+            if (rc == NGX_OK) {
+                ngx_http_redisgate_front_put(rmcf->cache, hash,
+                                             instance->data, generation,
+                                             auth);
+            }
+
+            return rc;
         }
 
         /* past its TTL: good only while the key store is unreachable */
@@ -183,6 +241,103 @@ ngx_http_redisgate_sha256(ngx_str_t *token, u_char *hash)
     }
 
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_front_get(ngx_http_request_t *r,
+    ngx_http_redisgate_cache_t *cache, u_char *hash, u_char *instance,
+    ngx_http_redisgate_auth_t *auth)
+{
+    u_char                      *p;
+    ngx_http_redisgate_front_t  *f;
+
+    if (ngx_http_redisgate_front == NULL) {
+        return NGX_DECLINED;
+    }
+
+    f = &ngx_http_redisgate_front[(hash[0] | hash[1] << 8)
+                                  % NGX_HTTP_REDISGATE_FRONT_SLOTS];
+
+    if ((ngx_msec_int_t) (f->until - ngx_current_msec) <= 0
+        || f->generation != ngx_http_redisgate_cache_generation(cache)
+        || ngx_memcmp(f->hash, hash, 32) != 0
+        || ngx_memcmp(f->instance, instance, NGX_HTTP_REDISGATE_UUID_LEN)
+           != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    /* the slot may be filled again before this request is logged */
+
+    p = ngx_pnalloc(r->pool, f->key_id_len + f->org_len);
+    if (p == NULL) {
+        return NGX_DECLINED;
+    }
+
+    auth->key_id.data = p;
+    auth->key_id.len = f->key_id_len;
+    p = ngx_cpymem(p, f->key_id, f->key_id_len);
+
+    auth->organization.data = p;
+    auth->organization.len = f->org_len;
+    ngx_memcpy(p, f->org, f->org_len);
+
+    auth->scopes = f->scopes;
+    auth->rate = f->rate;
+    auth->burst = f->burst;
+    auth->backend = f->backend;
+    auth->source = NGX_HTTP_REDISGATE_SOURCE_HIT;
+
+    /* in use: the idle sweep leaves it alone */
+    f->backend->last_used = ngx_current_msec;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_redisgate_front_put(ngx_http_redisgate_cache_t *cache, u_char *hash,
+    u_char *instance, ngx_atomic_uint_t generation,
+    ngx_http_redisgate_auth_t *auth)
+{
+    ngx_http_redisgate_front_t  *f;
+
+    if (auth->key_id.len > NGX_HTTP_REDISGATE_FRONT_ID
+        || auth->organization.len > NGX_HTTP_REDISGATE_FRONT_ID)
+    {
+        return;
+    }
+
+    if (ngx_http_redisgate_front == NULL) {
+        ngx_http_redisgate_front = ngx_calloc(NGX_HTTP_REDISGATE_FRONT_SLOTS
+                                       * sizeof(ngx_http_redisgate_front_t),
+                                       ngx_cycle->log);
+        if (ngx_http_redisgate_front == NULL) {
+            return;
+        }
+    }
+
+    f = &ngx_http_redisgate_front[(hash[0] | hash[1] << 8)
+                                  % NGX_HTTP_REDISGATE_FRONT_SLOTS];
+
+    ngx_memcpy(f->hash, hash, 32);
+    ngx_memcpy(f->instance, instance, NGX_HTTP_REDISGATE_UUID_LEN);
+
+    /* taken before the shared cache was read: an announcement since voids it */
+    f->generation = generation;
+    f->until = ngx_current_msec + NGX_HTTP_REDISGATE_FRONT_TTL;
+
+    f->scopes = auth->scopes;
+    f->rate = auth->rate;
+    f->burst = auth->burst;
+    f->backend = auth->backend;
+
+    f->key_id_len = auth->key_id.len;
+    ngx_memcpy(f->key_id, auth->key_id.data, auth->key_id.len);
+
+    f->org_len = auth->organization.len;
+    ngx_memcpy(f->org, auth->organization.data, auth->organization.len);
 }
 
 

@@ -31,7 +31,6 @@ typedef struct {
     ngx_rbtree_node_t               node;
     ngx_queue_t                     queue;
     ngx_http_redisgate_backend_t    backend;
-    ngx_msec_t                      last_used;
     ngx_str_t                       key;        /* address|db|user|pass */
 } ngx_http_redisgate_dynamic_t;
 
@@ -166,7 +165,7 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
         rc = ngx_memn2cmp(key.data, d->key.data, key.len, d->key.len);
 
         if (rc == 0) {
-            d->last_used = ngx_current_msec;
+            d->backend.last_used = ngx_current_msec;
             return &d->backend;
         }
 
@@ -179,7 +178,7 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
     }
 
     d->node.key = hash;
-    d->last_used = ngx_current_msec;
+    d->backend.last_used = ngx_current_msec;
 
     ngx_rbtree_insert(&bs->rbtree, &d->node);
     ngx_queue_insert_tail(&bs->all, &d->queue);
@@ -579,7 +578,7 @@ ngx_http_redisgate_backend_sweep(ngx_event_t *ev)
         next = ngx_queue_next(q);
         d = ngx_queue_data(q, ngx_http_redisgate_dynamic_t, queue);
 
-        if (ngx_current_msec - d->last_used < bs->rmcf->idle_timeout
+        if (ngx_current_msec - d->backend.last_used < bs->rmcf->idle_timeout
             || ngx_http_redisgate_redis_busy(&d->backend)
             || d->backend.resolving
             || !ngx_queue_empty(&d->backend.waiting))
