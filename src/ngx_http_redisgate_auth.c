@@ -292,6 +292,8 @@ ngx_http_redisgate_front_get(ngx_http_request_t *r,
     /* in use: the idle sweep leaves it alone */
     f->backend->last_used = ngx_current_msec;
 
+    ngx_http_redisgate_cache_count_hit(cache);
+
     return NGX_OK;
 }
 

@@ -389,6 +389,15 @@ ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
 }
 
 
+/* a hit a worker served from what it remembers, counted all the same */
+
+void
+ngx_http_redisgate_cache_count_hit(ngx_http_redisgate_cache_t *cache)
+{
+    (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->hits, 1);
+}
+
+
 ngx_atomic_uint_t
 ngx_http_redisgate_cache_generation(ngx_http_redisgate_cache_t *cache)
 {
