@@ -39,7 +39,8 @@ BUILD_PKGS := gcc make nginx nginx-dev libhiredis-dev libyajl-dev libpq-dev \
 RUN_PKGS := redis-server postgresql postgresql-client curl
 TEST_PKGS := libtest-base-perl libtext-diff-perl perl dnsmasq-base
 
-.PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE bench bench-deps
+.PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE \
+        bench bench-deps soak
 
 all: $(MODULE)
 
@@ -128,3 +129,8 @@ bench-deps: build-deps test-deps
 bench: bench-deps
 	@$(MAKE) --no-print-directory all
 	BENCH_QUICK=$(BENCH_QUICK) bench/run
+
+# make soak: a worker's memory under ten minutes of load (SOAK_SECONDS=...)
+soak: bench-deps
+	@$(MAKE) --no-print-directory all
+	bench/soak
