@@ -134,3 +134,18 @@ GET /redis/$TEST_NGINX_INSTANCE/ping
 --- error_code: 401
 --- response_headers
 !RateLimit-Limit
+
+
+
+=== TEST 9: a plan change reaches the limit within a second (NOTIFY)
+--- init
+RedisGate::Test::admin('plan', 'set', "tiny-$main::Run", 2, 7);
+select(undef, undef, undef, 0.5);
+--- more_headers
+Authorization: Bearer $TEST_NGINX_RL_TOKEN
+--- request
+GET /redis/$TEST_NGINX_RL_INSTANCE/ping
+--- response_headers
+RateLimit-Limit: 7
+--- response_body chomp
+{"result":"PONG"}
