@@ -40,7 +40,7 @@ RUN_PKGS := redis-server postgresql postgresql-client curl
 TEST_PKGS := libtest-base-perl libtext-diff-perl perl dnsmasq-base
 
 .PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE \
-        bench bench-deps soak
+        bench bench-deps soak asan
 
 all: $(MODULE)
 
@@ -134,3 +134,19 @@ bench: bench-deps
 soak: bench-deps
 	@$(MAKE) --no-print-directory all
 	bench/soak
+
+# make asan: the suites against the module built with AddressSanitizer and
+# UBSan (the runtime preloaded into Debian's nginx); any report fails it
+ASAN_BUILD := $(BUILD)/asan
+
+asan: build-deps test-deps
+	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
+	    WARNINGS="$(WARNINGS) -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	    all
+	rm -rf $(ASAN_BUILD)/reports && mkdir -p $(ASAN_BUILD)/reports
+	REDISGATE_ASAN_DIR=$(ASAN_BUILD)/reports NGINX_BIN=$(CURDIR)/tools/asan-nginx \
+	    MODULE=$(ASAN_BUILD)/ngx_http_redisgate_module.so t/run-tests
+	@if ls $(ASAN_BUILD)/reports/report.* >/dev/null 2>&1; then \
+	    cat $(ASAN_BUILD)/reports/report.*; echo "make asan: reports above"; \
+	    exit 1; fi
+	@echo "make asan: no AddressSanitizer or UBSan report"
