@@ -21,6 +21,7 @@
 
 static size_t ngx_http_redisgate_utf8_seq(u_char *p, u_char *last);
 static size_t ngx_http_redisgate_number_len(long long n);
+static size_t ngx_http_redisgate_digits(unsigned long long u);
 static u_char *ngx_http_redisgate_number(u_char *p, long long n);
 
 
@@ -375,18 +376,21 @@ ngx_http_redisgate_utf8_seq(u_char *p, u_char *last)
 static size_t
 ngx_http_redisgate_number_len(long long n)
 {
-    size_t              len;
-    unsigned long long  u;
+    if (n < 0) {
+        /* the magnitude as unsigned: LLONG_MIN has no positive twin */
+        return 1 + ngx_http_redisgate_digits(0ULL - (unsigned long long) n);
+    }
+
+    return ngx_http_redisgate_digits((unsigned long long) n);
+}
+
+
+static size_t
+ngx_http_redisgate_digits(unsigned long long u)
+{
+    size_t  len;
 
     len = 1;
-
-    if (n < 0) {
-        len++;
-        u = 0ULL - (unsigned long long) n;
-
-    } else {
-        u = (unsigned long long) n;
-    }
 
     while (u >= 10) {
         u /= 10;
@@ -412,7 +416,7 @@ ngx_http_redisgate_number(u_char *p, long long n)
         u = (unsigned long long) n;
     }
 
-    len = ngx_http_redisgate_number_len((long long) u);
+    len = ngx_http_redisgate_digits(u);
     q = p + len;
 
     do {
@@ -542,7 +546,11 @@ ngx_http_redisgate_resp_command(u_char *p, ngx_http_redisgate_cmd_t *cmd)
         p = ngx_http_redisgate_number(p, (long long) cmd->argv[i].len);
         *p++ = '\r';
         *p++ = '\n';
-        p = ngx_cpymem(p, cmd->argv[i].data, cmd->argv[i].len);
+
+        /* an empty argument may have no data at all */
+        if (cmd->argv[i].len) {
+            p = ngx_cpymem(p, cmd->argv[i].data, cmd->argv[i].len);
+        }
         *p++ = '\r';
         *p++ = '\n';
     }

@@ -311,3 +311,36 @@ Connection: close\r
 --- error_code: 413
 --- response_body chomp
 {"error":"request body is larger than client_max_body_size"}
+
+
+
+=== TEST 25: the smallest integer Redis has (found by fuzzing: a 1-byte overflow)
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/set/llmin/-9223372036854775808",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/incrby/llmin/0",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"DECRBY\", \"llmin\", 0]"]
+--- response_body eval
+['{"result":"OK"}', '{"result":-9223372036854775808}',
+ '{"result":-9223372036854775808}']
+
+
+
+=== TEST 26: ... in RESP2 too
+--- more_headers
+Authorization: Bearer $TEST_NGINX_ADMIN_TOKEN
+Upstash-Response-Format: resp2
+--- request
+GET /redis/$TEST_NGINX_INSTANCE/incrby/llmin/0
+--- response_body eval
+":-9223372036854775808\r\n"
+
+
+
+=== TEST 27: an empty command name is Redis' to refuse (fuzzing: memcpy of nothing)
+--- request
+POST /redis/$TEST_NGINX_INSTANCE
+["", "x"]
+--- error_code: 400
+--- response_body_like chomp
+^\{"error":"ERR unknown command ''[^"]*"\}$
