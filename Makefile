@@ -40,7 +40,7 @@ RUN_PKGS := redis-server postgresql postgresql-client curl
 TEST_PKGS := libtest-base-perl libtext-diff-perl perl dnsmasq-base
 
 .PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE \
-        bench bench-deps soak asan
+        bench bench-deps soak asan fuzz fuzz-deps
 
 all: $(MODULE)
 
@@ -150,3 +150,14 @@ asan: build-deps test-deps
 	    cat $(ASAN_BUILD)/reports/report.*; echo "make asan: reports above"; \
 	    exit 1; fi
 	@echo "make asan: no AddressSanitizer or UBSan report"
+
+# make fuzz: libFuzzer (clang, ASan + UBSan) on the pure parsers and
+# encoders, FUZZ_SECONDS (60) each; fails on any crash, leak, timeout or
+# failed check (see fuzz/README.md)
+fuzz-deps: build-deps
+	$(call apt_install,clang libclang-rt-14-dev)
+
+fuzz: fuzz-deps
+	@$(MAKE) --no-print-directory $(OBJS)/Makefile
+	@$(MAKE) --no-print-directory -f fuzz/Makefile run \
+	    NGINX_SRC=$(NGINX_SRC) BUILD=$(BUILD) OBJS=$(OBJS)
