@@ -59,6 +59,37 @@ static ngx_int_t ngx_http_redisgate_stats_init_zone(ngx_shm_zone_t *shm_zone,
 static ngx_uint_t ngx_http_redisgate_stats_status_index(ngx_uint_t status);
 
 
+typedef struct {
+    char                           *name;
+    char                           *help;
+    char                           *type;
+    size_t                          offset;
+} ngx_http_redisgate_backend_metric_t;
+
+
+static ngx_http_redisgate_backend_metric_t
+    ngx_http_redisgate_backend_metrics[] =
+{
+    { "redisgate_backend_connections",
+      "Open connections to a Redis, all workers.", "gauge",
+      offsetof(ngx_http_redisgate_backend_stats_t, connections) },
+
+    { "redisgate_backend_in_flight",
+      "Replies awaited from a Redis, all workers.", "gauge",
+      offsetof(ngx_http_redisgate_backend_stats_t, in_flight) },
+
+    { "redisgate_backend_connects_total",
+      "Connections opened to a Redis (reconnects included).", "counter",
+      offsetof(ngx_http_redisgate_backend_stats_t, connects) },
+
+    { "redisgate_backend_connect_failures_total",
+      "Connections to a Redis that failed or timed out.", "counter",
+      offsetof(ngx_http_redisgate_backend_stats_t, connect_failures) },
+
+    { NULL, NULL, NULL, 0 }
+};
+
+
 static ngx_http_redisgate_stats_t  *ngx_http_redisgate_stats;
 static ngx_slab_pool_t             *ngx_http_redisgate_stats_pool;
 
@@ -305,6 +336,7 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
     ngx_http_redisgate_stats_t          *st;
     ngx_http_redisgate_main_conf_t      *rmcf;
     ngx_http_redisgate_backend_stats_t  *bs;
+    ngx_http_redisgate_backend_metric_t *m;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -433,54 +465,17 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
                          hits, misses, evictions);
     }
 
-    p = ngx_slprintf(p, last,
-                     "# HELP redisgate_backend_connections Open connections "
-                     "to a Redis, all workers.\n"
-                     "# TYPE redisgate_backend_connections gauge\n");
+    for (m = ngx_http_redisgate_backend_metrics; m->name; m++) {
+        p = ngx_slprintf(p, last, "# HELP %s %s\n# TYPE %s %s\n",
+                         m->name, m->help, m->name, m->type);
 
-    for (i = 0; i < n; i++) {
-        bs = &st->backends[i];
-        p = ngx_slprintf(p, last,
-                         "redisgate_backend_connections{backend=\"%*s\"} %uA\n",
-                         (size_t) bs->len, bs->url, bs->connections);
-    }
+        for (i = 0; i < n; i++) {
+            bs = &st->backends[i];
 
-    p = ngx_slprintf(p, last,
-                     "# HELP redisgate_backend_in_flight Replies awaited "
-                     "from a Redis, all workers.\n"
-                     "# TYPE redisgate_backend_in_flight gauge\n");
-
-    for (i = 0; i < n; i++) {
-        bs = &st->backends[i];
-        p = ngx_slprintf(p, last,
-                         "redisgate_backend_in_flight{backend=\"%*s\"} %uA\n",
-                         (size_t) bs->len, bs->url, bs->in_flight);
-    }
-
-    p = ngx_slprintf(p, last,
-                     "# HELP redisgate_backend_connects_total Connections "
-                     "opened to a Redis (reconnects included).\n"
-                     "# TYPE redisgate_backend_connects_total counter\n");
-
-    for (i = 0; i < n; i++) {
-        bs = &st->backends[i];
-        p = ngx_slprintf(p, last,
-                         "redisgate_backend_connects_total{backend=\"%*s\"} "
-                         "%uA\n", (size_t) bs->len, bs->url, bs->connects);
-    }
-
-    p = ngx_slprintf(p, last,
-                     "# HELP redisgate_backend_connect_failures_total "
-                     "Connections to a Redis that failed or timed out.\n"
-                     "# TYPE redisgate_backend_connect_failures_total "
-                     "counter\n");
-
-    for (i = 0; i < n; i++) {
-        bs = &st->backends[i];
-        p = ngx_slprintf(p, last,
-                         "redisgate_backend_connect_failures_total"
-                         "{backend=\"%*s\"} %uA\n",
-                         (size_t) bs->len, bs->url, bs->connect_failures);
+            p = ngx_slprintf(p, last, "%s{backend=\"%*s\"} %uA\n",
+                             m->name, (size_t) bs->len, bs->url,
+                             *(ngx_atomic_t *) ((u_char *) bs + m->offset));
+        }
     }
 
     b->last = p;
