@@ -5,7 +5,8 @@
 
 
 /*
- * The pure parts of RedisGate: routes, request bodies, reply encoding.
+ * The pure parts of RedisGate: routes, request bodies, reply encoding,
+ * redisgate_instance URLs.
  * They use nginx's types and macros but call no nginx function and take
  * their memory from an allocator, so they build outside nginx too (tests,
  * fuzzers).
@@ -73,6 +74,22 @@ ngx_int_t ngx_http_redisgate_parse_uuid(u_char *dst, u_char *p, size_t len);
 /* decodes %XX in place semantics into dst; NGX_ERROR on malformed input */
 ngx_int_t ngx_http_redisgate_percent_decode(u_char *dst, size_t *dst_len,
     u_char *src, size_t len);
+
+
+typedef struct {
+    ngx_str_t               host;           /* "host[:port]", redis:// */
+    ngx_str_t               path;           /* the socket, unix:// */
+    ngx_str_t               user;           /* still percent-encoded */
+    ngx_str_t               password;       /* still percent-encoded */
+    ngx_uint_t              db;
+    unsigned                unix_socket:1;
+    unsigned                has_userinfo:1;
+    const char             *error;          /* why NGX_ERROR */
+} ngx_http_redisgate_url_t;
+
+/* a redisgate_instance URL into parts pointing into it; NGX_ERROR + error */
+ngx_int_t ngx_http_redisgate_parse_url(ngx_http_redisgate_url_t *u,
+    u_char *url, size_t len);
 
 
 typedef struct ngx_http_redisgate_json_s  ngx_http_redisgate_json_t;

@@ -243,6 +243,12 @@ ngx_http_redisgate_percent_decode(u_char *dst, size_t *dst_len, u_char *src,
     u_char     *d, *last;
     ngx_int_t   hi, lo;
 
+    if (len == 0) {
+        /* src may be NULL then, an empty ngx_str_t's data */
+        *dst_len = 0;
+        return NGX_OK;
+    }
+
     d = dst;
     last = src + len;
 

@@ -20,8 +20,8 @@
 
 static ngx_int_t ngx_http_redisgate_parse_address(ngx_conf_t *cf,
     ngx_str_t *url, ngx_http_redisgate_address_t *addr);
-static ngx_int_t ngx_http_redisgate_parse_userinfo(ngx_conf_t *cf,
-    u_char *p, u_char *last, ngx_http_redisgate_address_t *addr);
+static ngx_int_t ngx_http_redisgate_decode_userinfo(ngx_conf_t *cf,
+    ngx_str_t *raw, ngx_str_t *s);
 static ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
     ngx_conf_t *cf, ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url);
 static int ngx_libc_cdecl ngx_http_redisgate_instance_cmp(const void *one,
@@ -334,8 +334,6 @@ ngx_http_redisgate_static_backend(ngx_conf_t *cf,
 
 
 /*
- * redis://[[user]:password@]host[:port][/db]
- * unix://[[user]:password@]/path/to/redis.sock[?db=N]
  * Host names are resolved once, here, as nginx does for upstream servers.
  */
 
@@ -343,59 +341,50 @@ static ngx_int_t
 ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
     ngx_http_redisgate_address_t *addr)
 {
-    u_char     *p, *last, *at, *slash, *q, text[NGX_SOCKADDR_STRLEN];
-    size_t      len;
-    ngx_int_t   db;
-    ngx_url_t   u;
+    u_char                    text[NGX_SOCKADDR_STRLEN];
+    size_t                    len;
+    ngx_url_t                 u;
+    ngx_http_redisgate_url_t  parts;
 
-    p = url->data;
-    last = p + url->len;
+    if (ngx_http_redisgate_parse_url(&parts, url->data, url->len) != NGX_OK) {
 
-    if (url->len > 8 && ngx_strncmp(p, "redis://", 8) == 0) {
-        p += 8;
+        /* nginx -t output and error logs are no place for a password */
 
-    } else if (url->len > 7 && ngx_strncmp(p, "unix://", 7) == 0) {
-        p += 7;
+        if (ngx_strlchr(url->data, url->data + url->len, '@')) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s (the URL is not shown: it holds "
+                               "credentials)", parts.error);
 
-        at = ngx_strlchr(p, last, '@');
-
-        if (at) {
-            if (ngx_http_redisgate_parse_userinfo(cf, p, at, addr) != NGX_OK)
-            {
-                return NGX_ERROR;
-            }
-
-            p = at + 1;
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s: \"%V\"",
+                               parts.error, url);
         }
 
-        q = ngx_strlchr(p, last, '?');
+        return NGX_ERROR;
+    }
 
-        if (q) {
-            if (last - q < 5 || ngx_strncmp(q, "?db=", 4) != 0) {
-                goto invalid;
-            }
+    addr->db = parts.db;
 
-            db = ngx_atoi(q + 4, last - q - 4);
-            if (db == NGX_ERROR) {
-                goto invalid;
-            }
+    if (parts.has_userinfo
+        && (ngx_http_redisgate_decode_userinfo(cf, &parts.user, &addr->user)
+            != NGX_OK
+            || ngx_http_redisgate_decode_userinfo(cf, &parts.password,
+                                                  &addr->password)
+               != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
 
-            addr->db = db;
-            last = q;
-        }
-
-        if (p == last || *p != '/') {
-            goto invalid;
-        }
+    if (parts.unix_socket) {
 
         /* NUL-terminated for hiredis */
-        addr->path.len = last - p;
+        addr->path.len = parts.path.len;
         addr->path.data = ngx_pnalloc(cf->pool, addr->path.len + 1);
         if (addr->path.data == NULL) {
             return NGX_ERROR;
         }
 
-        *ngx_cpymem(addr->path.data, p, addr->path.len) = '\0';
+        *ngx_cpymem(addr->path.data, parts.path.data, addr->path.len) = '\0';
 
         len = sizeof("unix://") - 1 + addr->path.len + sizeof("?db=") - 1
               + NGX_INT_T_LEN;
@@ -408,55 +397,16 @@ ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
                                     &addr->path, addr->db)
                         - addr->url.data;
         return NGX_OK;
-
-    } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid Redis URL: expected redis:// or unix:// "
-                           "(TLS, rediss://, is not supported)");
-        return NGX_ERROR;
-    }
-
-    at = NULL;
-
-    for (q = p; q < last && *q != '/'; q++) {
-        if (*q == '@') {
-            at = q;
-        }
-    }
-
-    if (at) {
-        if (ngx_http_redisgate_parse_userinfo(cf, p, at, addr) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
-        p = at + 1;
-    }
-
-    slash = ngx_strlchr(p, last, '/');
-
-    if (slash) {
-        if (slash + 1 < last) {
-            db = ngx_atoi(slash + 1, last - slash - 1);
-            if (db == NGX_ERROR) {
-                goto invalid;
-            }
-
-            addr->db = db;
-        }
-
-        last = slash;
     }
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
-    u.url.data = p;
-    u.url.len = last - p;
+    u.url = parts.host;
     u.default_port = 6379;
 
     if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in Redis URL \"%*s\"",
-                           u.err ? u.err : "host not found",
-                           (size_t) (last - p), p);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in Redis URL \"%V\"",
+                           u.err ? u.err : "host not found", &parts.host);
         return NGX_ERROR;
     }
 
@@ -485,56 +435,28 @@ ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
                     - addr->url.data;
 
     return NGX_OK;
-
-invalid:
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid Redis URL \"%V\"", url);
-
-    return NGX_ERROR;
 }
 
 
-/* "[user]:password" or "password", percent-decoded */
+/* a user name or password, percent-decoded */
 
 static ngx_int_t
-ngx_http_redisgate_parse_userinfo(ngx_conf_t *cf, u_char *p, u_char *last,
-    ngx_http_redisgate_address_t *addr)
+ngx_http_redisgate_decode_userinfo(ngx_conf_t *cf, ngx_str_t *raw,
+    ngx_str_t *s)
 {
-    u_char     *colon;
-    ngx_str_t  *s, raw[2];
-    ngx_uint_t  i;
-
-    colon = ngx_strlchr(p, last, ':');
-
-    if (colon) {
-        raw[0].data = p;
-        raw[0].len = colon - p;
-        raw[1].data = colon + 1;
-        raw[1].len = last - colon - 1;
-
-    } else {
-        ngx_str_null(&raw[0]);
-        raw[1].data = p;
-        raw[1].len = last - p;
+    s->data = ngx_pnalloc(cf->pool, raw->len + 1);
+    if (s->data == NULL) {
+        return NGX_ERROR;
     }
 
-    for (i = 0; i < 2; i++) {
-        s = (i == 0) ? &addr->user : &addr->password;
-
-        s->data = ngx_pnalloc(cf->pool, raw[i].len + 1);
-        if (s->data == NULL) {
-            return NGX_ERROR;
-        }
-
-        if (ngx_http_redisgate_percent_decode(s->data, &s->len, raw[i].data,
-                                              raw[i].len)
-            != NGX_OK)
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "malformed percent-encoding in Redis URL "
-                               "credentials");
-            return NGX_ERROR;
-        }
+    if (ngx_http_redisgate_percent_decode(s->data, &s->len, raw->data,
+                                          raw->len)
+        != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "malformed percent-encoding in Redis URL "
+                           "credentials");
+        return NGX_ERROR;
     }
 
     return NGX_OK;

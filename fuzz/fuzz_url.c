@@ -1,0 +1,113 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * ngx_http_redisgate_parse_url(), then percent_decode() of the
+ * credentials as redisgate_instance does.  Input: the URL.
+ */
+
+
+#include <stdint.h>
+#include <string.h>
+
+#include "fuzz_alloc.h"
+
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+
+/* str lies inside [start, start + n) or is empty */
+#define FUZZ_INSIDE(str, start, n)                                           \
+    ((str).len == 0                                                          \
+     || ((str).data >= (start) && (str).data + (str).len <= (start) + (n)))
+
+
+static void
+fuzz_decode(ngx_str_t *s)
+{
+    u_char  *dst;
+    size_t   n;
+
+    dst = malloc(s->len ? s->len : 1);
+    if (dst == NULL) {
+        return;
+    }
+
+    n = (size_t) -1;
+
+    if (ngx_http_redisgate_percent_decode(dst, &n, s->data, s->len)
+        == NGX_OK)
+    {
+        FUZZ_CHECK(n <= s->len);
+    }
+
+    free(dst);
+}
+
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    u_char                    *buf;
+    ngx_int_t                  rc;
+    ngx_http_redisgate_url_t   u;
+
+    /* a copy of its own, so ASan sees reads past the end */
+
+    buf = malloc(size ? size : 1);
+    if (buf == NULL) {
+        return 0;
+    }
+
+    memcpy(buf, data, size);
+
+    rc = ngx_http_redisgate_parse_url(&u, buf, size);
+
+    FUZZ_CHECK(rc == NGX_OK || rc == NGX_ERROR);
+
+    if (rc == NGX_ERROR) {
+        FUZZ_CHECK(u.error != NULL);
+        free(buf);
+        fuzz_free_all();
+        return 0;
+    }
+
+    FUZZ_CHECK(u.error == NULL);
+    FUZZ_CHECK(u.db <= 0x7fffffff);
+    FUZZ_CHECK(FUZZ_INSIDE(u.host, buf, size));
+    FUZZ_CHECK(FUZZ_INSIDE(u.path, buf, size));
+    FUZZ_CHECK(FUZZ_INSIDE(u.user, buf, size));
+    FUZZ_CHECK(FUZZ_INSIDE(u.password, buf, size));
+
+    if (u.unix_socket) {
+        FUZZ_CHECK(size > 7 && memcmp(buf, "unix://", 7) == 0);
+        FUZZ_CHECK(u.host.len == 0);
+        FUZZ_CHECK(u.path.len > 0 && u.path.data[0] == '/');
+        FUZZ_CHECK(memchr(u.path.data, '?', u.path.len) == NULL);
+
+    } else {
+        FUZZ_CHECK(size > 8 && memcmp(buf, "redis://", 8) == 0);
+        FUZZ_CHECK(u.path.len == 0);
+        FUZZ_CHECK(u.host.len > 0);
+        FUZZ_CHECK(memchr(u.host.data, '/', u.host.len) == NULL);
+        FUZZ_CHECK(memchr(u.host.data, '@', u.host.len) == NULL);
+    }
+
+    if (!u.has_userinfo) {
+        FUZZ_CHECK(u.user.len == 0 && u.password.len == 0);
+
+    } else {
+        FUZZ_CHECK(u.user.len == 0
+                   || memchr(u.user.data, ':', u.user.len) == NULL);
+        fuzz_decode(&u.user);
+        fuzz_decode(&u.password);
+    }
+
+    free(buf);
+    fuzz_free_all();
+
+    return 0;
+}

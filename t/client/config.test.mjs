@@ -1,0 +1,115 @@
+// Configuration that nginx -t must refuse, with a message that says why and
+// never echoes a secret: Redis URLs, clear-text keys.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import {
+  NGINX_BIN, REDISGATE_MODULE, makeTmpDir, runProgram, sha256Hex, randomUUID,
+} from './harness.mjs';
+
+const ID = randomUUID();
+
+// nginx -t of a configuration with these lines in http {}
+async function nginxT(httpLines) {
+  const dir = makeTmpDir('rg-conf-');
+  const conf = path.join(dir, 'nginx.conf');
+  writeFileSync(conf, [
+    `load_module ${REDISGATE_MODULE};`,
+    `pid ${dir}/nginx.pid;`,
+    `error_log ${dir}/error.log;`,
+    'events { worker_connections 64; }',
+    'http {',
+    `  access_log off;`,
+    ...httpLines.map((l) => '  ' + l),
+    '  server { listen 127.0.0.1:1; location /redis/ { redisgate; } }',
+    '}',
+  ].join('\n') + '\n');
+  const r = await runProgram(NGINX_BIN, ['-t', '-p', dir + '/', '-c', conf],
+    { timeoutMs: 20000 });
+  return { code: r.code, out: r.stdout + r.stderr };
+}
+
+const instance = (url) => nginxT([`redisgate_instance ${ID} ${url};`]);
+
+test('valid Redis URLs pass nginx -t', async () => {
+  for (const url of [
+    'redis://127.0.0.1:6379/0',
+    'redis://127.0.0.1',
+    'redis://[::1]:6380/15',
+    'redis://:p%40ss@127.0.0.1:6379/2',
+    'redis://user:p@ss@127.0.0.1/1',         // the last '@' ends the password
+    'unix:///run/redis/redis.sock',
+    'unix://:secret@/run/redis/redis.sock?db=3',
+    'redis://127.0.0.1/2147483647',
+  ]) {
+    const r = await instance(url);
+    assert.equal(r.code, 0, `${url}: ${r.out}`);
+    assert.match(r.out, /test is successful/);
+  }
+});
+
+test('invalid Redis URLs are refused, each with its reason', async () => {
+  const cases = [
+    ['rediss://127.0.0.1:6379', /expected redis:\/\/ or unix:\/\/ \(TLS, rediss:\/\/, is not supported\): "rediss:\/\/127\.0\.0\.1:6379"/],
+    ['http://127.0.0.1:6379', /expected redis:\/\/ or unix:\/\//],
+    ['redis://', /expected redis:\/\/ or unix:\/\//],
+    ['redis:///3', /no host in Redis URL/],
+    ['redis://127.0.0.1/x', /invalid database number in Redis URL/],
+    ['redis://127.0.0.1/-1', /invalid database number in Redis URL/],
+    ['redis://127.0.0.1/2147483648', /invalid database number in Redis URL/],
+    ['redis://127.0.0.1/99999999999999999999999', /invalid database number in Redis URL/],
+    ['redis://127.0.0.1:99999', /invalid port in Redis URL "127\.0\.0\.1:99999"/],
+    ['unix://redis.sock', /the unix socket path must be absolute/],
+    ['unix:///run/redis.sock?database=1', /a unix socket URL takes only \?db=N/],
+    ['unix:///run/redis.sock?db=', /a unix socket URL takes only \?db=N/],
+    ['unix:///run/redis.sock?db=1x', /invalid database number/],
+  ];
+  for (const [url, why] of cases) {
+    const r = await instance(url);
+    assert.notEqual(r.code, 0, `${url} passed nginx -t`);
+    assert.match(r.out, /\[emerg\]/, url);
+    assert.match(r.out, why, `${url}: ${r.out}`);
+  }
+});
+
+test('a refused URL with credentials is not echoed', async () => {
+  const password = 'hunter2-' + sha256Hex(ID).slice(0, 12);
+  for (const url of [
+    `rediss://:${password}@127.0.0.1:6379`,
+    `redis://:${password}@127.0.0.1/notadb`,
+    `unix://:${password}@relative.sock`,
+    `redis://:${password}%zz@127.0.0.1`,
+  ]) {
+    const r = await instance(url);
+    assert.notEqual(r.code, 0, url);
+    assert.match(r.out, /\[emerg\]/, url);
+    assert.ok(!r.out.includes(password), `password echoed: ${r.out}`);
+  }
+  const bad = await instance(`redis://:${password}%zz@127.0.0.1`);
+  assert.match(bad.out, /malformed percent-encoding in Redis URL credentials/);
+});
+
+test('redisgate_key takes only a SHA-256, and never echoes what it got', async () => {
+  const token = 'rg_' + sha256Hex(ID);          // a token pasted by mistake
+  for (const arg of [token, `sha256:${token}`, `sha256:${sha256Hex(token).slice(1)}`]) {
+    const r = await nginxT([`redisgate_key ${arg};`]);
+    assert.notEqual(r.code, 0, arg);
+    assert.match(r.out, /key is not "sha256:<64 hex digits>": keys are configured by the SHA-256 of the token, never the token itself/);
+    assert.ok(!r.out.includes(token) && !r.out.includes(arg), r.out);
+  }
+  const nothex = await nginxT([`redisgate_key sha256:${'g'.repeat(64)};`]);
+  assert.notEqual(nothex.code, 0);
+  assert.match(nothex.out, /invalid hex digits in key hash/);
+
+  const hash = sha256Hex(token);
+  const twice = await nginxT([
+    `redisgate_key sha256:${hash} id=one;`,
+    `redisgate_key sha256:${hash.toUpperCase()} id=two;`,
+  ]);
+  assert.notEqual(twice.code, 0);
+  assert.match(twice.out, /key "(one|two)" has the same hash as key "(one|two)"/);
+
+  const ok = await nginxT([`redisgate_key sha256:${hash} id=one scopes=read;`]);
+  assert.equal(ok.code, 0, ok.out);
+});
