@@ -776,7 +776,12 @@ ngx_http_redisgate_send_commands(ngx_http_request_t *r,
         len += ngx_http_redisgate_resp_command_len(&ctx->cmds[i]);
     }
 
-    p = ngx_pnalloc(r->pool, len);
+    /*
+     * hiredis reads the byte after a formatted command (to see whether
+     * more arguments follow), as its own formatter NUL-terminates them
+     */
+
+    p = ngx_pnalloc(r->pool, len + 1);
     if (p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -792,6 +797,8 @@ ngx_http_redisgate_send_commands(ngx_http_request_t *r,
         p = ngx_http_redisgate_resp_command(p, &ctx->cmds[i - multi]);
         resp[i].len = p - resp[i].data;
     }
+
+    *p = '\0';
 
     if (multi) {
         resp[i++] = ngx_http_redisgate_exec;
