@@ -963,4 +963,6 @@ ngx_http_redisgate_exit_process(ngx_cycle_t *cycle)
     if (rmcf->pg) {
         ngx_http_redisgate_pg_exit_process(rmcf->pg);
     }
+
+    ngx_http_redisgate_auth_exit_process();
 }

@@ -317,6 +317,7 @@ ngx_int_t ngx_http_redisgate_static_init(ngx_conf_t *cf,
     ngx_http_redisgate_main_conf_t *rmcf);
 
 /* auth.c: token + instance -> organization, scopes, backend */
+void ngx_http_redisgate_auth_exit_process(void);
 ngx_int_t ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     ngx_str_t *instance, ngx_http_redisgate_auth_t *auth,
     ngx_http_redisgate_resolved_pt done);

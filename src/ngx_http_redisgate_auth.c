@@ -209,6 +209,31 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
 }
 
 
+/* what valgrind would count as lost once nginx unloads the module */
+
+void
+ngx_http_redisgate_auth_exit_process(void)
+{
+    if (ngx_http_redisgate_front) {
+        ngx_free(ngx_http_redisgate_front);
+        ngx_http_redisgate_front = NULL;
+    }
+
+    if (ngx_http_redisgate_sha256_ctx) {
+        EVP_MD_CTX_free(ngx_http_redisgate_sha256_ctx);
+        ngx_http_redisgate_sha256_ctx = NULL;
+    }
+
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+    if (ngx_http_redisgate_sha256_md) {
+        EVP_MD_free((EVP_MD *) ngx_http_redisgate_sha256_md);
+    }
+#endif
+
+    ngx_http_redisgate_sha256_md = NULL;
+}
+
+
 static ngx_int_t
 ngx_http_redisgate_sha256(ngx_str_t *token, u_char *hash)
 {
