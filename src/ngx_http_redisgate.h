@@ -362,6 +362,7 @@ void ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
     time_t ttl, time_t stale);
 ngx_uint_t ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
     ngx_str_t *what);
+void ngx_http_redisgate_cache_expire_all(ngx_http_redisgate_cache_t *cache);
 void ngx_http_redisgate_cache_count_hit(ngx_http_redisgate_cache_t *cache);
 ngx_atomic_uint_t ngx_http_redisgate_cache_generation(
     ngx_http_redisgate_cache_t *cache);

@@ -389,6 +389,41 @@ ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
 }
 
 
+/*
+ * Whatever changed while nobody listened is unknown: every entry is looked
+ * up again, but stays usable as stale while the key store cannot answer
+ * (its lookup connections may still be backing off when the listener is
+ * back, and deleting the entries would turn that into 500s).
+ */
+
+void
+ngx_http_redisgate_cache_expire_all(ngx_http_redisgate_cache_t *cache)
+{
+    time_t                            now;
+    ngx_queue_t                      *q;
+    ngx_http_redisgate_cache_node_t  *cn;
+
+    now = ngx_time();
+
+    ngx_shmtx_lock(&cache->zone.shpool->mutex);
+
+    (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->generation, 1);
+
+    for (q = ngx_queue_head(&cache->zone.sh->queue);
+         q != ngx_queue_sentinel(&cache->zone.sh->queue);
+         q = ngx_queue_next(q))
+    {
+        cn = ngx_queue_data(q, ngx_http_redisgate_cache_node_t, queue);
+
+        if (cn->fresh_until > now) {
+            cn->fresh_until = now;
+        }
+    }
+
+    ngx_shmtx_unlock(&cache->zone.shpool->mutex);
+}
+
+
 /* a hit a worker served from what it remembers, counted all the same */
 
 void

@@ -130,7 +130,6 @@ static void ngx_http_redisgate_pg_want_write(ngx_http_redisgate_pg_conn_t *pc,
     ngx_uint_t want);
 
 
-static ngx_str_t  ngx_http_redisgate_pg_all = ngx_string("all");
 
 static char  ngx_http_redisgate_pg_default_query[] =
     "SELECT key_id, organization_id, scopes, expires_at, "
@@ -902,10 +901,9 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
             return;
         }
 
-        /* listening now: whatever changed while nobody listened goes */
+        /* listening now: whatever changed while nobody listened expires */
         if (pc->pg->cache) {
-            (void) ngx_http_redisgate_cache_evict(pc->pg->cache,
-                                               &ngx_http_redisgate_pg_all);
+            ngx_http_redisgate_cache_expire_all(pc->pg->cache);
         }
 
         return;
