@@ -129,13 +129,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             (void) sink;
         }
 
-        if (rt.token.len) {
-            FUZZ_CHECK(rt.token.data >= query
-                       && rt.token.data + rt.token.len <= query + query_len);
-        }
-
     } else if (rc == NGX_OK) {
         FUZZ_CHECK(rt.kind <= NGX_HTTP_REDISGATE_ROUTE_MULTI);
+    }
+
+    if (rc == NGX_OK && rt.token.len) {
+        /* every route takes ?_token= */
+        FUZZ_CHECK(rt.token.data >= query
+                   && rt.token.data + rt.token.len <= query + query_len);
     }
 
     /* percent_decode() on the whole input: never longer */

@@ -498,7 +498,7 @@ ngx_http_redisgate_decode_body(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx)
 {
     u_char                     *buf;
-    off_t                       offset;
+    off_t                       offset, size;
     ssize_t                     n;
     ngx_int_t                   rc;
     ngx_buf_t                  *b;
@@ -533,7 +533,17 @@ ngx_http_redisgate_decode_body(ngx_http_request_t *r,
         break;
     }
 
-    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+    /* "Content-Length: 0" still gets one empty buffer from nginx */
+
+    size = 0;
+
+    if (r->request_body) {
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            size += ngx_buf_size(cl->buf);
+        }
+    }
+
+    if (size == 0) {
         return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
                                   "empty request body: expected a JSON array");
     }

@@ -53,7 +53,7 @@ ngx_http_redisgate_parse_route(ngx_http_redisgate_route_t *rt, u_char *path,
                     : NGX_HTTP_REDISGATE_ROUTE_NONE;
 
     if (p == last) {
-        return NGX_OK;
+        goto token_only;
     }
 
     p++;
@@ -62,12 +62,12 @@ ngx_http_redisgate_parse_route(ngx_http_redisgate_route_t *rt, u_char *path,
 
     if (ngx_http_redisgate_route_is(p, n, &ngx_http_redisgate_route_pipeline)) {
         rt->kind = NGX_HTTP_REDISGATE_ROUTE_PIPELINE;
-        return NGX_OK;
+        goto token_only;
     }
 
     if (ngx_http_redisgate_route_is(p, n, &ngx_http_redisgate_route_multi)) {
         rt->kind = NGX_HTTP_REDISGATE_ROUTE_MULTI;
-        return NGX_OK;
+        goto token_only;
     }
 
     rt->kind = NGX_HTTP_REDISGATE_ROUTE_PATH;
@@ -172,6 +172,36 @@ ngx_http_redisgate_parse_route(ngx_http_redisgate_route_t *rt, u_char *path,
             {
                 return rt->error ? NGX_ABORT : NGX_ERROR;
             }
+        }
+
+        p = pair_end + 1;
+    }
+
+    return NGX_OK;
+
+token_only:
+
+    /* commands come from the body: the query holds nothing but _token */
+
+    p = query;
+    last = query + query_len;
+
+    while (p < last) {
+        pair_end = ngx_strlchr(p, last, '&');
+        if (pair_end == NULL) {
+            pair_end = last;
+        }
+
+        eq = ngx_strlchr(p, pair_end, '=');
+
+        if (eq
+            && (size_t) (eq - p) == ngx_http_redisgate_route_token.len
+            && ngx_memcmp(p, ngx_http_redisgate_route_token.data,
+                          ngx_http_redisgate_route_token.len)
+               == 0)
+        {
+            rt->token.data = eq + 1;
+            rt->token.len = pair_end - eq - 1;
         }
 
         p = pair_end + 1;
