@@ -5,7 +5,8 @@
 #   make deps       install the Debian and npm packages everything needs
 #   make run        start Redis, nginx and a demo instance/key; Ctrl-C stops
 #   make stop       stop what "make run" started (from another shell)
-#   make test       build, then run the Test::Nginx and @upstash/redis suites
+#   make test       build, run the Test::Nginx and @upstash/redis suites,
+#                   then the short forms of fuzz, asan and valgrind below
 
 SHELL := /bin/bash
 
@@ -37,10 +38,12 @@ export NGINX_BIN MODULE
 BUILD_PKGS := gcc make nginx nginx-dev libhiredis-dev libyajl-dev libpq-dev \
               libssl-dev libpcre2-dev zlib1g-dev
 RUN_PKGS := redis-server postgresql postgresql-client curl
-TEST_PKGS := libtest-base-perl libtext-diff-perl perl dnsmasq-base
+TEST_PKGS := libtest-base-perl libtext-diff-perl perl dnsmasq-base \
+             valgrind clang libclang-rt-14-dev
 
 .PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE \
-        bench bench-deps soak asan fuzz fuzz-deps
+        bench bench-deps soak asan fuzz fuzz-deps valgrind faults \
+        test-short-hardening
 
 all: $(MODULE)
 
@@ -116,6 +119,17 @@ stop:
 test: build-deps test-deps
 	@$(MAKE) --no-print-directory all
 	t/run-tests
+	@$(MAKE) --no-print-directory test-short-hardening
+
+# the short forms, each the same on every machine: fuzzing with a fixed
+# seed from the committed corpora, and the Test::Nginx suites (t/*.t)
+# under AddressSanitizer + UBSan and under valgrind
+test-short-hardening:
+	@$(MAKE) --no-print-directory fuzz FUZZ_RUNS=$(FUZZ_SHORT_RUNS)
+	@$(MAKE) --no-print-directory asan TEST_FILES=t
+	@$(MAKE) --no-print-directory valgrind TEST_FILES=t
+
+FUZZ_SHORT_RUNS := 300000
 
 # make bench: RedisGate against nginx's return 200, webdis, an nginx + Lua
 # gateway and redis-benchmark, on loopback, a few minutes (BENCH_QUICK=1: a
@@ -145,7 +159,9 @@ asan: build-deps test-deps
 	    all
 	rm -rf $(ASAN_BUILD)/reports && mkdir -p $(ASAN_BUILD)/reports
 	REDISGATE_ASAN_DIR=$(ASAN_BUILD)/reports NGINX_BIN=$(CURDIR)/tools/asan-nginx \
-	    MODULE=$(ASAN_BUILD)/ngx_http_redisgate_module.so t/run-tests
+	    NGINX_REAL=$(NGINX_BIN) \
+	    MODULE=$(ASAN_BUILD)/ngx_http_redisgate_module.so \
+	    TEST_FILES=$(TEST_FILES) t/run-tests
 	@if ls $(ASAN_BUILD)/reports/report.* >/dev/null 2>&1; then \
 	    cat $(ASAN_BUILD)/reports/report.*; echo "make asan: reports above"; \
 	    exit 1; fi
@@ -160,4 +176,26 @@ fuzz-deps: build-deps
 fuzz: fuzz-deps
 	@$(MAKE) --no-print-directory $(OBJS)/Makefile
 	@$(MAKE) --no-print-directory -f fuzz/Makefile run \
-	    NGINX_SRC=$(NGINX_SRC) BUILD=$(BUILD) OBJS=$(OBJS)
+	    NGINX_SRC=$(NGINX_SRC) BUILD=$(BUILD) OBJS=$(OBJS) \
+	    FUZZ_RUNS=$(FUZZ_RUNS)
+
+# make valgrind: the suites with nginx under valgrind's memcheck
+# (tools/valgrind-nginx; Test::Nginx runs it with master_process off, the
+# client suites with their workers followed); any memcheck error or
+# definite leak fails it (tools/valgrind-report)
+VALGRIND_DIR := $(BUILD)/valgrind
+
+valgrind: build-deps test-deps
+	@$(MAKE) --no-print-directory all
+	rm -rf $(VALGRIND_DIR) && mkdir -p $(VALGRIND_DIR)
+	REDISGATE_VALGRIND_DIR=$(VALGRIND_DIR) \
+	    NGINX_BIN=$(CURDIR)/tools/valgrind-nginx NGINX_REAL=$(NGINX_BIN) \
+	    TEST_FILES=$(TEST_FILES) t/run-tests
+	tools/valgrind-report $(VALGRIND_DIR)
+
+# make faults: t/client/load.test.mjs, its phases FAULT_SECONDS (60) each
+FAULT_SECONDS ?= 60
+
+faults: build-deps test-deps
+	@$(MAKE) --no-print-directory all
+	cd t/client && FAULT_SECONDS=$(FAULT_SECONDS) node --test load.test.mjs
