@@ -13,6 +13,9 @@
 static ngx_int_t ngx_http_redisgate_hex(u_char c);
 static ngx_int_t ngx_http_redisgate_route_is(u_char *p, size_t len,
     ngx_str_t *name);
+static ngx_int_t ngx_http_redisgate_route_query(
+    ngx_http_redisgate_route_t *rt, u_char *query, size_t query_len,
+    ngx_uint_t args, ngx_http_redisgate_alloc_t *a);
 static ngx_int_t ngx_http_redisgate_route_push(ngx_http_redisgate_route_t *rt,
     u_char *p, size_t len, ngx_http_redisgate_alloc_t *a);
 
@@ -27,9 +30,8 @@ ngx_http_redisgate_parse_route(ngx_http_redisgate_route_t *rt, u_char *path,
     size_t len, u_char *query, size_t query_len, ngx_uint_t body,
     ngx_http_redisgate_alloc_t *a)
 {
-    u_char      *p, *last, *seg, *eq, *pair_end;
+    u_char      *p, *last, *seg;
     size_t       n;
-    ngx_str_t    key;
     ngx_uint_t   max;
 
     last = path + len;
@@ -120,11 +122,27 @@ ngx_http_redisgate_parse_route(ngx_http_redisgate_route_t *rt, u_char *path,
         ngx_str_null(&rt->cmd.argv[rt->body_slot]);
     }
 
-    if (query_len == 0) {
-        return NGX_OK;
-    }
+    return ngx_http_redisgate_route_query(rt, query, query_len, 1, a);
 
-    /* ?EX=100&NX -> "EX", "100", "NX"; _token is never an argument */
+token_only:
+
+    /* commands come from the body: the query holds nothing but _token */
+
+    return ngx_http_redisgate_route_query(rt, query, query_len, 0, a);
+}
+
+
+/*
+ * ?EX=100&NX -> "EX", "100", "NX" when args is set; _token is never an
+ * argument, and the last one counts
+ */
+
+static ngx_int_t
+ngx_http_redisgate_route_query(ngx_http_redisgate_route_t *rt, u_char *query,
+    size_t query_len, ngx_uint_t args, ngx_http_redisgate_alloc_t *a)
+{
+    u_char     *p, *last, *eq, *pair_end;
+    ngx_str_t   key;
 
     p = query;
     last = query + query_len;
@@ -145,6 +163,8 @@ ngx_http_redisgate_parse_route(ngx_http_redisgate_route_t *rt, u_char *path,
         key.data = p;
         key.len = (eq ? eq : pair_end) - p;
 
+        p = pair_end + 1;
+
         if (key.len == ngx_http_redisgate_route_token.len
             && ngx_memcmp(key.data, ngx_http_redisgate_route_token.data,
                           key.len)
@@ -155,7 +175,10 @@ ngx_http_redisgate_parse_route(ngx_http_redisgate_route_t *rt, u_char *path,
                 rt->token.len = pair_end - eq - 1;
             }
 
-            p = pair_end + 1;
+            continue;
+        }
+
+        if (!args) {
             continue;
         }
 
@@ -165,46 +188,12 @@ ngx_http_redisgate_parse_route(ngx_http_redisgate_route_t *rt, u_char *path,
             return rt->error ? NGX_ABORT : NGX_ERROR;
         }
 
-        if (eq) {
-            if (ngx_http_redisgate_route_push(rt, eq + 1, pair_end - eq - 1,
-                                              a)
-                != NGX_OK)
-            {
-                return rt->error ? NGX_ABORT : NGX_ERROR;
-            }
-        }
-
-        p = pair_end + 1;
-    }
-
-    return NGX_OK;
-
-token_only:
-
-    /* commands come from the body: the query holds nothing but _token */
-
-    p = query;
-    last = query + query_len;
-
-    while (p < last) {
-        pair_end = ngx_strlchr(p, last, '&');
-        if (pair_end == NULL) {
-            pair_end = last;
-        }
-
-        eq = ngx_strlchr(p, pair_end, '=');
-
         if (eq
-            && (size_t) (eq - p) == ngx_http_redisgate_route_token.len
-            && ngx_memcmp(p, ngx_http_redisgate_route_token.data,
-                          ngx_http_redisgate_route_token.len)
-               == 0)
+            && ngx_http_redisgate_route_push(rt, eq + 1, pair_end - eq - 1, a)
+               != NGX_OK)
         {
-            rt->token.data = eq + 1;
-            rt->token.len = pair_end - eq - 1;
+            return rt->error ? NGX_ABORT : NGX_ERROR;
         }
-
-        p = pair_end + 1;
     }
 
     return NGX_OK;
