@@ -234,12 +234,13 @@ export async function startRedis(extraArgs = []) {
  * workers:   worker_processes (default 1)
  * http:      extra directives at http level (string)
  * location:  extra directives inside `location /redis/` (string)
+ * logLevel:  of error.log (default debug; long load runs would write GBs)
  * servers:   optional list of { location } for more server blocks on their
  *            own ports (same instances/keys, different per-location
  *            directives, e.g. a shorter redisgate_timeout); their bases are
  *            in nginx.bases[1..]
  */
-export async function startNginx({ instances = [], keys = [], http = '', location = '', servers = [], workers = 1, timeoutMs = 10000 }) {
+export async function startNginx({ instances = [], keys = [], http = '', location = '', servers = [], workers = 1, timeoutMs = 10000, logLevel = 'debug' }) {
   if (!existsSync(REDISGATE_MODULE)) {
     throw new Error(`module not found at ${REDISGATE_MODULE} (run make, or set REDISGATE_MODULE)`);
   }
@@ -260,7 +261,7 @@ export async function startNginx({ instances = [], keys = [], http = '', locatio
   if (isRoot) lines.push('user root root;');
   lines.push(`worker_processes ${workers};`);
   lines.push(`pid ${dir}/nginx.pid;`);
-  lines.push(`error_log ${dir}/error.log debug;`);
+  lines.push(`error_log ${dir}/error.log ${logLevel};`);
   lines.push('events { worker_connections 1024; }');
   lines.push('http {');
   lines.push(`  access_log ${dir}/access.log;`);

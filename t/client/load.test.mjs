@@ -193,6 +193,7 @@ before(async () => {
   slow = await startSlowProxy(slowBack);
   nginx = await startNginx({
     workers: WORKERS,
+    logLevel: 'info',
     instances: [
       { uuid: A, url: flaky.url },
       { uuid: B, url: steady.url },
@@ -363,7 +364,7 @@ test('thousands of clients aborting mid-request: nothing leaks, everyone else se
     (s) => s.write(`POST /redis/${B}/pipeline HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n` +
                    `Content-Length: ${pipeline.length}\r\n\r\n${pipeline.slice(0, pipeline.length / 10)}`),
     // a whole request to the slow Redis, gone before it answers
-    (s) => s.write(`GET /redis/${S}/get/load:big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n\r\n`),
+    (s) => s.write(`GET /redis/${S}/echo/gone HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n\r\n`),
     // a whole pipeline, gone at once
     (s) => s.write(`POST /redis/${B}/pipeline HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n` +
                    `Content-Length: ${pipeline.length}\r\n\r\n${pipeline}`),
@@ -478,6 +479,7 @@ test('PostgreSQL SIGKILLed and restarted under load: cached keys keep working, t
   assert.match(org, /^[0-9a-f-]{36}$/);
   pgNginx = await startNginx({
     workers: WORKERS,
+    logLevel: 'info',
     http: [
       `redisgate_pg "${pg.conninfo('application_name=rg-load')}";`,
       'redisgate_pg_timeout 1s;',
