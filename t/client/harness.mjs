@@ -235,12 +235,13 @@ export async function startRedis(extraArgs = []) {
  * http:      extra directives at http level (string)
  * location:  extra directives inside `location /redis/` (string)
  * logLevel:  of error.log (default debug; long load runs would write GBs)
+ * workerConnections: events { worker_connections } (default 1024)
  * servers:   optional list of { location } for more server blocks on their
  *            own ports (same instances/keys, different per-location
  *            directives, e.g. a shorter redisgate_timeout); their bases are
  *            in nginx.bases[1..]
  */
-export async function startNginx({ instances = [], keys = [], http = '', location = '', servers = [], workers = 1, timeoutMs = 10000, logLevel = 'debug' }) {
+export async function startNginx({ instances = [], keys = [], http = '', location = '', servers = [], workers = 1, timeoutMs = 10000, logLevel = 'debug', workerConnections = 1024 }) {
   if (!existsSync(REDISGATE_MODULE)) {
     throw new Error(`module not found at ${REDISGATE_MODULE} (run make, or set REDISGATE_MODULE)`);
   }
@@ -262,7 +263,7 @@ export async function startNginx({ instances = [], keys = [], http = '', locatio
   lines.push(`worker_processes ${workers};`);
   lines.push(`pid ${dir}/nginx.pid;`);
   lines.push(`error_log ${dir}/error.log ${logLevel};`);
-  lines.push('events { worker_connections 1024; }');
+  lines.push(`events { worker_connections ${workerConnections}; }`);
   lines.push('http {');
   lines.push(`  access_log ${dir}/access.log;`);
   for (const t of ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) {

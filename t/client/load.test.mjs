@@ -545,3 +545,62 @@ test('PostgreSQL SIGKILLed and restarted under load: cached keys keep working, t
     'an unused key works again too');
   assertHealthy(pgNginx);
 });
+
+test('the key store queue is bounded: past 1024 lookups a worker answers 500 "overloaded" at once', async (t) => {
+  await pg.admin('org', 'create', 'queue', '--plan', 'unlimited');
+  const inst = (await pg.admin('instance', 'create', 'queue', 'main', `127.0.0.1:${steady.port}`, '--db', '4')).instance_id;
+  const valid = (await pg.admin('key', 'create', 'queue', 'main')).token;
+  const LOCK = 4242;
+  // one connection, and a lookup that waits while this test holds a lock
+  const ng = await startNginx({
+    workers: 1,
+    workerConnections: 4096,
+    logLevel: 'info',
+    http: [
+      `redisgate_pg "${pg.conninfo('application_name=rg-queue')}" connections=1;`,
+      'redisgate_pg_timeout 20s;',
+      'redisgate_cache zone=queue_keys:1m;',
+      // (an argument, so that the lock is taken even when no row matches)
+      'redisgate_pg_query "SELECT * FROM redisgate.lookup(CASE WHEN ' +
+        `pg_advisory_xact_lock_shared(${LOCK}) IS NULL THEN NULL ELSE $1 END, $2::uuid)";`,
+    ].join('\n'),
+  });
+  try {
+    // held until released below (at most 30 s)
+    const held = pg.sql(`select pg_advisory_lock(${LOCK}); select pg_sleep(30);`, { timeoutMs: 60000 })
+      .catch(() => { /* terminated: that is the release */ });
+    assert.ok(await untilOk(async () => Number(await pg.sql(
+      `select count(*) from pg_locks where locktype = 'advisory' and objid = ${LOCK} and granted`)) === 1, 50, 50),
+    'the lock is held');
+
+    const N = 1100;
+    const t0 = Date.now();
+    let early = 0;
+    const pending = Array.from({ length: N }, () => request({
+      port: ng.port,
+      path: `/redis/${inst}/ping`,
+      headers: { Authorization: `Bearer rg_${randomBytes(32).toString('hex')}` },
+    }).then((r) => { early++; return r; }, (e) => ({ status: e.code || 'error', text: '' })));
+    // what does not fit is refused at once; then the key store goes on
+    await untilOk(async () => early >= N - 1024, 200, 100);
+    await sleep(200);
+    const answeredEarly = early;
+    await pg.sql(`select pg_terminate_backend(pid) from pg_locks
+                   where locktype = 'advisory' and objid = ${LOCK} and mode = 'ExclusiveLock'`);
+    await held;
+    const answers = await Promise.all(pending);
+
+    const count = (pred) => answers.filter(pred).length;
+    const overloaded = count((r) => r.status === 500 && r.json?.error === 'key store is overloaded');
+    const unknown = count((r) => r.status === 401 && r.json?.error === 'Unauthorized: invalid API key');
+    t.diagnostic(`${N} lookups at once: ${overloaded} overloaded, ${unknown} answered 401 once the key store went on (${Date.now() - t0} ms)`);
+    assert.equal(answeredEarly, N - 1024, 'only the refused ones were answered while the lookups waited');
+    assert.equal(overloaded, N - 1024, 'exactly what did not fit in the queue');
+    assert.equal(unknown, 1024);
+    assert.deepEqual((await request({ port: ng.port, path: `/redis/${inst}/ping`, headers: { Authorization: `Bearer ${valid}` } })).json,
+      { result: 'PONG' });
+    assertHealthy(ng);
+  } finally {
+    await ng.stop();
+  }
+});
