@@ -1,0 +1,70 @@
+// Shared zones that fill up never fail a request: a rate limit zone too
+// small for its organizations drops the one idle the longest, and keeps
+// counting the recent ones.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startRedis, startNginx, randomUUID, rg, assertCleanErrorLog } from './harness.mjs';
+
+const ORGS = 2000;
+let redisSrv;
+let nginx;
+const orgs = Array.from({ length: ORGS }, (_, i) => ({
+  name: `zone-org-${i}`,
+  instance: randomUUID(),
+  token: `rg_zone_${i}_${randomUUID()}`,
+}));
+
+before(async () => {
+  redisSrv = await startRedis();
+  nginx = await startNginx({
+    instances: orgs.map((o) => ({ uuid: o.instance, url: redisSrv.url, organization: o.name })),
+    keys: orgs.map((o) => ({ token: o.token, id: o.name, organization: o.name })),
+    // the smallest zone: 8 pages; buckets of 1000 commands, slow to refill
+    http: 'redisgate_limit zone=tiny_rates:32k rate=1r/s burst=1000;',
+  });
+});
+
+after(async () => {
+  try {
+    if (nginx) {
+      await nginx.stop();
+      assertCleanErrorLog(nginx.errorLog());
+    }
+  } finally {
+    await redisSrv?.stop();
+  }
+});
+
+const ping = (o) => rg(nginx, o.instance, o.token, '/ping');
+
+test('a full limit zone drops the organization idle the longest; no request fails', async () => {
+  // the first organization spends half its bucket
+  const half = await rg(nginx, orgs[0].instance, orgs[0].token, '/pipeline', {
+    method: 'POST', body: JSON.stringify(Array.from({ length: 500 }, () => ['PING'])),
+  });
+  assert.equal(half.status, 200);
+  assert.equal(half.headers.get('ratelimit-remaining'), '500');
+
+  for (let i = 1; i < ORGS; i += 50) {
+    const rs = await Promise.all(orgs.slice(i, i + 50).map(ping));
+    for (const r of rs) {
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.headers.get('ratelimit-limit'), '1000');
+    }
+  }
+
+  // a recent organization is still counted, request after request
+  const last = orgs[ORGS - 1];
+  const spend = (n) => rg(nginx, last.instance, last.token, '/pipeline', {
+    method: 'POST', body: JSON.stringify(Array.from({ length: n }, () => ['PING'])),
+  });
+  await spend(500);
+  const left = Number((await spend(400)).headers.get('ratelimit-remaining'));
+  assert.ok(left < 200, `the recent organization's bucket kept its count (${left} left)`);
+  // the first one left the zone while idle: a new, full bucket (kept, it
+  // would hold about 500 plus a token per second since)
+  const again = await ping(orgs[0]);
+  assert.equal(again.status, 200);
+  assert.equal(again.headers.get('ratelimit-remaining'), '999',
+    'the idle organization left the zone, and came back with a new bucket');
+});
