@@ -1,9 +1,10 @@
 // Shared zones that fill up never fail a request: a rate limit zone too
 // small for its organizations drops the one idle the longest, and keeps
-// counting the recent ones.
+// counting the recent ones; a full usage zone loses counts, says how many,
+// and writes what it kept.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startRedis, startNginx, randomUUID, rg, assertCleanErrorLog } from './harness.mjs';
+import { startRedis, startNginx, startPg, randomUUID, rg, assertCleanErrorLog } from './harness.mjs';
 
 const ORGS = 2000;
 let redisSrv;
@@ -67,4 +68,48 @@ test('a full limit zone drops the organization idle the longest; no request fail
   assert.equal(again.status, 200);
   assert.equal(again.headers.get('ratelimit-remaining'), '999',
     'the idle organization left the zone, and came back with a new bucket');
+});
+
+test('a full usage zone loses counts with a warning, never a request; what it kept is written', async (t) => {
+  const pg = await startPg();
+  let ng;
+  try {
+    const N = 300;
+    const org = (await pg.admin('org', 'create', 'metered', '--plan', 'unlimited')).organization_id;
+    const instances = (await pg.rows(`
+      select redisgate.create_instance(:'org'::uuid, 'i' || g, :'addr', 0)
+        from generate_series(1, :'n'::integer) g`,
+    { vars: { org, addr: `127.0.0.1:${redisSrv.port}`, n: N } })).map(([id]) => id);
+    const token = (await pg.admin('key', 'create', 'metered', 'app')).token;
+    ng = await startNginx({
+      http: [
+        `redisgate_pg "${pg.conninfo()}";`,
+        'redisgate_cache zone=usage_keys:1m;',
+        'redisgate_usage zone=tiny_usage:32k interval=1s;',
+      ].join('\n'),
+    });
+    for (let i = 0; i < N; i += 50) {
+      const rs = await Promise.all(instances.slice(i, i + 50).map((id) => rg(ng, id, token, '/ping')));
+      for (const r of rs) assert.equal(r.status, 200, r.text);
+    }
+    // every request is either written or counted as lost, nothing else
+    let lost = 0;
+    let written = 0;
+    for (let i = 0; i < 100 && lost + written < N; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      lost = [...ng.errorLog().matchAll(/usage zone was full, (\d+) counts lost/g)]
+        .reduce((s, m) => s + Number(m[1]), 0);
+      written = Number(await pg.sql(
+        `select coalesce(sum(requests), 0) from redisgate.usage_minutes where organization_id = :'org'`,
+        { vars: { org } }));
+    }
+    t.diagnostic(`${N} requests on ${N} instances: ${written} written, ${lost} lost`);
+    assert.ok(lost > 0, 'the zone was full');
+    assert.ok(written > 0, 'what it kept was written');
+    assert.equal(written + lost, N);
+    assertCleanErrorLog(ng.errorLog());
+  } finally {
+    await ng?.stop();
+    await pg.stop();
+  }
 });
