@@ -64,6 +64,9 @@ struct ngx_http_redisgate_cache_s {
 #define ngx_http_redisgate_cache_sh(cache)                                    \
     ((ngx_http_redisgate_cache_shctx_t *) (cache)->zone.sh)
 
+#define ngx_http_redisgate_cache_inc(cache, counter)                          \
+    (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->counter, 1)
+
 
 static ngx_http_redisgate_cache_node_t *ngx_http_redisgate_cache_find(
     ngx_http_redisgate_cache_t *cache, uint32_t hash, u_char *key);
@@ -141,7 +144,7 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
         }
 
         ngx_shmtx_unlock(&cache->zone.shpool->mutex);
-        (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->misses, 1);
+        ngx_http_redisgate_cache_inc(cache, misses);
         return NGX_DECLINED;
     }
 
@@ -187,7 +190,7 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
     ngx_shmtx_unlock(&cache->zone.shpool->mutex);
 
     if (rc == NGX_OK) {
-        (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->hits, 1);
+        ngx_http_redisgate_cache_inc(cache, hits);
     }
 
     return rc;
@@ -258,7 +261,7 @@ ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
         cn = ngx_queue_data(q, ngx_http_redisgate_cache_node_t, queue);
 
         ngx_http_redisgate_cache_delete(cache, cn);
-        (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->evictions, 1);
+        ngx_http_redisgate_cache_inc(cache, evictions);
     }
 
     if (node == NULL) {
@@ -346,7 +349,7 @@ ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
     ngx_shmtx_lock(&cache->zone.shpool->mutex);
 
     /* answers read before this must not be cached after it */
-    (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->generation, 1);
+    ngx_http_redisgate_cache_inc(cache, generation);
 
     for (q = ngx_queue_head(&cache->zone.sh->queue);
          q != ngx_queue_sentinel(&cache->zone.sh->queue);
@@ -407,7 +410,7 @@ ngx_http_redisgate_cache_expire_all(ngx_http_redisgate_cache_t *cache)
 
     ngx_shmtx_lock(&cache->zone.shpool->mutex);
 
-    (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->generation, 1);
+    ngx_http_redisgate_cache_inc(cache, generation);
 
     for (q = ngx_queue_head(&cache->zone.sh->queue);
          q != ngx_queue_sentinel(&cache->zone.sh->queue);
@@ -429,7 +432,7 @@ ngx_http_redisgate_cache_expire_all(ngx_http_redisgate_cache_t *cache)
 void
 ngx_http_redisgate_cache_count_hit(ngx_http_redisgate_cache_t *cache)
 {
-    (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->hits, 1);
+    ngx_http_redisgate_cache_inc(cache, hits);
 }
 
 
