@@ -41,6 +41,7 @@ test('valid Redis URLs pass nginx -t', async () => {
     'redis://user:p@ss@127.0.0.1/1',         // the last '@' ends the password
     'unix:///run/redis/redis.sock',
     'unix://:secret@/run/redis/redis.sock?db=3',
+    'unix://secret@/run/redis/redis.sock',    // a password, no user name
     'redis://127.0.0.1/2147483647',
   ]) {
     const r = await instance(url);
