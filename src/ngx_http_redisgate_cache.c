@@ -402,7 +402,7 @@ ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
 void
 ngx_http_redisgate_cache_expire_all(ngx_http_redisgate_cache_t *cache)
 {
-    time_t                            now;
+    time_t                            now, window;
     ngx_queue_t                      *q;
     ngx_http_redisgate_cache_node_t  *cn;
 
@@ -419,7 +419,16 @@ ngx_http_redisgate_cache_expire_all(ngx_http_redisgate_cache_t *cache)
         cn = ngx_queue_data(q, ngx_http_redisgate_cache_node_t, queue);
 
         if (cn->fresh_until > now) {
-            cn->fresh_until = now;
+
+            /*
+             * fresh for no worker, whatever its clock says; stale for the
+             * entry's own window from now: none for unknown keys or with
+             * stale=0, which the next get then deletes
+             */
+
+            window = cn->stale_until - cn->fresh_until;
+            cn->fresh_until = 0;
+            cn->stale_until = window ? now + window : 0;
         }
     }
 

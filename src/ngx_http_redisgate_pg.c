@@ -130,7 +130,6 @@ static void ngx_http_redisgate_pg_want_write(ngx_http_redisgate_pg_conn_t *pc,
     ngx_uint_t want);
 
 
-
 static char  ngx_http_redisgate_pg_default_query[] =
     "SELECT key_id, organization_id, scopes, expires_at, "
     "organization_status, instance_status, redis_address, redis_db, "

@@ -144,6 +144,11 @@ ngx_http_redisgate_route_query(ngx_http_redisgate_route_t *rt, u_char *query,
     u_char     *p, *last, *eq, *pair_end;
     ngx_str_t   key;
 
+    if (query_len == 0) {
+        /* query may be NULL then */
+        return NGX_OK;
+    }
+
     p = query;
     last = query + query_len;
 
@@ -163,7 +168,8 @@ ngx_http_redisgate_route_query(ngx_http_redisgate_route_t *rt, u_char *query,
         key.data = p;
         key.len = (eq ? eq : pair_end) - p;
 
-        p = pair_end + 1;
+        /* not past the end: the last pair has no '&' after it */
+        p = (pair_end == last) ? last : pair_end + 1;
 
         if (key.len == ngx_http_redisgate_route_token.len
             && ngx_memcmp(key.data, ngx_http_redisgate_route_token.data,

@@ -24,6 +24,7 @@ static ngx_int_t ngx_http_redisgate_decode_userinfo(ngx_conf_t *cf,
     ngx_str_t *raw, ngx_str_t *s);
 static ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
     ngx_conf_t *cf, ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url);
+static ngx_uint_t ngx_http_redisgate_str_eq(ngx_str_t *one, ngx_str_t *two);
 static int ngx_libc_cdecl ngx_http_redisgate_instance_cmp(const void *one,
     const void *two);
 static int ngx_libc_cdecl ngx_http_redisgate_key_cmp(const void *one,
@@ -296,20 +297,13 @@ ngx_http_redisgate_static_backend(ngx_conf_t *cf,
     for (i = 0; i < rmcf->backends.nelts; i++) {
         b = bp[i];
 
-        if (b->address.host.len == addr.host.len
-            && b->address.path.len == addr.path.len
-            && b->address.port == addr.port
+        if (b->address.port == addr.port
             && b->address.db == addr.db
-            && ngx_strncmp(b->address.host.data, addr.host.data,
-                           addr.host.len) == 0
-            && ngx_strncmp(b->address.path.data, addr.path.data,
-                           addr.path.len) == 0
-            && b->address.user.len == addr.user.len
-            && ngx_strncmp(b->address.user.data, addr.user.data,
-                           addr.user.len) == 0
-            && b->address.password.len == addr.password.len
-            && ngx_strncmp(b->address.password.data, addr.password.data,
-                           addr.password.len) == 0)
+            && ngx_http_redisgate_str_eq(&b->address.host, &addr.host)
+            && ngx_http_redisgate_str_eq(&b->address.path, &addr.path)
+            && ngx_http_redisgate_str_eq(&b->address.user, &addr.user)
+            && ngx_http_redisgate_str_eq(&b->address.password,
+                                         &addr.password))
         {
             return b;
         }
@@ -330,6 +324,17 @@ ngx_http_redisgate_static_backend(ngx_conf_t *cf,
     *bp = b;
 
     return b;
+}
+
+
+/* byte for byte: passwords may hold %00 */
+
+static ngx_uint_t
+ngx_http_redisgate_str_eq(ngx_str_t *one, ngx_str_t *two)
+{
+    return one->len == two->len
+           && (one->len == 0
+               || ngx_memcmp(one->data, two->data, one->len) == 0);
 }
 
 

@@ -14,6 +14,9 @@
  */
 
 
+#include <ngx_config.h>
+#include <ngx_core.h>
+
 #include "ngx_http_redisgate_parse.h"
 
 
@@ -65,7 +68,7 @@ ngx_http_redisgate_parse_url(ngx_http_redisgate_url_t *u, u_char *url,
         }
 
         if (p == last) {
-            u->error = "no host in Redis URL";
+            u->error = "invalid Redis URL: no host";
             return NGX_ERROR;
         }
 
@@ -79,7 +82,21 @@ ngx_http_redisgate_parse_url(ngx_http_redisgate_url_t *u, u_char *url,
         p += 7;
         u->unix_socket = 1;
 
-        at = ngx_strlchr(p, last, '@');
+        /*
+         * the credentials end at the '@' the absolute path follows, so
+         * that a socket path may hold '@' (/run/redis@main.sock)
+         */
+
+        at = NULL;
+
+        if (p < last && *p != '/') {
+            for (q = p; q + 1 < last; q++) {
+                if (q[0] == '@' && q[1] == '/') {
+                    at = q;
+                    break;
+                }
+            }
+        }
 
         if (at) {
             ngx_http_redisgate_url_userinfo(u, p, at);
@@ -138,11 +155,13 @@ ngx_http_redisgate_url_db(ngx_http_redisgate_url_t *u, u_char *p,
             goto invalid;
         }
 
-        db = db * 10 + (*p - '0');
+        /* checked before it is multiplied: ngx_uint_t may be 32 bits */
 
-        if (db > NGX_MAX_INT32_VALUE) {
+        if (db > (NGX_MAX_INT32_VALUE - (ngx_uint_t) (*p - '0')) / 10) {
             goto invalid;
         }
+
+        db = db * 10 + (*p - '0');
     }
 
     u->db = db;
@@ -151,7 +170,8 @@ ngx_http_redisgate_url_db(ngx_http_redisgate_url_t *u, u_char *p,
 
 invalid:
 
-    u->error = "invalid database number in Redis URL";
+    u->error = "invalid Redis URL: the database number must be 0 to "
+               "2147483647";
 
     return NGX_ERROR;
 }

@@ -42,6 +42,8 @@ test('valid Redis URLs pass nginx -t', async () => {
     'unix:///run/redis/redis.sock',
     'unix://:secret@/run/redis/redis.sock?db=3',
     'unix://secret@/run/redis/redis.sock',    // a password, no user name
+    'unix:///run/redis@main.sock',             // '@' in the socket path
+    'unix://u:p@ss@/run/redis@main.sock?db=1', // ... and in the password
     'redis://127.0.0.1/2147483647',
   ]) {
     const r = await instance(url);
@@ -55,16 +57,17 @@ test('invalid Redis URLs are refused, each with its reason', async () => {
     ['rediss://127.0.0.1:6379', /expected redis:\/\/ or unix:\/\/ \(TLS, rediss:\/\/, is not supported\): "rediss:\/\/127\.0\.0\.1:6379"/],
     ['http://127.0.0.1:6379', /expected redis:\/\/ or unix:\/\//],
     ['redis://', /expected redis:\/\/ or unix:\/\//],
-    ['redis:///3', /no host in Redis URL/],
-    ['redis://127.0.0.1/x', /invalid database number in Redis URL/],
-    ['redis://127.0.0.1/-1', /invalid database number in Redis URL/],
-    ['redis://127.0.0.1/2147483648', /invalid database number in Redis URL/],
-    ['redis://127.0.0.1/99999999999999999999999', /invalid database number in Redis URL/],
+    ['redis:///3', /invalid Redis URL: no host/],
+    ['redis://127.0.0.1/x', /invalid Redis URL: the database number must be 0 to 2147483647/],
+    ['redis://127.0.0.1/-1', /the database number must be 0 to 2147483647/],
+    ['redis://127.0.0.1/2147483648', /the database number must be 0 to 2147483647/],
+    ['redis://127.0.0.1/4294967300', /the database number must be 0 to 2147483647/],
+    ['redis://127.0.0.1/99999999999999999999999', /the database number must be 0 to 2147483647/],
     ['redis://127.0.0.1:99999', /invalid port in Redis URL "127\.0\.0\.1:99999"/],
-    ['unix://redis.sock', /the unix socket path must be absolute/],
+    ['unix://redis.sock', /invalid Redis URL: the unix socket path must be absolute/],
     ['unix:///run/redis.sock?database=1', /a unix socket URL takes only \?db=N/],
     ['unix:///run/redis.sock?db=', /a unix socket URL takes only \?db=N/],
-    ['unix:///run/redis.sock?db=1x', /invalid database number/],
+    ['unix:///run/redis.sock?db=1x', /the database number must be 0 to 2147483647/],
   ];
   for (const [url, why] of cases) {
     const r = await instance(url);
