@@ -144,11 +144,7 @@ ngx_http_redisgate_url_db(ngx_http_redisgate_url_t *u, u_char *p,
 {
     ngx_uint_t  db;
 
-    if (p == last) {
-        goto invalid;
-    }
-
-    /* Redis keeps database numbers in an int */
+    /* Redis keeps database numbers in an int; callers leave p < last */
 
     for (db = 0; p < last; p++) {
         if (*p < '0' || *p > '9') {

@@ -127,9 +127,7 @@ function rssKb(pid) {
 
 // connections a Redis has, other than the one asking
 async function redisClients(srv) {
-  const line = await srv.command('INFO clients');
-  // the first line of a bulk reply is its length; ask for the field itself
-  void line;
+  // CLIENT LIST is a bulk reply: read it whole, one line per client
   const sock = net.connect({ port: srv.port, host: '127.0.0.1' });
   const text = await new Promise((resolve, reject) => {
     let buf = '';
