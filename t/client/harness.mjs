@@ -366,6 +366,21 @@ export function assertCleanErrorLog(log, { allowCrit = false } = {}) {
   assert.deepEqual(bad, [], 'error.log has alert/emerg/crit/crash lines');
 }
 
+/**
+ * The end of a suite: stop nginx and check its error.log, then stop the
+ * servers (redis, pg...) whatever happened.
+ */
+export async function stopAll(nginx, ...servers) {
+  try {
+    if (nginx) {
+      await nginx.stop();
+      assertCleanErrorLog(nginx.errorLog());
+    }
+  } finally {
+    await Promise.all(servers.map((srv) => srv?.stop()));
+  }
+}
+
 // ---------------------------------------------------------------------------
 // PostgreSQL key store (tools/pg.sh, tools/redisgate-admin)
 

@@ -6,7 +6,7 @@
 // its own, so emptying it harms nothing.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startRedis, startNginx, newToken, randomUUID, rg, assertCleanErrorLog } from './harness.mjs';
+import { startRedis, startNginx, newToken, randomUUID, rg, stopAll } from './harness.mjs';
 
 let open;        // the gateway connects as Redis's default user
 let guarded;     // the gateway connects as an ACL user without admin rights
@@ -32,16 +32,7 @@ before(async () => {
   });
 });
 
-after(async () => {
-  try {
-    if (nginx) {
-      await nginx.stop();
-      assertCleanErrorLog(nginx.errorLog());
-    }
-  } finally {
-    await Promise.all([open?.stop(), guarded?.stop()]);
-  }
-});
+after(() => stopAll(nginx, open, guarded));
 
 const evalScript = (id, script) =>
   rg(nginx, id, token, '', { method: 'POST', body: JSON.stringify(['EVAL', script, '0']) });

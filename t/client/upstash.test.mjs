@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Redis } from '@upstash/redis';
 import {
-  startRedis, startNginx, newToken, randomUUID, rg, assertCleanErrorLog,
+  startRedis, startNginx, newToken, randomUUID, rg, stopAll,
 } from './harness.mjs';
 
 let redisSrv;
@@ -43,16 +43,7 @@ before(async () => {
   piped = client(token, { enableAutoPipelining: true });
 });
 
-after(async () => {
-  try {
-    if (nginx) {
-      await nginx.stop();
-      assertCleanErrorLog(nginx.errorLog());
-    }
-  } finally {
-    await redisSrv?.stop();
-  }
-});
+after(() => stopAll(nginx, redisSrv));
 
 let n = 0;
 const key = (name) => `t${++n}:${name}`;

@@ -4,7 +4,7 @@
 // and writes what it kept.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startRedis, startNginx, startPg, randomUUID, rg, assertCleanErrorLog } from './harness.mjs';
+import { startRedis, startNginx, startPg, randomUUID, rg, assertCleanErrorLog, stopAll } from './harness.mjs';
 
 const ORGS = 2000;
 let redisSrv;
@@ -25,16 +25,7 @@ before(async () => {
   });
 });
 
-after(async () => {
-  try {
-    if (nginx) {
-      await nginx.stop();
-      assertCleanErrorLog(nginx.errorLog());
-    }
-  } finally {
-    await redisSrv?.stop();
-  }
-});
+after(() => stopAll(nginx, redisSrv));
 
 const ping = (o) => rg(nginx, o.instance, o.token, '/ping');
 
