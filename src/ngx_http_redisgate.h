@@ -382,11 +382,13 @@ ngx_int_t ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
 #define NGX_HTTP_REDISGATE_STAT_RATE_LIMITED      1
 #define NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES  2
 #define NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS   3
+#define NGX_HTTP_REDISGATE_STAT_COUNTERS          4
 
 #define NGX_HTTP_REDISGATE_STAT_CONNECTIONS       0
 #define NGX_HTTP_REDISGATE_STAT_IN_FLIGHT         1
 #define NGX_HTTP_REDISGATE_STAT_CONNECTS          2
 #define NGX_HTTP_REDISGATE_STAT_CONNECT_FAILURES  3
+#define NGX_HTTP_REDISGATE_STAT_BACKEND_COUNTERS  4
 
 ngx_int_t ngx_http_redisgate_stats_add(ngx_conf_t *cf);
 void ngx_http_redisgate_stats_request(ngx_uint_t route, ngx_uint_t status,

@@ -31,10 +31,9 @@ struct ngx_http_redisgate_backend_stats_s {
     uint32_t                        hash;
     u_char                          len;
     u_char                          url[NGX_HTTP_REDISGATE_STATS_URL_LEN];
-    ngx_atomic_t                    connections;
-    ngx_atomic_t                    in_flight;
-    ngx_atomic_t                    connects;
-    ngx_atomic_t                    connect_failures;
+
+    /* by NGX_HTTP_REDISGATE_STAT_CONNECTIONS... */
+    ngx_atomic_t    counters[NGX_HTTP_REDISGATE_STAT_BACKEND_COUNTERS];
 };
 
 
@@ -43,10 +42,9 @@ typedef struct {
                                             [NGX_HTTP_REDISGATE_STATS_STATUSES];
     ngx_atomic_t                    latency[NGX_HTTP_REDISGATE_STATS_BUCKETS];
     ngx_atomic_t                    latency_ms;
-    ngx_atomic_t                    commands;
-    ngx_atomic_t                    rate_limited;
-    ngx_atomic_t                    keystore_queries;
-    ngx_atomic_t                    keystore_errors;
+
+    /* by NGX_HTTP_REDISGATE_STAT_COMMANDS... */
+    ngx_atomic_t                    counters[NGX_HTTP_REDISGATE_STAT_COUNTERS];
     ngx_atomic_t                    nbackends;
 
     ngx_http_redisgate_backend_stats_t
@@ -63,30 +61,26 @@ typedef struct {
     char                           *name;
     char                           *help;
     char                           *type;
-    size_t                          offset;
 } ngx_http_redisgate_backend_metric_t;
 
 
+/* in the order of NGX_HTTP_REDISGATE_STAT_CONNECTIONS... */
+
 static ngx_http_redisgate_backend_metric_t
-    ngx_http_redisgate_backend_metrics[] =
+    ngx_http_redisgate_backend_metrics[
+                                   NGX_HTTP_REDISGATE_STAT_BACKEND_COUNTERS] =
 {
     { "redisgate_backend_connections",
-      "Open connections to a Redis, all workers.", "gauge",
-      offsetof(ngx_http_redisgate_backend_stats_t, connections) },
+      "Open connections to a Redis, all workers.", "gauge" },
 
     { "redisgate_backend_in_flight",
-      "Replies awaited from a Redis, all workers.", "gauge",
-      offsetof(ngx_http_redisgate_backend_stats_t, in_flight) },
+      "Replies awaited from a Redis, all workers.", "gauge" },
 
     { "redisgate_backend_connects_total",
-      "Connections opened to a Redis (reconnects included).", "counter",
-      offsetof(ngx_http_redisgate_backend_stats_t, connects) },
+      "Connections opened to a Redis (reconnects included).", "counter" },
 
     { "redisgate_backend_connect_failures_total",
-      "Connections to a Redis that failed or timed out.", "counter",
-      offsetof(ngx_http_redisgate_backend_stats_t, connect_failures) },
-
-    { NULL, NULL, NULL, 0 }
+      "Connections to a Redis that failed or timed out.", "counter" },
 };
 
 
@@ -204,34 +198,10 @@ ngx_http_redisgate_stats_status_index(ngx_uint_t status)
 void
 ngx_http_redisgate_stats_count(ngx_uint_t what, ngx_uint_t n)
 {
-    ngx_atomic_t                *a;
-    ngx_http_redisgate_stats_t  *st;
-
-    st = ngx_http_redisgate_stats;
-
-    if (st == NULL) {
-        return;
+    if (ngx_http_redisgate_stats) {
+        (void) ngx_atomic_fetch_add(&ngx_http_redisgate_stats->counters[what],
+                                    n);
     }
-
-    switch (what) {
-
-    case NGX_HTTP_REDISGATE_STAT_COMMANDS:
-        a = &st->commands;
-        break;
-
-    case NGX_HTTP_REDISGATE_STAT_RATE_LIMITED:
-        a = &st->rate_limited;
-        break;
-
-    case NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES:
-        a = &st->keystore_queries;
-        break;
-
-    default: /* NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS */
-        a = &st->keystore_errors;
-    }
-
-    (void) ngx_atomic_fetch_add(a, n);
 }
 
 
@@ -293,31 +263,10 @@ void
 ngx_http_redisgate_stats_backend_add(ngx_http_redisgate_backend_stats_t *bs,
     ngx_uint_t what, ngx_int_t n)
 {
-    ngx_atomic_t  *a;
-
-    if (bs == NULL) {
-        return;
+    if (bs) {
+        (void) ngx_atomic_fetch_add(&bs->counters[what],
+                                    (ngx_atomic_int_t) n);
     }
-
-    switch (what) {
-
-    case NGX_HTTP_REDISGATE_STAT_CONNECTIONS:
-        a = &bs->connections;
-        break;
-
-    case NGX_HTTP_REDISGATE_STAT_IN_FLIGHT:
-        a = &bs->in_flight;
-        break;
-
-    case NGX_HTTP_REDISGATE_STAT_CONNECTS:
-        a = &bs->connects;
-        break;
-
-    default: /* NGX_HTTP_REDISGATE_STAT_CONNECT_FAILURES */
-        a = &bs->connect_failures;
-    }
-
-    (void) ngx_atomic_fetch_add(a, (ngx_atomic_int_t) n);
 }
 
 
@@ -330,7 +279,7 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
     size_t                               size;
     ngx_int_t                            rc;
     ngx_buf_t                           *b;
-    ngx_uint_t                           i, j, n, hits, misses, evictions;
+    ngx_uint_t                           i, j, k, n, hits, misses, evictions;
     ngx_chain_t                          out;
     ngx_atomic_uint_t                    count, cumulative;
     ngx_http_redisgate_stats_t          *st;
@@ -442,8 +391,10 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
                      "key store failed.\n"
                      "# TYPE redisgate_keystore_errors_total counter\n"
                      "redisgate_keystore_errors_total %uA\n",
-                     st->commands, st->rate_limited, st->keystore_queries,
-                     st->keystore_errors);
+                     st->counters[NGX_HTTP_REDISGATE_STAT_COMMANDS],
+                     st->counters[NGX_HTTP_REDISGATE_STAT_RATE_LIMITED],
+                     st->counters[NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES],
+                     st->counters[NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS]);
 
     if (rmcf->cache) {
         ngx_http_redisgate_cache_stats(rmcf->cache, &hits, &misses,
@@ -465,7 +416,9 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
                          hits, misses, evictions);
     }
 
-    for (m = ngx_http_redisgate_backend_metrics; m->name; m++) {
+    for (k = 0; k < NGX_HTTP_REDISGATE_STAT_BACKEND_COUNTERS; k++) {
+        m = &ngx_http_redisgate_backend_metrics[k];
+
         p = ngx_slprintf(p, last, "# HELP %s %s\n# TYPE %s %s\n",
                          m->name, m->help, m->name, m->type);
 
@@ -474,7 +427,7 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
 
             p = ngx_slprintf(p, last, "%s{backend=\"%*s\"} %uA\n",
                              m->name, (size_t) bs->len, bs->url,
-                             *(ngx_atomic_t *) ((u_char *) bs + m->offset));
+                             bs->counters[k]);
         }
     }
 
