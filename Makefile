@@ -26,7 +26,9 @@ CONF_FLAGS = $(shell bash -c '. $(DEBIAN_NGINX_SRC)/conf_flags && \
 	                      echo "$${NGX_CONF_FLAGS[@]}"')
 NGINX_BIN ?= /usr/sbin/nginx
 else
-CONF_FLAGS = --with-compat --prefix=$(BUILD)/prefix
+# TLS to Redis (rediss://) needs nginx's OpenSSL code: an nginx built
+# without it loads a module built so, with rediss:// refused
+CONF_FLAGS = --with-compat --with-http_ssl_module --prefix=$(BUILD)/prefix
 NGINX_BIN ?= $(OBJS)/nginx
 endif
 

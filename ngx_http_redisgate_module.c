@@ -45,6 +45,10 @@ static char *ngx_http_redisgate_usage(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_redisgate_zone(ngx_conf_t *cf, ngx_str_t *value,
     ngx_str_t *name, ssize_t *size);
+#if (NGX_SSL)
+static char *ngx_http_redisgate_ssl_password_file(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+#endif
 static ngx_int_t ngx_http_redisgate_init_process(ngx_cycle_t *cycle);
 static void ngx_http_redisgate_exit_process(ngx_cycle_t *cycle);
 
@@ -55,6 +59,25 @@ extern time_t  ngx_http_redisgate_worker_start;
 static ngx_conf_num_bounds_t  ngx_http_redisgate_pool_size_bounds = {
     ngx_conf_check_num_bounds, 1, 64
 };
+
+
+#if (NGX_SSL)
+
+static ngx_conf_bitmask_t  ngx_http_redisgate_ssl_protocols[] = {
+    { ngx_string("SSLv2"), NGX_SSL_SSLv2 },
+    { ngx_string("SSLv3"), NGX_SSL_SSLv3 },
+    { ngx_string("TLSv1"), NGX_SSL_TLSv1 },
+    { ngx_string("TLSv1.1"), NGX_SSL_TLSv1_1 },
+    { ngx_string("TLSv1.2"), NGX_SSL_TLSv1_2 },
+    { ngx_string("TLSv1.3"), NGX_SSL_TLSv1_3 },
+    { ngx_null_string, 0 }
+};
+
+#define ngx_http_redisgate_tls_offset(field)                                 \
+    (offsetof(ngx_http_redisgate_main_conf_t, tls_conf)                      \
+     + offsetof(ngx_http_redisgate_tls_conf_t, field))
+
+#endif
 
 
 static ngx_command_t  ngx_http_redisgate_commands[] = {
@@ -163,6 +186,87 @@ static ngx_command_t  ngx_http_redisgate_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
+
+#if (NGX_SSL)
+
+    { ngx_string("redisgate_ssl_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      ngx_http_redisgate_tls_offset(trusted_certificate),
+      NULL },
+
+    { ngx_string("redisgate_ssl_verify"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      ngx_http_redisgate_tls_offset(verify),
+      NULL },
+
+    { ngx_string("redisgate_ssl_verify_depth"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      ngx_http_redisgate_tls_offset(verify_depth),
+      NULL },
+
+    { ngx_string("redisgate_ssl_server_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      ngx_http_redisgate_tls_offset(server_name),
+      NULL },
+
+    { ngx_string("redisgate_ssl_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      ngx_http_redisgate_tls_offset(name),
+      NULL },
+
+    { ngx_string("redisgate_ssl_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      ngx_http_redisgate_tls_offset(certificate),
+      NULL },
+
+    { ngx_string("redisgate_ssl_certificate_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      ngx_http_redisgate_tls_offset(certificate_key),
+      NULL },
+
+    { ngx_string("redisgate_ssl_password_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_redisgate_ssl_password_file,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_ssl_protocols"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_conf_set_bitmask_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      ngx_http_redisgate_tls_offset(protocols),
+      &ngx_http_redisgate_ssl_protocols },
+
+    { ngx_string("redisgate_ssl_ciphers"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      ngx_http_redisgate_tls_offset(ciphers),
+      NULL },
+
+    { ngx_string("redisgate_ssl_session_reuse"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      ngx_http_redisgate_tls_offset(session_reuse),
+      NULL },
+
+#endif
 
     { ngx_string("redisgate_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -295,6 +399,11 @@ ngx_http_redisgate_create_main_conf(ngx_conf_t *cf)
     rmcf->pg_timeout = NGX_CONF_UNSET_MSEC;
     rmcf->pg_token_check = NGX_CONF_UNSET;
 
+    rmcf->tls_conf.verify = NGX_CONF_UNSET;
+    rmcf->tls_conf.verify_depth = NGX_CONF_UNSET_UINT;
+    rmcf->tls_conf.server_name = NGX_CONF_UNSET;
+    rmcf->tls_conf.session_reuse = NGX_CONF_UNSET;
+
     return rmcf;
 }
 
@@ -303,9 +412,6 @@ static char *
 ngx_http_redisgate_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_redisgate_main_conf_t  *rmcf = conf;
-
-    ngx_uint_t                     i;
-    ngx_http_redisgate_backend_t  **bp;
 
     ngx_conf_init_msec_value(rmcf->connect_timeout, 3000);
     ngx_conf_init_msec_value(rmcf->backoff_min, 100);
@@ -330,24 +436,28 @@ ngx_http_redisgate_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     if (rmcf->pg) {
-        ngx_http_redisgate_pg_configure(rmcf->pg, rmcf->cache,
-                                        rmcf->pg_timeout, rmcf->cache_ttl,
-                                        rmcf->cache_negative_ttl,
-                                        rmcf->cache_stale);
+        ngx_http_redisgate_pg_configure(rmcf->pg, rmcf);
     }
 
     if (ngx_http_redisgate_static_init(cf, rmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
-    bp = rmcf->backends.elts;
+    ngx_http_redisgate_tls_conf_init(&rmcf->tls_conf);
 
-    for (i = 0; i < rmcf->backends.nelts; i++) {
-        bp[i]->pool_size = rmcf->pool_size;
-        bp[i]->connect_timeout = rmcf->connect_timeout;
-        bp[i]->backoff_min = rmcf->backoff_min;
-        bp[i]->backoff_max = rmcf->backoff_max;
+#if (NGX_SSL)
+
+    /*
+     * One client context for every rediss:// backend, made even when
+     * nginx.conf names none: the key store may.
+     */
+
+    rmcf->tls = ngx_http_redisgate_tls_create(cf, &rmcf->tls_conf);
+    if (rmcf->tls == NULL) {
+        return NGX_CONF_ERROR;
     }
+
+#endif
 
     return NGX_CONF_OK;
 }
@@ -887,6 +997,33 @@ ngx_http_redisgate_zone(ngx_conf_t *cf, ngx_str_t *value, ngx_str_t *name,
 }
 
 
+#if (NGX_SSL)
+
+static char *
+ngx_http_redisgate_ssl_password_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_redisgate_main_conf_t  *rmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (rmcf->tls_conf.passwords != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    rmcf->tls_conf.passwords = ngx_ssl_read_password_file(cf, &value[1]);
+    if (rmcf->tls_conf.passwords == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+#endif
+
+
 static ngx_int_t
 ngx_http_redisgate_init_process(ngx_cycle_t *cycle)
 {
@@ -922,9 +1059,7 @@ ngx_http_redisgate_init_process(ngx_cycle_t *cycle)
     bp = rmcf->backends.elts;
 
     for (i = 0; i < rmcf->backends.nelts; i++) {
-        bp[i]->log = cycle->log;
-
-        if (ngx_http_redisgate_redis_init_backend(bp[i], cycle->pool)
+        if (ngx_http_redisgate_redis_init_backend(bp[i], rmcf, cycle)
             != NGX_OK)
         {
             return NGX_ERROR;

@@ -88,6 +88,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(u.path.len > 0 && u.path.data[0] == '/');
         FUZZ_CHECK(memchr(u.path.data, '?', u.path.len) == NULL);
 
+    } else if (u.tls) {
+        FUZZ_CHECK(size > 9 && memcmp(buf, "rediss://", 9) == 0);
+        FUZZ_CHECK(u.path.len == 0);
+        FUZZ_CHECK(u.host.len > 0);
+        FUZZ_CHECK(memchr(u.host.data, '/', u.host.len) == NULL);
+        FUZZ_CHECK(memchr(u.host.data, '@', u.host.len) == NULL);
+
     } else {
         FUZZ_CHECK(size > 8 && memcmp(buf, "redis://", 8) == 0);
         FUZZ_CHECK(u.path.len == 0);

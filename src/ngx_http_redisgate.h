@@ -13,10 +13,10 @@
 #include <ngx_http.h>
 
 #include <hiredis/hiredis.h>
-#include <hiredis/async.h>
 
 #include "ngx_http_redisgate_commands.h"
 #include "ngx_http_redisgate_parse.h"
+#include "ngx_http_redisgate_transport.h"
 
 
 #define NGX_HTTP_REDISGATE_SCOPE_READ    0x01
@@ -34,8 +34,6 @@ typedef struct ngx_http_redisgate_cache_s    ngx_http_redisgate_cache_t;
 typedef struct ngx_http_redisgate_pg_s       ngx_http_redisgate_pg_t;
 typedef struct ngx_http_redisgate_limit_s    ngx_http_redisgate_limit_t;
 typedef struct ngx_http_redisgate_usage_s    ngx_http_redisgate_usage_t;
-typedef struct ngx_http_redisgate_backend_stats_s
-    ngx_http_redisgate_backend_stats_t;
 
 
 /* at the start of every zone's shared context */
@@ -98,42 +96,62 @@ typedef void (*ngx_http_redisgate_pg_handler_pt)(void *data, ngx_int_t rc,
 typedef void (*ngx_http_redisgate_pg_done_pt)(void *data, ngx_int_t rc);
 
 
-/* where one instance's Redis is, parsed from redis:// or unix:// */
+/*
+ * A backend's health: while down, requests fail fast with the reason
+ * instead of queueing; each failed attempt doubles the wait before the
+ * next, up to backoff_max.  Redis pools and the key store share it.
+ */
+typedef struct {
+    ngx_msec_t                      backoff_min;
+    ngx_msec_t                      backoff_max;
+    ngx_msec_t                      backoff;    /* the next wait */
+    ngx_msec_t                      down_until;
+    const char                     *error;      /* for clients, fixed */
+} ngx_http_redisgate_health_t;
+
+#define ngx_http_redisgate_health_usable(h)                                  \
+    ((ngx_msec_int_t) (ngx_current_msec - (h)->down_until) >= 0)
+
+void ngx_http_redisgate_health_init(ngx_http_redisgate_health_t *h,
+    ngx_msec_t backoff_min, ngx_msec_t backoff_max, const char *error);
+void ngx_http_redisgate_health_down(ngx_http_redisgate_health_t *h,
+    const char *error);
+void ngx_http_redisgate_health_up(ngx_http_redisgate_health_t *h);
+
+
+/* where one instance's Redis is: redis://, rediss:// or unix:// */
 typedef struct {
     ngx_str_t                       url;        /* password masked */
-    ngx_str_t                       host;       /* numeric address */
-    in_port_t                       port;
-    ngx_str_t                       path;       /* unix socket */
+    ngx_str_t                       host;       /* name or address */
     ngx_str_t                       user;
     ngx_str_t                       password;
     ngx_uint_t                      db;
+    unsigned                        tls:1;
 } ngx_http_redisgate_address_t;
 
 
 /* one Redis server as seen by one worker: its pool of connections */
 struct ngx_http_redisgate_backend_s {
     ngx_http_redisgate_address_t    address;
+    ngx_http_redisgate_node_t       node;       /* where links connect */
 
     ngx_http_redisgate_conn_t      *conns;      /* pool_size slots */
     ngx_uint_t                      pool_size;
-    ngx_msec_t                      connect_timeout;
-    ngx_msec_t                      backoff_min;
-    ngx_msec_t                      backoff_max;
 
-    ngx_msec_t                      backoff;    /* current reconnect delay */
-    ngx_msec_t                      down_until; /* fail fast until then */
-    u_char                          error[160]; /* why it is down */
+    ngx_http_redisgate_health_t     health;
 
-    /* a host name from the key store, resolved by nginx's resolver */
+    /* a host name, resolved by nginx's resolver when it has one */
     ngx_str_t                       resolve_name;
+    in_port_t                       port;
     time_t                          resolved_until;
     time_t                          resolve_retry;
     ngx_resolver_ctx_t             *resolving;
     ngx_queue_t                     waiting;    /* requests until then */
+    u_char                          resolve_text[160];  /* why it failed */
+    unsigned                        resolved:1; /* node has an address */
     unsigned                        resolve_error:1;
     unsigned                        resolve_starting:1;
 
-    ngx_http_redisgate_backend_stats_t  *stats;
     ngx_msec_t                      last_used;  /* for the idle sweep */
 
     ngx_log_t                      *log;
@@ -142,13 +160,7 @@ struct ngx_http_redisgate_backend_s {
 
 struct ngx_http_redisgate_conn_s {
     ngx_http_redisgate_backend_t   *backend;
-    redisAsyncContext              *ac;
-    ngx_connection_t               *connection;
-    ngx_event_t                     connect_timer;
-    ngx_uint_t                      pending;    /* replies awaited */
-    const char                     *drop_reason;
-    unsigned                        connected:1;
-    unsigned                        writing:1;  /* in redisAsyncHandleWrite */
+    ngx_http_redisgate_link_t       link;
 };
 
 
@@ -188,6 +200,9 @@ typedef struct {
 
     ngx_http_redisgate_limit_t     *limit;
     ngx_http_redisgate_usage_t     *usage;
+
+    ngx_http_redisgate_tls_conf_t   tls_conf;   /* redisgate_ssl_* */
+    ngx_http_redisgate_tls_t       *tls;        /* NULL: built without */
 } ngx_http_redisgate_main_conf_t;
 
 
@@ -287,14 +302,16 @@ typedef struct {
 extern ngx_module_t  ngx_http_redisgate_module;
 
 
-/* redis.c: pools, pipelining, the hiredis adapter */
+/* redis.c: pools and pipelining over the transport's links */
 ngx_int_t ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     ngx_http_request_t *r, ngx_str_t *cmds, ngx_uint_t n, ngx_msec_t timeout,
     ngx_http_redisgate_reply_pt handler, void *data, const char **error);
 ngx_int_t ngx_http_redisgate_redis_init_backend(
-    ngx_http_redisgate_backend_t *backend, ngx_pool_t *pool);
+    ngx_http_redisgate_backend_t *backend,
+    ngx_http_redisgate_main_conf_t *rmcf, ngx_cycle_t *cycle);
 void ngx_http_redisgate_redis_init_conns(
-    ngx_http_redisgate_backend_t *backend);
+    ngx_http_redisgate_backend_t *backend,
+    ngx_http_redisgate_main_conf_t *rmcf);
 ngx_uint_t ngx_http_redisgate_redis_busy(ngx_http_redisgate_backend_t *backend);
 void ngx_http_redisgate_redis_close_backend(
     ngx_http_redisgate_backend_t *backend);
@@ -338,7 +355,7 @@ ngx_http_redisgate_instance_t *ngx_http_redisgate_static_instance(
 ngx_http_redisgate_key_t *ngx_http_redisgate_static_key(
     ngx_http_redisgate_main_conf_t *rmcf, u_char *hash);
 
-/* socket.c: nginx connections around hiredis' and libpq's sockets */
+/* socket.c: nginx connections around libpq's sockets */
 ngx_connection_t *ngx_http_redisgate_socket_wrap(ngx_socket_t fd, void *data,
     ngx_event_handler_pt read, ngx_event_handler_pt write, ngx_log_t *log);
 void ngx_http_redisgate_socket_release(ngx_connection_t *c,
@@ -388,7 +405,10 @@ ngx_int_t ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
 #define NGX_HTTP_REDISGATE_STAT_IN_FLIGHT         1
 #define NGX_HTTP_REDISGATE_STAT_CONNECTS          2
 #define NGX_HTTP_REDISGATE_STAT_CONNECT_FAILURES  3
-#define NGX_HTTP_REDISGATE_STAT_BACKEND_COUNTERS  4
+#define NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKES    4
+#define NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES  5
+#define NGX_HTTP_REDISGATE_STAT_TLS_SESSION_REUSES      6
+#define NGX_HTTP_REDISGATE_STAT_BACKEND_COUNTERS  7
 
 ngx_int_t ngx_http_redisgate_stats_add(ngx_conf_t *cf);
 void ngx_http_redisgate_stats_request(ngx_uint_t route, ngx_uint_t status,
@@ -421,8 +441,7 @@ void ngx_http_redisgate_pg_set_connections(ngx_http_redisgate_pg_t *pg,
 ngx_int_t ngx_http_redisgate_pg_set_query(ngx_conf_t *cf,
     ngx_http_redisgate_pg_t *pg, ngx_str_t *query);
 void ngx_http_redisgate_pg_configure(ngx_http_redisgate_pg_t *pg,
-    ngx_http_redisgate_cache_t *cache, ngx_msec_t timeout, time_t ttl,
-    time_t negative_ttl, time_t stale);
+    ngx_http_redisgate_main_conf_t *rmcf);
 ngx_int_t ngx_http_redisgate_pg_init_process(ngx_http_redisgate_pg_t *pg,
     ngx_cycle_t *cycle);
 void ngx_http_redisgate_pg_exit_process(ngx_http_redisgate_pg_t *pg);

@@ -51,6 +51,8 @@ static ngx_int_t ngx_http_redisgate_backend_resolve(
     ngx_http_redisgate_backend_t *b, ngx_http_core_loc_conf_t *clcf,
     const char **error);
 static void ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx);
+static void ngx_http_redisgate_backend_set_address(
+    ngx_http_redisgate_backend_t *b, ngx_resolver_addr_t *ra);
 static void ngx_http_redisgate_backend_waiter_cleanup(void *data);
 static ngx_int_t ngx_http_redisgate_backend_cmp(ngx_rbtree_node_t *one,
     ngx_rbtree_node_t *two);
@@ -192,88 +194,121 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
 
 
 /*
- * One allocation: the record, the pool's slots, the key, the host (or
- * path), the user and the password.  An address that is a host name keeps
- * the name and room for the address the resolver gives.
+ * One allocation: the record, the pool's slots, the key, the URL for the
+ * log, the host, the user and the password.  The address is "host:port",
+ * "rediss://host:port" (TLS) or a unix socket's path; a host name is
+ * resolved by nginx's resolver when first used.
  */
 
 static ngx_http_redisgate_dynamic_t *
 ngx_http_redisgate_backend_create(ngx_str_t *key,
     ngx_http_redisgate_keyinfo_t *ki, const char **error)
 {
-    u_char                          *p, *colon, text[NGX_SOCKADDR_STRLEN];
-    size_t                           len;
-    in_port_t                        port;
+    u_char                          *p, *colon;
     ngx_int_t                        rc;
-    ngx_str_t                        name;
+    ngx_str_t                        address, host;
+    ngx_uint_t                       tls;
     ngx_addr_t                       addr;
     ngx_pool_t                      *pool;
+    ngx_sockaddr_t                   sa;
+    socklen_t                        socklen;
+    in_port_t                        port;
     ngx_http_redisgate_dynamic_t    *d;
     ngx_http_redisgate_address_t    *a;
     ngx_http_redisgate_backends_t   *bs = &ngx_http_redisgate_backends;
 
-    len = 0;
+    address = ki->address;
+    tls = 0;
     port = 0;
-    ngx_str_null(&name);
+    socklen = 0;
 
-    if (ki->address.len == 0) {
+    if (address.len > 9 && ngx_strncmp(address.data, "rediss://", 9) == 0) {
+        tls = 1;
+        address.data += 9;
+        address.len -= 9;
+
+#if !(NGX_SSL)
+        *error = "Redis unavailable: nginx was built without TLS";
+        return NULL;
+#endif
+    }
+
+    if (address.len == 0) {
         *error = "the instance has no Redis address";
         return NULL;
     }
 
-    if (ki->address.data[0] != '/') {
+    host = address;
+
+    if (address.data[0] == '/' && !tls) {
+
+        if (address.len >= sizeof(sa.sockaddr_un.sun_path)) {
+            *error = "the instance's unix socket path is too long";
+            return NULL;
+        }
+
+        ngx_memzero(&sa, sizeof(ngx_sockaddr_t));
+        sa.sockaddr_un.sun_family = AF_UNIX;
+        ngx_memcpy(sa.sockaddr_un.sun_path, address.data, address.len);
+        socklen = sizeof(struct sockaddr_un);
+
+    } else {
+        colon = NULL;
+
+        for (p = address.data + address.len - 1; p > address.data; p--) {
+            if (*p == ':') {
+                colon = p;
+                break;
+            }
+
+            if (*p == ']') {
+                break;
+            }
+        }
+
+        if (colon == NULL) {
+            *error = "the instance's Redis address is not host:port "
+                     "nor a unix socket path";
+            return NULL;
+        }
+
+        rc = ngx_atoi(colon + 1, address.data + address.len - colon - 1);
+        if (rc < 1 || rc > 65535) {
+            *error = "the instance's Redis address has no valid port";
+            return NULL;
+        }
+
+        port = (in_port_t) rc;
+        host.len = colon - address.data;
+
+        if (host.len > 2 && host.data[0] == '[' && colon[-1] == ']') {
+            host.data++;
+            host.len -= 2;
+        }
+
         pool = ngx_create_pool(512, bs->log);
         if (pool == NULL) {
             *error = "out of memory";
             return NULL;
         }
 
-        rc = ngx_parse_addr_port(pool, &addr, ki->address.data,
-                                 ki->address.len);
+        rc = ngx_parse_addr(pool, &addr, host.data, host.len);
 
         if (rc == NGX_OK) {
-            len = ngx_sock_ntop(addr.sockaddr, addr.socklen, text,
-                                NGX_SOCKADDR_STRLEN, 0);
-            port = ngx_inet_get_port(addr.sockaddr);
+            ngx_memcpy(&sa, addr.sockaddr, addr.socklen);
+            socklen = addr.socklen;
+            ngx_inet_set_port(&sa.sockaddr, port);
         }
 
         ngx_destroy_pool(pool);
-
-        if (rc != NGX_OK) {
-            /* a host name, for nginx's resolver when first used */
-            colon = ngx_strlchr(ki->address.data,
-                                ki->address.data + ki->address.len, ':');
-
-            if (colon == NULL || colon == ki->address.data) {
-                *error = "the instance's Redis address is not host:port "
-                         "nor a unix socket path";
-                return NULL;
-            }
-
-            rc = ngx_atoi(colon + 1,
-                          ki->address.data + ki->address.len - colon - 1);
-            if (rc < 1 || rc > 65535) {
-                *error = "the instance's Redis address has no valid port";
-                return NULL;
-            }
-
-            port = (in_port_t) rc;
-            name.data = ki->address.data;
-            name.len = colon - ki->address.data;
-            len = NGX_SOCKADDR_STRLEN;
-
-        } else if (port == 0) {
-            *error = "the instance's Redis address has no port";
-            return NULL;
-        }
     }
 
     d = ngx_calloc(sizeof(ngx_http_redisgate_dynamic_t)
                    + bs->rmcf->pool_size * sizeof(ngx_http_redisgate_conn_t)
-                   + key->len + ki->address.len + 1 + len + 1
-                   + ki->user.len + ki->password.len + name.len
-                   + sizeof("unix://?db=") + NGX_INT_T_LEN
-                   + sizeof("redis:///") + ki->address.len,
+                   + key->len + host.len + 1
+                   + ki->user.len + ki->password.len
+                   + sizeof("rediss://") + ki->address.len
+                   + sizeof("?db=/") + NGX_INT_T_LEN,
                    bs->log);
     if (d == NULL) {
         *error = "out of memory";
@@ -290,39 +325,23 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
     d->key.len = key->len;
     p = ngx_cpymem(p, key->data, key->len);
 
-    if (len) {
-        a->host.data = p;
+    /* NUL-terminated: the TLS name */
+    a->host.data = p;
+    a->host.len = host.len;
+    p = ngx_cpymem(p, host.data, host.len);
+    *p++ = '\0';
 
-        if (name.len) {
-            a->host.len = 0;
-            p += NGX_SOCKADDR_STRLEN + 1;
+    a->url.data = p;
 
-            d->backend.resolve_name.data = p;
-            d->backend.resolve_name.len = name.len;
-            p = ngx_cpymem(p, name.data, name.len);
-
-        } else {
-            a->host.len = len;
-            p = ngx_cpymem(p, text, len);
-            *p++ = '\0';
-        }
-
-        a->port = port;
-
-        a->url.data = p;
-        p = ngx_sprintf(p, "redis://%V/%ui", &ki->address, ki->db);
-        a->url.len = p - a->url.data;
+    if (port) {
+        p = ngx_sprintf(p, "%s://%V/%ui", tls ? "rediss" : "redis", &address,
+                        ki->db);
 
     } else {
-        a->path.data = p;
-        a->path.len = ki->address.len;
-        p = ngx_cpymem(p, ki->address.data, ki->address.len);
-        *p++ = '\0';
-
-        a->url.data = p;
-        p = ngx_sprintf(p, "unix://%V?db=%ui", &ki->address, ki->db);
-        a->url.len = p - a->url.data;
+        p = ngx_sprintf(p, "unix://%V?db=%ui", &address, ki->db);
     }
+
+    a->url.len = p - a->url.data;
 
     a->user.data = p;
     a->user.len = ki->user.len;
@@ -333,16 +352,25 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
     p = ngx_cpymem(p, ki->password.data, ki->password.len);
 
     a->db = ki->db;
+    a->tls = tls;
 
     d->backend.pool_size = bs->rmcf->pool_size;
-    d->backend.connect_timeout = bs->rmcf->connect_timeout;
-    d->backend.backoff_min = bs->rmcf->backoff_min;
-    d->backend.backoff_max = bs->rmcf->backoff_max;
     d->backend.log = bs->log;
+    d->backend.port = port;
+
+    if (socklen) {
+        ngx_memcpy(&d->backend.node.sockaddr, &sa, socklen);
+        d->backend.node.socklen = socklen;
+        d->backend.resolved = 1;
+
+    } else {
+        /* a host name, for nginx's resolver when first used */
+        d->backend.resolve_name = a->host;
+    }
 
     ngx_queue_init(&d->backend.waiting);
 
-    ngx_http_redisgate_redis_init_conns(&d->backend);
+    ngx_http_redisgate_redis_init_conns(&d->backend, bs->rmcf);
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, bs->log, 0,
                    "redisgate: new backend %V", &a->url);
@@ -355,6 +383,10 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
  * NGX_OK: the backend has an address to connect to.  NGX_AGAIN: its host
  * name is being resolved; retry(r) is called when that is over.
  * NGX_DECLINED: it has none, *error says why.
+ *
+ * A name that has an address already (from nginx.conf, resolved when the
+ * configuration was read, or an earlier answer) is resolved again in the
+ * background when its answer expires, if nginx has a resolver.
  */
 
 ngx_int_t
@@ -362,6 +394,7 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
     ngx_http_request_t *r, ngx_http_redisgate_retry_pt retry,
     const char **error)
 {
+    ngx_int_t                              rc;
     ngx_pool_cleanup_t                    *cln;
     ngx_http_core_loc_conf_t              *clcf;
     ngx_http_redisgate_resolve_waiter_t   *w;
@@ -372,17 +405,21 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
 
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
-    if (b->address.host.len) {
+    if (b->resolved) {
         /* the old answer serves while a new one comes */
-        if (b->resolving == NULL) {
-            (void) ngx_http_redisgate_backend_resolve(b, clcf, error);
+        if (b->resolving == NULL
+            && ngx_http_redisgate_backend_resolve(b, clcf, error)
+               == NGX_DECLINED)
+        {
+            /* no resolver: the address read at start stays */
+            b->resolved_until = NGX_MAX_TIME_T_VALUE;
         }
 
         return NGX_OK;
     }
 
     if (b->resolve_error && b->resolve_retry > ngx_time()) {
-        *error = (const char *) b->error;
+        *error = "Redis unavailable: could not resolve the host";
         return NGX_DECLINED;
     }
 
@@ -406,7 +443,9 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
         return NGX_AGAIN;
     }
 
-    if (ngx_http_redisgate_backend_resolve(b, clcf, error) != NGX_OK) {
+    rc = ngx_http_redisgate_backend_resolve(b, clcf, error);
+
+    if (rc != NGX_OK) {
         ngx_queue_remove(&w->queue);
         cln->handler = NULL;
         return NGX_DECLINED;
@@ -422,7 +461,7 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
     cln->handler = NULL;
 
     if (b->resolve_error) {
-        *error = (const char *) b->error;
+        *error = "Redis unavailable: could not resolve the host";
         return NGX_DECLINED;
     }
 
@@ -438,11 +477,15 @@ ngx_http_redisgate_backend_resolve(ngx_http_redisgate_backend_t *b,
 
     rctx = ngx_resolve_start(clcf->resolver, NULL);
 
-    if (rctx == NULL || rctx == NGX_NO_RESOLVER) {
-        *error = (rctx == NULL) ? "out of memory"
-                 : "the instance's Redis address is a host name, and no "
-                   "\"resolver\" is configured";
+    if (rctx == NULL) {
+        *error = "out of memory";
         return NGX_ERROR;
+    }
+
+    if (rctx == NGX_NO_RESOLVER) {
+        *error = "the instance's Redis address is a host name, and no "
+                 "\"resolver\" is configured";
+        return NGX_DECLINED;
     }
 
     rctx->name = b->resolve_name;
@@ -474,41 +517,29 @@ ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx)
 {
     ngx_http_redisgate_backend_t *b = rctx->data;
 
-    u_char                               *p;
     ngx_queue_t                          *q;
     ngx_http_redisgate_resolve_waiter_t  *w;
 
     if (rctx->state || rctx->naddrs == 0) {
-        p = ngx_snprintf(b->error, sizeof(b->error) - 1,
-                         "could not resolve the Redis host \"%V\": %s",
-                         &b->resolve_name,
-                         rctx->state ? ngx_resolver_strerror(rctx->state)
-                                     : "no address");
-        *p = '\0';
-
-        ngx_log_error(NGX_LOG_ERR, b->log, 0, "redisgate: %s", b->error);
+        ngx_log_error(NGX_LOG_ERR, b->log, 0,
+                      "redisgate: could not resolve the Redis host \"%V\": "
+                      "%s", &b->resolve_name,
+                      rctx->state ? ngx_resolver_strerror(rctx->state)
+                                  : "no address");
 
         b->resolve_error = 1;
         b->resolve_retry = ngx_time() + 1;
 
-        if (b->address.host.len) {
+        if (b->resolved) {
             /* keep using the last good answer a little longer */
             b->resolved_until = ngx_time() + 1;
         }
 
     } else {
-        b->address.host.len = ngx_sock_ntop(rctx->addrs[0].sockaddr,
-                                            rctx->addrs[0].socklen,
-                                            b->address.host.data,
-                                            NGX_SOCKADDR_STRLEN, 0);
-        b->address.host.data[b->address.host.len] = '\0';
+        ngx_http_redisgate_backend_set_address(b, &rctx->addrs[0]);
 
         b->resolve_error = 0;
         b->resolved_until = ngx_max(rctx->valid, ngx_time() + 1);
-
-        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, b->log, 0,
-                       "redisgate: \"%V\" is %V", &b->resolve_name,
-                       &b->address.host);
     }
 
     ngx_resolve_name_done(rctx);
@@ -528,6 +559,51 @@ ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx)
 
         w->retry(w->request);
     }
+}
+
+
+/*
+ * The resolver's answer.  When the address moved (a managed Redis failed
+ * over), the connections to the old one close: the next requests go to
+ * the new one.
+ */
+
+static void
+ngx_http_redisgate_backend_set_address(ngx_http_redisgate_backend_t *b,
+    ngx_resolver_addr_t *ra)
+{
+    ngx_uint_t       i;
+    ngx_sockaddr_t   sa;
+
+    ngx_memcpy(&sa, ra->sockaddr, ra->socklen);
+    ngx_inet_set_port(&sa.sockaddr, b->port);
+
+    if (b->resolved
+        && ngx_cmp_sockaddr(&sa.sockaddr, ra->socklen,
+                            &b->node.sockaddr.sockaddr, b->node.socklen, 1)
+           == NGX_OK)
+    {
+        return;
+    }
+
+    if (b->resolved) {
+        ngx_log_error(NGX_LOG_NOTICE, b->log, 0,
+                      "redisgate: \"%V\" moved, closing the connections "
+                      "to %V", &b->resolve_name, &b->address.url);
+
+        for (i = 0; i < b->pool_size; i++) {
+            ngx_http_redisgate_link_close(&b->conns[i].link,
+                                          NGX_HTTP_REDISGATE_FAIL_CLOSED,
+                                          "Redis unavailable: the host moved");
+        }
+    }
+
+    ngx_memcpy(&b->node.sockaddr, &sa, ra->socklen);
+    b->node.socklen = ra->socklen;
+    b->resolved = 1;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, b->log, 0,
+                   "redisgate: \"%V\" resolved", &b->resolve_name);
 }
 
 

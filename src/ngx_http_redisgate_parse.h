@@ -77,12 +77,13 @@ ngx_int_t ngx_http_redisgate_percent_decode(u_char *dst, size_t *dst_len,
 
 
 typedef struct {
-    ngx_str_t               host;           /* "host[:port]", redis:// */
+    ngx_str_t               host;           /* "host[:port]", redis[s]:// */
     ngx_str_t               path;           /* the socket, unix:// */
     ngx_str_t               user;           /* still percent-encoded */
     ngx_str_t               password;       /* still percent-encoded */
     ngx_uint_t              db;
     unsigned                unix_socket:1;
+    unsigned                tls:1;          /* rediss:// */
     unsigned                has_userinfo:1;
     const char             *error;          /* why NGX_ERROR */
 } ngx_http_redisgate_url_t;

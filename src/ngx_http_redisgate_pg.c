@@ -89,9 +89,10 @@ struct ngx_http_redisgate_pg_s {
     ngx_http_redisgate_pg_conn_t     listener;
     ngx_queue_t                      lookups;
     ngx_uint_t                       nlookups;
-    ngx_msec_t                       backoff;
-    ngx_msec_t                       down_until;
-    u_char                           error[160];
+    ngx_http_redisgate_health_t      health;
+    ngx_msec_t                       backoff_min;
+    ngx_msec_t                       backoff_max;
+    const char                      *error;     /* for clients, fixed */
     ngx_log_t                       *log;
 };
 
@@ -229,14 +230,15 @@ ngx_http_redisgate_pg_set_query(ngx_conf_t *cf, ngx_http_redisgate_pg_t *pg,
 
 void
 ngx_http_redisgate_pg_configure(ngx_http_redisgate_pg_t *pg,
-    ngx_http_redisgate_cache_t *cache, ngx_msec_t timeout, time_t ttl,
-    time_t negative_ttl, time_t stale)
+    ngx_http_redisgate_main_conf_t *rmcf)
 {
-    pg->cache = cache;
-    pg->timeout = timeout;
-    pg->ttl = ttl;
-    pg->negative_ttl = negative_ttl;
-    pg->stale = stale;
+    pg->cache = rmcf->cache;
+    pg->timeout = rmcf->pg_timeout;
+    pg->ttl = rmcf->cache_ttl;
+    pg->negative_ttl = rmcf->cache_negative_ttl;
+    pg->stale = rmcf->cache_stale;
+    pg->backoff_min = rmcf->backoff_min;
+    pg->backoff_max = rmcf->backoff_max;
 }
 
 
@@ -248,10 +250,10 @@ ngx_http_redisgate_pg_init_process(ngx_http_redisgate_pg_t *pg,
     ngx_http_redisgate_pg_conn_t  *pc;
 
     pg->log = cycle->log;
-    pg->backoff = 200;
+    pg->error = "key store unavailable";
 
-    ngx_cpystrn(pg->error, (u_char *) "key store unavailable",
-                sizeof(pg->error));
+    ngx_http_redisgate_health_init(&pg->health, pg->backoff_min,
+                                   pg->backoff_max, pg->error);
 
     ngx_queue_init(&pg->lookups);
 
@@ -346,8 +348,8 @@ ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
     }
 
     if (lk == NULL) {
-        if ((ngx_msec_int_t) (ngx_current_msec - pg->down_until) < 0) {
-            *error = (const char *) pg->error;
+        if (!ngx_http_redisgate_health_usable(&pg->health)) {
+            *error = pg->health.error;
             return NGX_ERROR;
         }
 
@@ -481,7 +483,7 @@ ngx_http_redisgate_pg_dispatch(ngx_http_redisgate_pg_t *pg)
             continue;
         }
 
-        if ((ngx_msec_int_t) (ngx_current_msec - pg->down_until) < 0) {
+        if (!ngx_http_redisgate_health_usable(&pg->health)) {
             break;
         }
 
@@ -603,8 +605,7 @@ ngx_http_redisgate_pg_poll(ngx_http_redisgate_pg_conn_t *pc)
 
     ngx_http_redisgate_pg_want_write(pc, 0);
 
-    pc->pg->backoff = 200;
-    pc->pg->down_until = ngx_current_msec;
+    ngx_http_redisgate_health_up(&pc->pg->health);
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pc->pg->log, 0,
                    "redisgate: connected to the key store, pc:%p", pc);
@@ -730,7 +731,7 @@ ngx_http_redisgate_pg_close(ngx_http_redisgate_pg_conn_t *pc,
             ngx_del_timer(&pc->timer);
         }
 
-        ngx_add_timer(&pc->timer, pc->pg->backoff);
+        ngx_add_timer(&pc->timer, pc->pg->health.backoff);
     }
 }
 
@@ -918,6 +919,7 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
                                     PQresultErrorMessage(res));
+        pc->pg->error = "key store lookup failed";
         ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
         return;
     }
@@ -934,6 +936,7 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
                                     "the query returned fewer than 12 "
                                     "columns");
+        pc->pg->error = "key store lookup failed";
         ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
         return;
     }
@@ -1050,7 +1053,7 @@ ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
 
         /* may finalize the request, and with it w */
         w->handler(w->data, rc, ki,
-                   rc == NGX_OK ? NULL : (const char *) pg->error);
+                   rc == NGX_OK ? NULL : pg->error);
     }
 
     ngx_free(lk);
@@ -1094,7 +1097,7 @@ ngx_http_redisgate_pg_timer_handler(ngx_event_t *ev)
         /* the listener's retry */
         if (ngx_http_redisgate_pg_connect(pc) != NGX_OK && !pc->conn) {
             if (!pc->timer.timer_set && !ngx_exiting && !ngx_terminate) {
-                ngx_add_timer(&pc->timer, pc->pg->backoff);
+                ngx_add_timer(&pc->timer, pc->pg->health.backoff);
             }
         }
 
@@ -1123,39 +1126,42 @@ ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg, const char *what,
 {
     ngx_http_redisgate_pg_error(pg, what, detail);
 
-    pg->down_until = ngx_current_msec + pg->backoff;
-    pg->backoff = ngx_min(pg->backoff * 2, 5000);
+    ngx_http_redisgate_health_down(&pg->health, pg->error);
 }
 
 
-/* what clients waiting on the key store are told, and the log */
+/*
+ * The detail (libpq's words) to the log; clients waiting on the key store
+ * are told "key store unavailable", nothing of its insides.
+ */
 
 static void
 ngx_http_redisgate_pg_error(ngx_http_redisgate_pg_t *pg, const char *what,
     const char *detail)
 {
-    u_char  *p, *last;
+    u_char  *p, *last, text[256];
 
-    last = pg->error + sizeof(pg->error) - 1;
+    last = text + sizeof(text);
 
-    p = ngx_snprintf(pg->error, last - pg->error, "%s", what);
+    p = ngx_slprintf(text, last, "%s", what);
 
     if (detail) {
         /* libpq's first line; a hint follows on the next */
-        p = ngx_snprintf(p, last - p, ": %*s",
+        p = ngx_slprintf(p, last, ": %*s",
                          (size_t) (ngx_strchr(detail, '\n')
                                    ? ngx_strchr(detail, '\n') - detail
                                    : (ngx_int_t) ngx_strlen(detail)),
                          detail);
     }
 
-    while (p > pg->error && p[-1] == ' ') {
+    while (p > text && p[-1] == ' ') {
         p--;
     }
 
-    *p = '\0';
+    ngx_log_error(NGX_LOG_ERR, pg->log, 0, "redisgate: %*s",
+                  (size_t) (p - text), text);
 
-    ngx_log_error(NGX_LOG_ERR, pg->log, 0, "redisgate: %s", pg->error);
+    pg->error = "key store unavailable";
 }
 
 

@@ -5,12 +5,12 @@
 
 
 /*
- * Redis on nginx's event loop.  Each worker keeps, per backend, a few
- * hiredis async connections; every request's commands are appended to one
- * of them, so many requests are in flight on a connection at once
- * (pipelining) and replies come back in order.
+ * Redis pools on nginx's event loop.  Each worker keeps, per backend, a
+ * few links (transport.c); every request's commands are appended to one of
+ * them, so many requests are in flight on a link at once (pipelining) and
+ * replies come back in order.  The pool knows nothing of TLS or sockets.
  *
- * A request never hands itself to hiredis: it owns an "op" that hiredis
+ * A request never hands itself to a link: it owns an "op" that the link
  * calls back, and the request pool's cleanup detaches the op when the
  * client goes away, so a late reply finds nobody and is dropped.
  */
@@ -43,42 +43,36 @@ static ngx_http_redisgate_conn_t *ngx_http_redisgate_redis_pick(
     ngx_http_redisgate_backend_t *backend);
 static ngx_int_t ngx_http_redisgate_redis_connect(
     ngx_http_redisgate_conn_t *conn);
-static void ngx_http_redisgate_redis_drop(ngx_http_redisgate_conn_t *conn,
-    const char *reason);
-static void ngx_http_redisgate_redis_down(ngx_http_redisgate_backend_t *b,
-    const char *what, const char *detail);
-static void ngx_http_redisgate_redis_reply(redisAsyncContext *ac, void *r,
-    void *privdata);
-static void ngx_http_redisgate_redis_setup_reply(redisAsyncContext *ac,
-    void *r, void *privdata);
+static ngx_int_t ngx_http_redisgate_redis_setup(
+    ngx_http_redisgate_conn_t *conn);
+static void ngx_http_redisgate_redis_setup_reply(void *data,
+    redisReply *reply, const char *error);
+static void ngx_http_redisgate_redis_ready(ngx_http_redisgate_link_t *link);
+static void ngx_http_redisgate_redis_closed(ngx_http_redisgate_link_t *link);
+static void ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
+    const char *error);
 static void ngx_http_redisgate_redis_op_cleanup(void *data);
 static void ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev);
-static void ngx_http_redisgate_redis_connect_timeout(ngx_event_t *ev);
-static void ngx_http_redisgate_redis_connected(const redisAsyncContext *ac,
-    int status);
-static void ngx_http_redisgate_redis_disconnected(const redisAsyncContext *ac,
-    int status);
 
-static void ngx_http_redisgate_redis_read_handler(ngx_event_t *ev);
-static void ngx_http_redisgate_redis_write_handler(ngx_event_t *ev);
-static void ngx_http_redisgate_redis_add_read(void *data);
-static void ngx_http_redisgate_redis_del_read(void *data);
-static void ngx_http_redisgate_redis_add_write(void *data);
-static void ngx_http_redisgate_redis_del_write(void *data);
-static void ngx_http_redisgate_redis_cleanup(void *data);
 
+/* a backend of nginx.conf, in each worker */
 
 ngx_int_t
 ngx_http_redisgate_redis_init_backend(ngx_http_redisgate_backend_t *backend,
-    ngx_pool_t *pool)
+    ngx_http_redisgate_main_conf_t *rmcf, ngx_cycle_t *cycle)
 {
-    backend->conns = ngx_pcalloc(pool, backend->pool_size
-                                       * sizeof(ngx_http_redisgate_conn_t));
+    backend->log = cycle->log;
+    backend->pool_size = rmcf->pool_size;
+
+    backend->conns = ngx_pcalloc(cycle->pool, backend->pool_size
+                                           * sizeof(ngx_http_redisgate_conn_t));
     if (backend->conns == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_http_redisgate_redis_init_conns(backend);
+    ngx_queue_init(&backend->waiting);
+
+    ngx_http_redisgate_redis_init_conns(backend, rmcf);
 
     return NGX_OK;
 }
@@ -87,7 +81,8 @@ ngx_http_redisgate_redis_init_backend(ngx_http_redisgate_backend_t *backend,
 /* backend->conns points to pool_size zeroed slots */
 
 void
-ngx_http_redisgate_redis_init_conns(ngx_http_redisgate_backend_t *backend)
+ngx_http_redisgate_redis_init_conns(ngx_http_redisgate_backend_t *backend,
+    ngx_http_redisgate_main_conf_t *rmcf)
 {
     ngx_uint_t                  i;
     ngx_http_redisgate_conn_t  *conn;
@@ -96,13 +91,27 @@ ngx_http_redisgate_redis_init_conns(ngx_http_redisgate_backend_t *backend)
         conn = &backend->conns[i];
 
         conn->backend = backend;
-        conn->connect_timer.handler = ngx_http_redisgate_redis_connect_timeout;
-        conn->connect_timer.data = conn;
-        conn->connect_timer.log = backend->log;
+        conn->link.on_ready = ngx_http_redisgate_redis_ready;
+        conn->link.on_close = ngx_http_redisgate_redis_closed;
+        conn->link.data = conn;
+        conn->link.log = backend->log;
     }
 
-    backend->backoff = backend->backoff_min;
-    backend->stats = ngx_http_redisgate_stats_backend(&backend->address.url);
+    ngx_http_redisgate_health_init(&backend->health, rmcf->backoff_min,
+                                   rmcf->backoff_max, NULL);
+
+    backend->node.name = backend->address.url;
+    backend->node.connect_timeout = rmcf->connect_timeout;
+    backend->node.stats =
+                      ngx_http_redisgate_stats_backend(&backend->address.url);
+
+#if (NGX_SSL)
+    if (backend->address.tls) {
+        backend->node.tls = rmcf->tls;
+        backend->node.tls_name = rmcf->tls->name.len ? rmcf->tls->name
+                                                     : backend->address.host;
+    }
+#endif
 }
 
 
@@ -114,7 +123,7 @@ ngx_http_redisgate_redis_busy(ngx_http_redisgate_backend_t *backend)
     ngx_uint_t  i;
 
     for (i = 0; i < backend->pool_size; i++) {
-        if (backend->conns[i].pending) {
+        if (ngx_http_redisgate_link_pending(&backend->conns[i].link)) {
             return 1;
         }
     }
@@ -133,9 +142,13 @@ ngx_http_redisgate_redis_close_backend(ngx_http_redisgate_backend_t *backend)
     }
 
     for (i = 0; i < backend->pool_size; i++) {
-        ngx_http_redisgate_redis_drop(&backend->conns[i],
+        ngx_http_redisgate_link_close(&backend->conns[i].link,
+                                      NGX_HTTP_REDISGATE_FAIL_CLOSED,
                                       "nginx worker is exiting");
+        ngx_http_redisgate_link_free(&backend->conns[i].link);
     }
+
+    ngx_http_redisgate_tls_free_session(&backend->node);
 }
 
 
@@ -144,7 +157,7 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     ngx_http_request_t *r, ngx_str_t *cmds, ngx_uint_t n, ngx_msec_t timeout,
     ngx_http_redisgate_reply_pt handler, void *data, const char **error)
 {
-    ngx_uint_t                  i;
+    ngx_int_t                   rc;
     ngx_pool_cleanup_t         *cln;
     ngx_http_redisgate_op_t    *op;
     ngx_http_redisgate_conn_t  *conn;
@@ -152,7 +165,7 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     conn = ngx_http_redisgate_redis_pick(backend);
 
     if (conn == NULL) {
-        *error = (const char *) backend->error;
+        *error = backend->health.error;
         return NGX_DECLINED;
     }
 
@@ -171,46 +184,33 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     op->data = data;
     op->cleanup = cln;
 
-    /* nothing can run between these appends: MULTI...EXEC stays whole */
+    /* all the commands or none: MULTI...EXEC stays whole */
 
-    for (i = 0; i < n; i++) {
-        if (redisAsyncFormattedCommand(conn->ac,
-                                       ngx_http_redisgate_redis_reply, op,
-                                       (char *) cmds[i].data, cmds[i].len)
-            != REDIS_OK)
-        {
-            break;
-        }
+    rc = ngx_http_redisgate_link_send(&conn->link, cmds, n,
+                                      ngx_http_redisgate_redis_reply, op);
 
-        op->left++;
-        conn->pending++;
-    }
-
-    if (i == 0) {
+    if (rc != NGX_OK) {
         ngx_free(op);
-        *error = "Redis connection is closing";
+        *error = (rc == NGX_ERROR) ? "out of memory"
+                                   : "Redis connection is closing";
         return NGX_DECLINED;
     }
 
     cln->handler = ngx_http_redisgate_redis_op_cleanup;
     cln->data = op;
 
-    op->sent = op->left;
+    op->left = n;
+    op->sent = n;
 
-    ngx_http_redisgate_stats_backend_add(backend->stats,
+    ngx_http_redisgate_stats_backend_add(backend->node.stats,
                                          NGX_HTTP_REDISGATE_STAT_IN_FLIGHT,
-                                         (ngx_int_t) op->sent);
+                                         (ngx_int_t) n);
 
     op->timer.handler = ngx_http_redisgate_redis_op_timeout;
     op->timer.data = op;
     op->timer.log = backend->log;
 
     ngx_add_timer(&op->timer, timeout);
-
-    if (i < n) {
-        /* a partial transaction must never run */
-        ngx_http_redisgate_redis_drop(conn, "Redis connection is closing");
-    }
 
     return NGX_OK;
 }
@@ -226,7 +226,7 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
 static ngx_http_redisgate_conn_t *
 ngx_http_redisgate_redis_pick(ngx_http_redisgate_backend_t *backend)
 {
-    ngx_uint_t                  i;
+    ngx_uint_t                  i, pending;
     ngx_http_redisgate_conn_t  *conn, *best, *free;
 
     best = NULL;
@@ -235,31 +235,38 @@ ngx_http_redisgate_redis_pick(ngx_http_redisgate_backend_t *backend)
     for (i = 0; i < backend->pool_size; i++) {
         conn = &backend->conns[i];
 
-        if (conn->ac == NULL) {
+        switch (conn->link.state) {
+
+        case NGX_HTTP_REDISGATE_LINK_CLOSED:
             if (free == NULL) {
                 free = conn;
             }
 
             continue;
-        }
 
-        if (conn->ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)) {
+        case NGX_HTTP_REDISGATE_LINK_CLOSING:
             continue;
+
+        default:
+            break;
         }
 
-        if (conn->pending < NGX_HTTP_REDISGATE_BUSY) {
+        pending = ngx_http_redisgate_link_pending(&conn->link);
+
+        if (pending < NGX_HTTP_REDISGATE_BUSY) {
             return conn;
         }
 
-        if (best == NULL || conn->pending < best->pending) {
+        if (best == NULL || pending < ngx_http_redisgate_link_pending(
+                                                             &best->link))
+        {
             best = conn;
         }
     }
 
     /* while the backend is down, fail fast instead of queueing */
 
-    if (free && (ngx_msec_int_t) (ngx_current_msec - backend->down_until) >= 0)
-    {
+    if (free && ngx_http_redisgate_health_usable(&backend->health)) {
         if (ngx_http_redisgate_redis_connect(free) == NGX_OK) {
             return free;
         }
@@ -272,259 +279,205 @@ ngx_http_redisgate_redis_pick(ngx_http_redisgate_backend_t *backend)
 static ngx_int_t
 ngx_http_redisgate_redis_connect(ngx_http_redisgate_conn_t *conn)
 {
-    ngx_connection_t              *c;
-    redisAsyncContext             *ac;
-    ngx_http_redisgate_address_t  *addr;
     ngx_http_redisgate_backend_t  *backend;
 
     backend = conn->backend;
-    addr = &backend->address;
 
-    if (addr->path.len) {
-        ac = redisAsyncConnectUnix((char *) addr->path.data);
-
-    } else {
-        ac = redisAsyncConnect((char *) addr->host.data, addr->port);
-    }
-
-    if (ac == NULL) {
-        ngx_http_redisgate_redis_down(backend, "could not connect to",
-                                      "out of memory");
+    if (ngx_http_redisgate_link_connect(&conn->link, &backend->node,
+                                        backend->log)
+        != NGX_OK)
+    {
+        ngx_http_redisgate_health_down(&backend->health, conn->link.error);
+        ngx_http_redisgate_stats_backend_add(backend->node.stats,
+                                     NGX_HTTP_REDISGATE_STAT_CONNECT_FAILURES,
+                                     1);
         return NGX_ERROR;
     }
 
-    if (ac->err) {
-        ngx_http_redisgate_redis_down(backend, "could not connect to",
-                                      ac->errstr);
-        redisAsyncFree(ac);
-        return NGX_ERROR;
-    }
-
-    c = ngx_http_redisgate_socket_wrap(ac->c.fd, conn,
-                                       ngx_http_redisgate_redis_read_handler,
-                                       ngx_http_redisgate_redis_write_handler,
-                                       backend->log);
-    if (c == NULL) {
-        ngx_http_redisgate_redis_down(backend, "could not connect to",
-                                      "no free nginx connection");
-        redisAsyncFree(ac);
-        return NGX_ERROR;
-    }
-
-    conn->ac = ac;
-    conn->connection = c;
-    conn->connected = 0;
-    conn->drop_reason = NULL;
-
-    /* the adapter goes in before the callbacks: they ask for a write */
-
-    ac->data = conn;
-    ac->ev.data = conn;
-    ac->ev.addRead = ngx_http_redisgate_redis_add_read;
-    ac->ev.delRead = ngx_http_redisgate_redis_del_read;
-    ac->ev.addWrite = ngx_http_redisgate_redis_add_write;
-    ac->ev.delWrite = ngx_http_redisgate_redis_del_write;
-    ac->ev.cleanup = ngx_http_redisgate_redis_cleanup;
-
-    ngx_http_redisgate_stats_backend_add(backend->stats,
+    ngx_http_redisgate_stats_backend_add(backend->node.stats,
                                          NGX_HTTP_REDISGATE_STAT_CONNECTS, 1);
 
-    redisAsyncSetConnectCallback(ac, ngx_http_redisgate_redis_connected);
-    redisAsyncSetDisconnectCallback(ac, ngx_http_redisgate_redis_disconnected);
+    /* queued first, sent first once connected */
 
-    ngx_add_timer(&conn->connect_timer, backend->connect_timeout);
-
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, backend->log, 0,
-                   "redisgate: connecting to %V, fd:%d, conn:%p",
-                   &addr->url, c->fd, conn);
-
-    /* queued now, sent first once connected */
-
-    if (addr->password.len) {
-        if (addr->user.len) {
-            redisAsyncCommand(ac, ngx_http_redisgate_redis_setup_reply, conn,
-                              "AUTH %b %b", addr->user.data, addr->user.len,
-                              addr->password.data, addr->password.len);
-
-        } else {
-            redisAsyncCommand(ac, ngx_http_redisgate_redis_setup_reply, conn,
-                              "AUTH %b", addr->password.data,
-                              addr->password.len);
-        }
-    }
-
-    if (addr->db) {
-        redisAsyncCommand(ac, ngx_http_redisgate_redis_setup_reply, conn,
-                          "SELECT %d", (int) addr->db);
+    if (ngx_http_redisgate_redis_setup(conn) != NGX_OK) {
+        ngx_http_redisgate_link_close(&conn->link,
+                                      NGX_HTTP_REDISGATE_FAIL_CLOSED,
+                                      "out of memory");
+        return NGX_ERROR;
     }
 
     return NGX_OK;
 }
 
 
-static void
-ngx_http_redisgate_redis_connected(const redisAsyncContext *ac, int status)
+/* AUTH [user] password, SELECT db: what a connection says first */
+
+static ngx_int_t
+ngx_http_redisgate_redis_setup(ngx_http_redisgate_conn_t *conn)
 {
-    ngx_http_redisgate_conn_t  *conn = ac->data;
+    u_char                        *p, *buf, db[NGX_INT_T_LEN];
+    size_t                         len;
+    ngx_int_t                      rc;
+    ngx_str_t                      auth[3], select[2], cmds[2];
+    ngx_uint_t                     i, n;
+    ngx_http_redisgate_cmd_t       cmd[2];
+    ngx_http_redisgate_address_t  *addr;
 
-    if (conn->connect_timer.timer_set) {
-        ngx_del_timer(&conn->connect_timer);
+    addr = &conn->backend->address;
+    n = 0;
+
+    if (addr->password.len) {
+        ngx_str_set(&auth[0], "AUTH");
+        cmd[n].argv = auth;
+        cmd[n].argc = 1;
+
+        if (addr->user.len) {
+            auth[cmd[n].argc++] = addr->user;
+        }
+
+        auth[cmd[n].argc++] = addr->password;
+        n++;
     }
 
-    if (status != REDIS_OK) {
-        /* hiredis frees the context after this and fails what waited */
-        ngx_http_redisgate_redis_down(conn->backend, "could not connect to",
-                                      ac->errstr);
-        conn->drop_reason = (const char *) conn->backend->error;
-        return;
+    if (addr->db) {
+        ngx_str_set(&select[0], "SELECT");
+        select[1].data = db;
+        select[1].len = ngx_sprintf(db, "%ui", addr->db) - db;
+
+        cmd[n].argv = select;
+        cmd[n].argc = 2;
+        n++;
     }
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, conn->backend->log, 0,
-                   "redisgate: connected to %V, conn:%p",
-                   &conn->backend->address.url, conn);
+    if (n == 0) {
+        return NGX_OK;
+    }
 
-    conn->connected = 1;
-    conn->backend->backoff = conn->backend->backoff_min;
+    len = 0;
 
-    ngx_http_redisgate_stats_backend_add(conn->backend->stats,
-                                         NGX_HTTP_REDISGATE_STAT_CONNECTIONS,
-                                         1);
-    conn->backend->down_until = ngx_current_msec;
+    for (i = 0; i < n; i++) {
+        len += ngx_http_redisgate_resp_command_len(&cmd[i]);
+    }
+
+    buf = ngx_alloc(len, conn->backend->log);
+    if (buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = buf;
+
+    for (i = 0; i < n; i++) {
+        cmds[i].data = p;
+        p = ngx_http_redisgate_resp_command(p, &cmd[i]);
+        cmds[i].len = p - cmds[i].data;
+    }
+
+    /* the link copies them */
+
+    rc = ngx_http_redisgate_link_send(&conn->link, cmds, n,
+                                      ngx_http_redisgate_redis_setup_reply,
+                                      conn);
+
+    ngx_free(buf);
+
+    return rc;
 }
 
 
 static void
-ngx_http_redisgate_redis_setup_reply(redisAsyncContext *ac, void *r,
-    void *privdata)
+ngx_http_redisgate_redis_setup_reply(void *data, redisReply *reply,
+    const char *error)
 {
-    redisReply                 *reply = r;
-    ngx_http_redisgate_conn_t  *conn = privdata;
+    ngx_http_redisgate_conn_t  *conn = data;
 
-    if (reply == NULL || reply->type != REDIS_REPLY_ERROR) {
+    if (reply == NULL) {
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ERROR) {
         return;
     }
 
     ngx_log_error(NGX_LOG_ERR, conn->backend->log, 0,
-                  "redisgate: Redis at %V refused AUTH or SELECT: %*s",
+                  "redisgate: authentication failed at Redis at %V: "
+                  "AUTH or SELECT refused: %*s",
                   &conn->backend->address.url, (size_t) reply->len,
                   reply->str);
 
-    ngx_http_redisgate_redis_down(conn->backend, "authentication failed at",
-                                  reply->str);
+    ngx_http_redisgate_health_down(&conn->backend->health,
+                 ngx_http_redisgate_link_strerror(NGX_HTTP_REDISGATE_FAIL_AUTH));
 
-    ngx_http_redisgate_redis_drop(conn, (const char *) conn->backend->error);
-}
-
-
-static void
-ngx_http_redisgate_redis_disconnected(const redisAsyncContext *ac,
-    int status)
-{
-    ngx_http_redisgate_conn_t  *conn = ac->data;
-
-    if (status != REDIS_OK) {
-        ngx_log_error(NGX_LOG_ERR, conn->backend->log, 0,
-                      "redisgate: lost connection to Redis at %V: %s",
-                      &conn->backend->address.url, ac->errstr);
-        return;
-    }
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, conn->backend->log, 0,
-                   "redisgate: closed connection to %V, conn:%p",
-                   &conn->backend->address.url, conn);
-}
-
-
-static void
-ngx_http_redisgate_redis_connect_timeout(ngx_event_t *ev)
-{
-    ngx_http_redisgate_conn_t  *conn = ev->data;
-
-    ngx_log_error(NGX_LOG_ERR, ev->log, 0,
-                  "redisgate: connect to Redis at %V timed out",
-                  &conn->backend->address.url);
-
-    ngx_http_redisgate_redis_down(conn->backend, "timed out connecting to",
-                                  NULL);
-
-    ngx_http_redisgate_redis_drop(conn, (const char *) conn->backend->error);
-}
-
-
-static void
-ngx_http_redisgate_redis_down(ngx_http_redisgate_backend_t *b,
-    const char *what, const char *detail)
-{
-    u_char  *p;
-
-    p = ngx_snprintf(b->error, sizeof(b->error) - 1, "%s Redis at %V",
-                     what, &b->address.url);
-
-    if (detail) {
-        p = ngx_snprintf(p, b->error + sizeof(b->error) - 1 - p, ": %s",
-                         detail);
-    }
-
-    *p = '\0';
-
-    b->down_until = ngx_current_msec + b->backoff;
-    b->backoff = ngx_min(b->backoff * 2, b->backoff_max);
-
-    ngx_http_redisgate_stats_backend_add(b->stats,
+    ngx_http_redisgate_stats_backend_add(conn->backend->node.stats,
                                      NGX_HTTP_REDISGATE_STAT_CONNECT_FAILURES,
                                      1);
 
-    ngx_log_error(NGX_LOG_ERR, b->log, 0, "redisgate: %s", b->error);
+    ngx_http_redisgate_link_close(&conn->link, NGX_HTTP_REDISGATE_FAIL_AUTH,
+                                  NULL);
 }
 
 
 static void
-ngx_http_redisgate_redis_drop(ngx_http_redisgate_conn_t *conn,
-    const char *reason)
+ngx_http_redisgate_redis_ready(ngx_http_redisgate_link_t *link)
 {
-    if (conn->ac == NULL
-        || (conn->ac->c.flags & (REDIS_FREEING|REDIS_DISCONNECTING)))
-    {
+    ngx_http_redisgate_conn_t  *conn = link->data;
+
+    ngx_http_redisgate_health_up(&conn->backend->health);
+
+    ngx_http_redisgate_stats_backend_add(conn->backend->node.stats,
+                                         NGX_HTTP_REDISGATE_STAT_CONNECTIONS,
+                                         1);
+}
+
+
+/* before the replies awaited fail, with link->error */
+
+static void
+ngx_http_redisgate_redis_closed(ngx_http_redisgate_link_t *link)
+{
+    ngx_http_redisgate_conn_t     *conn = link->data;
+    ngx_http_redisgate_backend_t  *backend;
+
+    backend = conn->backend;
+
+    if (link->was_ready) {
+        ngx_http_redisgate_stats_backend_add(backend->node.stats,
+                                         NGX_HTTP_REDISGATE_STAT_CONNECTIONS,
+                                         -1);
         return;
     }
 
-    if (conn->drop_reason == NULL) {
-        conn->drop_reason = reason;
-    }
+    switch (link->failure) {
 
-    /* fails every pending reply now, or after the running callback */
-    redisAsyncFree(conn->ac);
+    case NGX_HTTP_REDISGATE_FAIL_CONNECT:
+    case NGX_HTTP_REDISGATE_FAIL_TIMEOUT:
+    case NGX_HTTP_REDISGATE_FAIL_HANDSHAKE:
+    case NGX_HTTP_REDISGATE_FAIL_VERIFY:
+        /* it never worked: wait before trying again */
+        ngx_http_redisgate_health_down(&backend->health, link->error);
+        ngx_http_redisgate_stats_backend_add(backend->node.stats,
+                                     NGX_HTTP_REDISGATE_STAT_CONNECT_FAILURES,
+                                     1);
+        return;
+
+    default:
+        return;
+    }
 }
 
 
 static void
-ngx_http_redisgate_redis_reply(redisAsyncContext *ac, void *r,
-    void *privdata)
+ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
+    const char *error)
 {
-    void                         *data;
-    redisReply                   *reply = r;
+    ngx_http_redisgate_op_t *op = data;
+
+    void                         *rdata;
     ngx_http_redisgate_reply_pt   handler;
-    ngx_http_redisgate_op_t    *op = privdata;
-    ngx_http_redisgate_conn_t  *conn;
 
-    conn = op->conn;
-
-    conn->pending--;
     op->left--;
 
     if (reply == NULL && op->error == NULL) {
-        if (conn->drop_reason) {
-            op->error = conn->drop_reason;
-
-        } else {
-            ngx_snprintf(conn->backend->error,
-                         sizeof(conn->backend->error) - 1,
-                         "lost connection to Redis at %V: %s%Z",
-                         &conn->backend->address.url,
-                         ac->errstr[0] ? ac->errstr : "closed");
-            conn->drop_reason = (const char *) conn->backend->error;
-            op->error = conn->drop_reason;
-        }
+        op->error = error;
     }
 
     if (op->data) {
@@ -540,22 +493,22 @@ ngx_http_redisgate_redis_reply(redisAsyncContext *ac, void *r,
     }
 
     /* one shared-memory update per request, not per reply */
-    ngx_http_redisgate_stats_backend_add(conn->backend->stats,
+    ngx_http_redisgate_stats_backend_add(op->conn->backend->node.stats,
                                          NGX_HTTP_REDISGATE_STAT_IN_FLIGHT,
                                          -(ngx_int_t) op->sent);
 
-    data = op->data;
+    rdata = op->data;
     handler = op->handler;
 
-    if (data) {
+    if (rdata) {
         op->cleanup->handler = NULL;
     }
 
     ngx_free(op);
 
-    if (data) {
+    if (rdata) {
         /* the last call: the request may be finalized in it */
-        handler(data, NULL, NULL);
+        handler(rdata, NULL, NULL);
     }
 }
 
@@ -585,136 +538,7 @@ ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev)
     op->error = "Redis command timed out";
 
     /* replies are matched by order: a late one would shift them all */
-    ngx_http_redisgate_redis_drop(conn,
-                             "Redis connection dropped after a command "
-                             "timed out");
-}
-
-
-static void
-ngx_http_redisgate_redis_read_handler(ngx_event_t *ev)
-{
-    ngx_connection_t           *c = ev->data;
-    ngx_http_redisgate_conn_t  *conn = c->data;
-
-    redisAsyncHandleRead(conn->ac);
-}
-
-
-static void
-ngx_http_redisgate_redis_write_handler(ngx_event_t *ev)
-{
-    ngx_connection_t           *c = ev->data;
-    ngx_http_redisgate_conn_t  *conn = c->data;
-
-    conn->writing = 1;
-    redisAsyncHandleWrite(conn->ac);
-
-    /* the context may be gone: conn is a slot, it stays */
-    conn->writing = 0;
-}
-
-
-/*
- * The adapter.  Level-triggered events: hiredis reads at most 16k per
- * call, and an edge-triggered loop would wait forever for the rest.
- */
-
-static void
-ngx_http_redisgate_redis_add_read(void *data)
-{
-    ngx_http_redisgate_conn_t  *conn = data;
-
-    if (!conn->connection->read->active) {
-        (void) ngx_add_event(conn->connection->read, NGX_READ_EVENT,
-                             NGX_LEVEL_EVENT);
-    }
-}
-
-
-static void
-ngx_http_redisgate_redis_del_read(void *data)
-{
-    ngx_http_redisgate_conn_t  *conn = data;
-
-    if (conn->connection->read->active) {
-        (void) ngx_del_event(conn->connection->read, NGX_READ_EVENT, 0);
-    }
-}
-
-
-/*
- * Commands appended while the event loop runs are written once it has run
- * its events, all in one write: a posted event, not a trip through epoll.
- * Only a write that could not finish (or a connect) waits for writability.
- */
-
-static void
-ngx_http_redisgate_redis_add_write(void *data)
-{
-    ngx_http_redisgate_conn_t  *conn = data;
-
-    ngx_event_t  *wev;
-
-    wev = conn->connection->write;
-
-    if (wev->active || wev->posted) {
-        return;
-    }
-
-    if (conn->writing || !(conn->ac->c.flags & REDIS_CONNECTED)) {
-        (void) ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT);
-        return;
-    }
-
-    ngx_post_event(wev, &ngx_posted_events);
-}
-
-
-static void
-ngx_http_redisgate_redis_del_write(void *data)
-{
-    ngx_http_redisgate_conn_t  *conn = data;
-
-    if (conn->connection->write->posted) {
-        ngx_delete_posted_event(conn->connection->write);
-    }
-
-    if (conn->connection->write->active) {
-        (void) ngx_del_event(conn->connection->write, NGX_WRITE_EVENT, 0);
-    }
-}
-
-
-/* hiredis is freeing the context and will close the fd itself */
-
-static void
-ngx_http_redisgate_redis_cleanup(void *data)
-{
-    ngx_http_redisgate_conn_t  *conn = data;
-
-    ngx_connection_t  *c;
-
-    c = conn->connection;
-
-    if (conn->connect_timer.timer_set) {
-        ngx_del_timer(&conn->connect_timer);
-    }
-
-    if (c) {
-        /* hiredis closes the socket right after this */
-        ngx_http_redisgate_socket_release(c, 1);
-    }
-
-    if (conn->connected) {
-        ngx_http_redisgate_stats_backend_add(conn->backend->stats,
-                                         NGX_HTTP_REDISGATE_STAT_CONNECTIONS,
-                                         -1);
-    }
-
-    conn->connection = NULL;
-    conn->ac = NULL;
-    conn->connected = 0;
-    conn->pending = 0;
-    conn->drop_reason = NULL;
+    ngx_http_redisgate_link_close(&conn->link, NGX_HTTP_REDISGATE_FAIL_CLOSED,
+                                  "Redis connection dropped after a command "
+                                  "timed out");
 }

@@ -19,7 +19,7 @@
 
 
 static ngx_int_t ngx_http_redisgate_parse_address(ngx_conf_t *cf,
-    ngx_str_t *url, ngx_http_redisgate_address_t *addr);
+    ngx_str_t *url, ngx_http_redisgate_backend_t *b);
 static ngx_int_t ngx_http_redisgate_decode_userinfo(ngx_conf_t *cf,
     ngx_str_t *raw, ngx_str_t *s);
 static ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
@@ -283,38 +283,33 @@ ngx_http_redisgate_static_backend(ngx_conf_t *cf,
     ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url)
 {
     ngx_uint_t                     i;
-    ngx_http_redisgate_address_t   addr;
-    ngx_http_redisgate_backend_t  *b, **bp;
-
-    ngx_memzero(&addr, sizeof(ngx_http_redisgate_address_t));
-
-    if (ngx_http_redisgate_parse_address(cf, url, &addr) != NGX_OK) {
-        return NULL;
-    }
-
-    bp = rmcf->backends.elts;
-
-    for (i = 0; i < rmcf->backends.nelts; i++) {
-        b = bp[i];
-
-        if (b->address.port == addr.port
-            && b->address.db == addr.db
-            && ngx_http_redisgate_str_eq(&b->address.host, &addr.host)
-            && ngx_http_redisgate_str_eq(&b->address.path, &addr.path)
-            && ngx_http_redisgate_str_eq(&b->address.user, &addr.user)
-            && ngx_http_redisgate_str_eq(&b->address.password,
-                                         &addr.password))
-        {
-            return b;
-        }
-    }
+    ngx_http_redisgate_backend_t  *b, *t, **bp;
 
     b = ngx_pcalloc(cf->pool, sizeof(ngx_http_redisgate_backend_t));
     if (b == NULL) {
         return NULL;
     }
 
-    b->address = addr;
+    if (ngx_http_redisgate_parse_address(cf, url, b) != NGX_OK) {
+        return NULL;
+    }
+
+    bp = rmcf->backends.elts;
+
+    for (i = 0; i < rmcf->backends.nelts; i++) {
+        t = bp[i];
+
+        if (t->address.tls == b->address.tls
+            && t->address.db == b->address.db
+            && t->port == b->port
+            && ngx_http_redisgate_str_eq(&t->address.host, &b->address.host)
+            && ngx_http_redisgate_str_eq(&t->address.user, &b->address.user)
+            && ngx_http_redisgate_str_eq(&t->address.password,
+                                         &b->address.password))
+        {
+            return t;
+        }
+    }
 
     bp = ngx_array_push(&rmcf->backends);
     if (bp == NULL) {
@@ -339,17 +334,23 @@ ngx_http_redisgate_str_eq(ngx_str_t *one, ngx_str_t *two)
 
 
 /*
- * Host names are resolved once, here, as nginx does for upstream servers.
+ * Host names are resolved here, as nginx does for upstream servers; with
+ * a "resolver", they are resolved again when the answer expires.
  */
 
 static ngx_int_t
 ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
-    ngx_http_redisgate_address_t *addr)
+    ngx_http_redisgate_backend_t *b)
 {
-    u_char                    text[NGX_SOCKADDR_STRLEN];
-    size_t                    len;
-    ngx_url_t                 u;
-    ngx_http_redisgate_url_t  parts;
+    u_char                        *p;
+    size_t                         len;
+    ngx_url_t                      u;
+    ngx_str_t                      host;
+    ngx_addr_t                     probe;
+    ngx_http_redisgate_url_t       parts;
+    ngx_http_redisgate_address_t  *addr;
+
+    addr = &b->address;
 
     if (ngx_http_redisgate_parse_url(&parts, url->data, url->len) != NGX_OK) {
 
@@ -368,7 +369,16 @@ ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
         return NGX_ERROR;
     }
 
+#if !(NGX_SSL)
+    if (parts.tls) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "rediss:// needs nginx built with SSL");
+        return NGX_ERROR;
+    }
+#endif
+
     addr->db = parts.db;
+    addr->tls = parts.tls;
 
     if (parts.has_userinfo
         && (ngx_http_redisgate_decode_userinfo(cf, &parts.user, &addr->user)
@@ -380,64 +390,84 @@ ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
         return NGX_ERROR;
     }
 
-    if (parts.unix_socket) {
-
-        /* NUL-terminated for hiredis */
-        addr->path.len = parts.path.len;
-        addr->path.data = ngx_pnalloc(cf->pool, addr->path.len + 1);
-        if (addr->path.data == NULL) {
-            return NGX_ERROR;
-        }
-
-        *ngx_cpymem(addr->path.data, parts.path.data, addr->path.len) = '\0';
-
-        len = sizeof("unix://") - 1 + addr->path.len + sizeof("?db=") - 1
-              + NGX_INT_T_LEN;
-        addr->url.data = ngx_pnalloc(cf->pool, len);
-        if (addr->url.data == NULL) {
-            return NGX_ERROR;
-        }
-
-        addr->url.len = ngx_sprintf(addr->url.data, "unix://%V?db=%ui",
-                                    &addr->path, addr->db)
-                        - addr->url.data;
-        return NGX_OK;
-    }
-
     ngx_memzero(&u, sizeof(ngx_url_t));
 
-    u.url = parts.host;
-    u.default_port = 6379;
+    if (parts.unix_socket) {
+        /* "unix:/path", as nginx names sockets */
+        u.url.len = sizeof("unix:") - 1 + parts.path.len;
+        u.url.data = ngx_pnalloc(cf->pool, u.url.len);
+        if (u.url.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(ngx_cpymem(u.url.data, "unix:", sizeof("unix:") - 1),
+                   parts.path.data, parts.path.len);
+
+    } else {
+        u.url = parts.host;
+        u.default_port = 6379;
+    }
 
     if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in Redis URL \"%V\"",
-                           u.err ? u.err : "host not found", &parts.host);
+                           u.err ? u.err : "host not found",
+                           parts.unix_socket ? &parts.path : &parts.host);
         return NGX_ERROR;
     }
 
-    len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, text,
-                        NGX_SOCKADDR_STRLEN, 0);
+    ngx_memcpy(&b->node.sockaddr, u.addrs[0].sockaddr, u.addrs[0].socklen);
+    b->node.socklen = u.addrs[0].socklen;
+    b->resolved = 1;
 
-    addr->host.len = len;
-    addr->host.data = ngx_pnalloc(cf->pool, len + 1);
+    if (parts.unix_socket) {
+        host = parts.path;
+
+    } else {
+        host = u.host;
+        b->port = u.port;
+
+        if (host.len > 2 && host.data[0] == '[') {
+            host.data++;
+            host.len -= 2;
+        }
+    }
+
+    /* NUL-terminated: the TLS name */
+
+    addr->host.len = host.len;
+    addr->host.data = ngx_pnalloc(cf->pool, host.len + 1);
     if (addr->host.data == NULL) {
         return NGX_ERROR;
     }
 
-    /* an IPv6 address without brackets, NUL-terminated for hiredis */
-    *ngx_cpymem(addr->host.data, text, len) = '\0';
-    addr->port = u.port;
+    *ngx_cpymem(addr->host.data, host.data, host.len) = '\0';
 
-    len = sizeof("redis://[]:65535/") - 1 + addr->host.len + NGX_INT_T_LEN;
+    if (!parts.unix_socket
+        && ngx_parse_addr(cf->pool, &probe, host.data, host.len)
+           == NGX_DECLINED)
+    {
+        /* a name: resolved again at run time, when there is a resolver */
+        b->resolve_name = addr->host;
+    }
+
+    len = sizeof("rediss://[]:65535/") - 1 + host.len + sizeof("?db=")
+          + NGX_INT_T_LEN;
+
     addr->url.data = ngx_pnalloc(cf->pool, len);
     if (addr->url.data == NULL) {
         return NGX_ERROR;
     }
 
-    /* ngx_parse_url names the address with its port already */
-    addr->url.len = ngx_sprintf(addr->url.data, "redis://%V/%ui",
-                                &u.addrs[0].name, addr->db)
-                    - addr->url.data;
+    if (parts.unix_socket) {
+        p = ngx_sprintf(addr->url.data, "unix://%V?db=%ui", &host, addr->db);
+
+    } else {
+        p = ngx_sprintf(addr->url.data, "%s://%V:%d/%ui",
+                        parts.tls ? "rediss" : "redis", &u.host, (int) b->port,
+                        addr->db);
+    }
+
+    addr->url.len = p - addr->url.data;
 
     return NGX_OK;
 }

@@ -81,6 +81,16 @@ static ngx_http_redisgate_backend_metric_t
 
     { "redisgate_backend_connect_failures_total",
       "Connections to a Redis that failed or timed out.", "counter" },
+
+    { "redisgate_backend_tls_handshakes_total",
+      "TLS handshakes completed with a Redis.", "counter" },
+
+    { "redisgate_backend_tls_handshake_failures_total",
+      "TLS handshakes with a Redis that failed, or whose certificate was "
+      "refused.", "counter" },
+
+    { "redisgate_backend_tls_session_reuses_total",
+      "TLS handshakes with a Redis that resumed a session.", "counter" },
 };
 
 
@@ -305,7 +315,8 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
            + NGX_HTTP_REDISGATE_STATS_ROUTES * NGX_HTTP_REDISGATE_STATS_STATUSES
              * (64 + NGX_ATOMIC_T_LEN)
            + NGX_HTTP_REDISGATE_STATS_BUCKETS * (64 + NGX_ATOMIC_T_LEN)
-           + n * 4 * (64 + NGX_HTTP_REDISGATE_STATS_URL_LEN
+           + n * NGX_HTTP_REDISGATE_STAT_BACKEND_COUNTERS
+               * (64 + NGX_HTTP_REDISGATE_STATS_URL_LEN
                       + NGX_ATOMIC_T_LEN);
 
     b = ngx_create_temp_buf(r->pool, size);

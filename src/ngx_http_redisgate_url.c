@@ -10,6 +10,7 @@
  * credentials are the caller's business.
  *
  *   redis://[[user]:password@]host[:port][/db]
+ *   rediss://[[user]:password@]host[:port][/db]      (TLS)
  *   unix://[[user]:password@]/path/to/redis.sock[?db=N]
  */
 
@@ -37,8 +38,15 @@ ngx_http_redisgate_parse_url(ngx_http_redisgate_url_t *u, u_char *url,
     p = url;
     last = url + len;
 
-    if (len > 8 && ngx_strncmp(p, "redis://", 8) == 0) {
+    if (len > 9 && ngx_strncmp(p, "rediss://", 9) == 0) {
+        u->tls = 1;
+        p += 9;
+
+    } else if (len > 8 && ngx_strncmp(p, "redis://", 8) == 0) {
         p += 8;
+    }
+
+    if (p != url) {
 
         /* the last '@' before the path: a password may hold '@' */
 
@@ -131,8 +139,7 @@ ngx_http_redisgate_parse_url(ngx_http_redisgate_url_t *u, u_char *url,
         return NGX_OK;
     }
 
-    u->error = "invalid Redis URL: expected redis:// or unix:// "
-               "(TLS, rediss://, is not supported)";
+    u->error = "invalid Redis URL: expected redis://, rediss:// or unix://";
 
     return NGX_ERROR;
 }

@@ -1,0 +1,978 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * One connection to one Redis node, on nginx's own connection: the way
+ * nginx's upstream module reaches its servers (ngx_event_connect_peer,
+ * ngx_ssl_create_connection, ngx_ssl_handshake, c->send and c->recv), so
+ * that TCP, unix sockets and TLS share one I/O path.  hiredis only parses.
+ *
+ * Commands are copied into the link's output buffer when sent: the
+ * request that sent them may be gone before they are written.  Whatever
+ * was queued during a turn of the event loop is written at its end, in
+ * one write (a posted event).
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+#include <ngx_event_connect.h>
+
+#include "ngx_http_redisgate_transport.h"
+#include "ngx_http_redisgate.h"
+
+
+/* read at most this much per event before letting others run */
+#define NGX_HTTP_REDISGATE_LINK_READ_MAX    (1024 * 1024)
+
+/* an output buffer grown past this is freed once drained */
+#define NGX_HTTP_REDISGATE_LINK_OUT_KEEP    (64 * 1024)
+
+
+static void ngx_http_redisgate_link_event(ngx_event_t *ev);
+static void ngx_http_redisgate_link_connected(ngx_http_redisgate_link_t *link);
+static void ngx_http_redisgate_link_ready(ngx_http_redisgate_link_t *link);
+static void ngx_http_redisgate_link_write(ngx_http_redisgate_link_t *link);
+static void ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link);
+static void ngx_http_redisgate_link_timeout(ngx_event_t *ev);
+static void ngx_http_redisgate_link_fail(ngx_http_redisgate_link_t *link,
+    ngx_uint_t failure, ngx_err_t err, const char *fmt, ...);
+static ngx_int_t ngx_http_redisgate_link_reserve(
+    ngx_http_redisgate_link_t *link, size_t len, ngx_uint_t n);
+static void ngx_http_redisgate_link_close_connection(
+    ngx_http_redisgate_link_t *link, ngx_uint_t failed);
+
+#if (NGX_SSL)
+static void ngx_http_redisgate_link_ssl_start(ngx_http_redisgate_link_t *link);
+static void ngx_http_redisgate_link_ssl_handshaked(ngx_connection_t *c);
+static ngx_int_t ngx_http_redisgate_link_ssl_check_name(ngx_connection_t *c,
+    ngx_str_t *name);
+static void ngx_http_redisgate_link_ssl_save_session(ngx_connection_t *c);
+static void ngx_http_redisgate_link_ssl_closed(ngx_connection_t *c);
+#endif
+
+
+static const char  *ngx_http_redisgate_link_errors[] = {
+    "Redis unavailable",
+    "Redis unavailable: could not connect",
+    "Redis unavailable: connect timed out",
+    "Redis unavailable: TLS handshake failed",
+    "Redis unavailable: TLS certificate verification failed",
+    "Redis unavailable: connection lost",
+    "Redis unavailable: protocol error",
+    "Redis unavailable: authentication failed",
+    "Redis unavailable: connection closed",
+};
+
+
+/* what the log says before "Redis at <url>" */
+static const char  *ngx_http_redisgate_link_log_what[] = {
+    "failed",
+    "could not connect to",
+    "timed out connecting to",
+    "TLS handshake failed with",
+    "TLS certificate verification failed for",
+    "lost connection to",
+    "protocol error from",
+    "authentication failed at",
+    "closed the connection to",
+};
+
+
+/* replies are fed to hiredis from here, one worker at a time */
+static u_char  ngx_http_redisgate_link_buffer[64 * 1024];
+
+
+const char *
+ngx_http_redisgate_link_strerror(ngx_uint_t failure)
+{
+    if (failure > NGX_HTTP_REDISGATE_FAIL_CLOSED) {
+        failure = NGX_HTTP_REDISGATE_FAIL_NONE;
+    }
+
+    return ngx_http_redisgate_link_errors[failure];
+}
+
+
+ngx_int_t
+ngx_http_redisgate_link_connect(ngx_http_redisgate_link_t *link,
+    ngx_http_redisgate_node_t *node, ngx_log_t *log)
+{
+    int                tcp_nodelay;
+    ngx_int_t          rc;
+    ngx_connection_t  *c;
+
+    tcp_nodelay = 1;
+    link->node = node;
+    link->log = log;
+    link->failure = NGX_HTTP_REDISGATE_FAIL_NONE;
+    link->error = NULL;
+    link->was_ready = 0;
+
+    if (link->reader == NULL) {
+        link->reader = redisReaderCreate();
+        if (link->reader == NULL) {
+            ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_CONNECT,
+                                         0, "out of memory");
+            return NGX_ERROR;
+        }
+    }
+
+    ngx_memzero(&link->peer, sizeof(ngx_peer_connection_t));
+
+    link->peer.sockaddr = &node->sockaddr.sockaddr;
+    link->peer.socklen = node->socklen;
+    link->peer.name = &node->name;
+    link->peer.get = ngx_event_get_peer;
+    link->peer.log = log;
+    link->peer.log_error = NGX_ERROR_ERR;
+    link->peer.tries = 1;
+
+    rc = ngx_event_connect_peer(&link->peer);
+
+    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
+        /* nginx logged connect()'s reason; it closed the socket itself */
+        ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_CONNECT,
+                                     ngx_socket_errno, NULL);
+        return NGX_ERROR;
+    }
+
+    c = link->peer.connection;
+
+    if (node->sockaddr.sockaddr.sa_family != AF_UNIX) {
+        /* pipelined writes are small and follow each other: no Nagle */
+        (void) setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY,
+                          (const void *) &tcp_nodelay, sizeof(int));
+    }
+
+    c->data = link;
+    c->read->handler = ngx_http_redisgate_link_event;
+    c->write->handler = ngx_http_redisgate_link_event;
+    c->log = log;
+    c->read->log = log;
+    c->write->log = log;
+
+    link->state = NGX_HTTP_REDISGATE_LINK_CONNECTING;
+
+    link->timer.handler = ngx_http_redisgate_link_timeout;
+    link->timer.data = link;
+    link->timer.log = log;
+
+    ngx_add_timer(&link->timer, node->connect_timeout);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "redisgate: connecting to %V, fd:%d, link:%p",
+                   &node->name, c->fd, link);
+
+    if (rc == NGX_OK) {
+        /* a unix socket, at once: go on in the event loop, not inside */
+        ngx_post_event(c->write, &ngx_posted_events);
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_redisgate_link_send(ngx_http_redisgate_link_t *link, ngx_str_t *cmds,
+    ngx_uint_t n, ngx_http_redisgate_link_reply_pt handler, void *data)
+{
+    size_t                           len;
+    ngx_uint_t                       i, tail;
+    ngx_event_t                     *wev;
+    ngx_http_redisgate_link_wait_t  *w;
+
+    if (link->state != NGX_HTTP_REDISGATE_LINK_CONNECTING
+        && link->state != NGX_HTTP_REDISGATE_LINK_READY)
+    {
+        return NGX_DECLINED;
+    }
+
+    len = 0;
+
+    for (i = 0; i < n; i++) {
+        len += cmds[i].len;
+    }
+
+    /* room for all first: MULTI...EXEC goes whole or not at all */
+
+    if (ngx_http_redisgate_link_reserve(link, len, n) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        ngx_memcpy(link->out + link->out_last, cmds[i].data, cmds[i].len);
+        link->out_last += cmds[i].len;
+
+        tail = (link->wait_head + link->nwaits) % link->wait_size;
+        w = &link->waits[tail];
+        w->handler = handler;
+        w->data = data;
+        link->nwaits++;
+    }
+
+    if (link->state != NGX_HTTP_REDISGATE_LINK_READY) {
+        /* written once connected */
+        return NGX_OK;
+    }
+
+    wev = link->peer.connection->write;
+
+    if (wev->ready && !wev->posted) {
+        ngx_post_event(wev, &ngx_posted_events);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_link_reserve(ngx_http_redisgate_link_t *link, size_t len,
+    ngx_uint_t n)
+{
+    u_char                          *out;
+    size_t                           size;
+    ngx_uint_t                       i, wsize;
+    ngx_http_redisgate_link_wait_t  *waits;
+
+    if (link->out_pos == link->out_last) {
+        link->out_pos = 0;
+        link->out_last = 0;
+    }
+
+    if (link->out_size - link->out_last < len) {
+
+        if (link->out_pos && link->out_size - (link->out_last - link->out_pos)
+                             >= len)
+        {
+            /* what is left to write moves to the front */
+            ngx_memmove(link->out, link->out + link->out_pos,
+                        link->out_last - link->out_pos);
+            link->out_last -= link->out_pos;
+            link->out_pos = 0;
+
+        } else {
+            size = ngx_max(link->out_size * 2, 4096);
+
+            while (size < link->out_last - link->out_pos + len) {
+                size *= 2;
+            }
+
+            out = ngx_alloc(size, link->log);
+            if (out == NULL) {
+                return NGX_ERROR;
+            }
+
+            if (link->out) {
+                ngx_memcpy(out, link->out + link->out_pos,
+                           link->out_last - link->out_pos);
+                ngx_free(link->out);
+            }
+
+            link->out_last -= link->out_pos;
+            link->out_pos = 0;
+            link->out = out;
+            link->out_size = size;
+        }
+    }
+
+    if (link->wait_size - link->nwaits >= n) {
+        return NGX_OK;
+    }
+
+    wsize = ngx_max(link->wait_size * 2, 64);
+
+    while (wsize < link->nwaits + n) {
+        wsize *= 2;
+    }
+
+    waits = ngx_alloc(wsize * sizeof(ngx_http_redisgate_link_wait_t),
+                      link->log);
+    if (waits == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* the ring unrolled, oldest first */
+
+    for (i = 0; i < link->nwaits; i++) {
+        waits[i] = link->waits[(link->wait_head + i) % link->wait_size];
+    }
+
+    if (link->waits) {
+        ngx_free(link->waits);
+    }
+
+    link->waits = waits;
+    link->wait_size = wsize;
+    link->wait_head = 0;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_redisgate_link_close(ngx_http_redisgate_link_t *link,
+    ngx_uint_t failure, const char *error)
+{
+    ngx_uint_t                        n;
+    ngx_http_redisgate_link_wait_t    w;
+
+    if (link->state == NGX_HTTP_REDISGATE_LINK_CLOSED
+        || link->state == NGX_HTTP_REDISGATE_LINK_CLOSING)
+    {
+        return;
+    }
+
+    link->state = NGX_HTTP_REDISGATE_LINK_CLOSING;
+    link->generation++;
+    link->failure = failure;
+    link->error = error ? error : ngx_http_redisgate_link_strerror(failure);
+
+    if (link->timer.timer_set) {
+        ngx_del_timer(&link->timer);
+    }
+
+    ngx_http_redisgate_link_close_connection(link,
+                                  failure != NGX_HTTP_REDISGATE_FAIL_CLOSED);
+
+    if (link->reader) {
+        redisReaderFree(link->reader);
+        link->reader = NULL;
+    }
+
+    link->out_pos = 0;
+    link->out_last = 0;
+
+    if (link->out_size > NGX_HTTP_REDISGATE_LINK_OUT_KEEP) {
+        ngx_free(link->out);
+        link->out = NULL;
+        link->out_size = 0;
+    }
+
+    if (link->on_close) {
+        link->on_close(link);
+    }
+
+    /*
+     * Those that waited, in order.  A handler may finish its request and
+     * run others: they cannot queue here, nor open the link again, until
+     * it is CLOSED.
+     */
+
+    n = link->nwaits;
+
+    while (n--) {
+        w = link->waits[link->wait_head];
+        link->wait_head = (link->wait_head + 1) % link->wait_size;
+        link->nwaits--;
+
+        w.handler(w.data, NULL, link->error);
+    }
+
+    link->state = NGX_HTTP_REDISGATE_LINK_CLOSED;
+}
+
+
+void
+ngx_http_redisgate_link_free(ngx_http_redisgate_link_t *link)
+{
+    ngx_http_redisgate_link_close(link, NGX_HTTP_REDISGATE_FAIL_CLOSED, NULL);
+
+    if (link->out) {
+        ngx_free(link->out);
+        link->out = NULL;
+        link->out_size = 0;
+    }
+
+    if (link->waits) {
+        ngx_free(link->waits);
+        link->waits = NULL;
+        link->wait_size = 0;
+    }
+}
+
+
+static void
+ngx_http_redisgate_link_close_connection(ngx_http_redisgate_link_t *link,
+    ngx_uint_t failed)
+{
+    ngx_pool_t        *pool;
+    ngx_connection_t  *c;
+
+    c = link->peer.connection;
+
+    if (c == NULL) {
+        return;
+    }
+
+    link->peer.connection = NULL;
+
+    /* late events for it find nobody */
+    c->data = NULL;
+
+#if (NGX_SSL)
+
+    if (c->ssl) {
+        c->ssl->no_wait_shutdown = 1;
+
+        if (failed) {
+            c->ssl->no_send_shutdown = 1;
+        }
+
+        if (ngx_ssl_shutdown(c) == NGX_AGAIN) {
+            /* the close_notify could not be written yet: nginx goes on */
+            c->ssl->handler = ngx_http_redisgate_link_ssl_closed;
+            return;
+        }
+    }
+
+#endif
+
+    pool = c->pool;
+
+    ngx_close_connection(c);
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+}
+
+
+static void
+ngx_http_redisgate_link_event(ngx_event_t *ev)
+{
+    int                         err;
+    socklen_t                   len;
+    ngx_connection_t           *c;
+    ngx_http_redisgate_link_t  *link;
+
+    c = ev->data;
+    link = c->data;
+
+    if (link == NULL) {
+        return;
+    }
+
+    switch (link->state) {
+
+    case NGX_HTTP_REDISGATE_LINK_CONNECTING:
+
+        err = 0;
+        len = sizeof(int);
+
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len)
+            == -1)
+        {
+            err = ngx_socket_errno;
+        }
+
+        if (err) {
+            ngx_http_redisgate_link_fail(link,
+                                         NGX_HTTP_REDISGATE_FAIL_CONNECT,
+                                         err, NULL);
+            return;
+        }
+
+        ngx_http_redisgate_link_connected(link);
+        return;
+
+    case NGX_HTTP_REDISGATE_LINK_READY:
+
+        if (ev->write) {
+            ngx_http_redisgate_link_write(link);
+
+        } else {
+            ngx_http_redisgate_link_read(link);
+        }
+
+        return;
+
+    default:
+        return;
+    }
+}
+
+
+static void
+ngx_http_redisgate_link_connected(ngx_http_redisgate_link_t *link)
+{
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, link->log, 0,
+                   "redisgate: connected to %V, link:%p",
+                   &link->node->name, link);
+
+#if (NGX_SSL)
+    if (link->node->tls) {
+        ngx_http_redisgate_link_ssl_start(link);
+        return;
+    }
+#endif
+
+    ngx_http_redisgate_link_ready(link);
+}
+
+
+static void
+ngx_http_redisgate_link_ready(ngx_http_redisgate_link_t *link)
+{
+    ngx_connection_t  *c;
+
+    if (link->timer.timer_set) {
+        ngx_del_timer(&link->timer);
+    }
+
+    c = link->peer.connection;
+
+    c->read->handler = ngx_http_redisgate_link_event;
+    c->write->handler = ngx_http_redisgate_link_event;
+
+    link->state = NGX_HTTP_REDISGATE_LINK_READY;
+    link->was_ready = 1;
+
+    if (link->on_ready) {
+        link->on_ready(link);
+    }
+
+    if (link->out_last > link->out_pos) {
+        ngx_http_redisgate_link_write(link);
+    }
+
+    /* a reply may have come with the handshake's last bytes */
+
+    if (link->state == NGX_HTTP_REDISGATE_LINK_READY
+        && link->peer.connection->read->ready)
+    {
+        ngx_post_event(link->peer.connection->read, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_http_redisgate_link_write(ngx_http_redisgate_link_t *link)
+{
+    ssize_t            n;
+    ngx_connection_t  *c;
+
+    c = link->peer.connection;
+
+    while (link->out_pos < link->out_last) {
+
+        n = c->send(c, link->out + link->out_pos,
+                    link->out_last - link->out_pos);
+
+        if (n == NGX_AGAIN) {
+            /* the rest when the socket can take it */
+            if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+                ngx_http_redisgate_link_fail(link,
+                                             NGX_HTTP_REDISGATE_FAIL_LOST, 0,
+                                             "could not wait to write");
+            }
+
+            return;
+        }
+
+        if (n == NGX_ERROR || n == 0) {
+            ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_LOST,
+                                         0, "write failed");
+            return;
+        }
+
+        link->out_pos += n;
+    }
+
+    link->out_pos = 0;
+    link->out_last = 0;
+
+    if (link->out_size > NGX_HTTP_REDISGATE_LINK_OUT_KEEP) {
+        ngx_free(link->out);
+        link->out = NULL;
+        link->out_size = 0;
+    }
+}
+
+
+static void
+ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
+{
+    int                              rc;
+    void                            *r;
+    size_t                           total;
+    ssize_t                          n;
+    ngx_uint_t                       generation;
+    ngx_connection_t                *c;
+    ngx_http_redisgate_link_wait_t   w;
+
+    c = link->peer.connection;
+    generation = link->generation;
+    total = 0;
+
+    for ( ;; ) {
+
+        n = c->recv(c, ngx_http_redisgate_link_buffer,
+                    sizeof(ngx_http_redisgate_link_buffer));
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+                ngx_http_redisgate_link_fail(link,
+                                             NGX_HTTP_REDISGATE_FAIL_LOST, 0,
+                                             "could not wait to read");
+            }
+
+            return;
+        }
+
+        if (n == 0 || n == NGX_ERROR) {
+            if (n == 0 && link->nwaits == 0
+                && link->out_last == link->out_pos)
+            {
+                /* an idle connection Redis closed (its timeout, a kill) */
+                ngx_log_error(NGX_LOG_INFO, link->log, 0,
+                              "redisgate: Redis at %V closed an idle "
+                              "connection", &link->node->name);
+                ngx_http_redisgate_link_close(link,
+                                              NGX_HTTP_REDISGATE_FAIL_LOST,
+                                              NULL);
+                return;
+            }
+
+            ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_LOST,
+                                         0, n == 0 ? "closed by the server"
+                                                   : "read failed");
+            return;
+        }
+
+        if (redisReaderFeed(link->reader, (const char *)
+                            ngx_http_redisgate_link_buffer, n)
+            != REDIS_OK)
+        {
+            ngx_http_redisgate_link_fail(link,
+                                         NGX_HTTP_REDISGATE_FAIL_PROTOCOL, 0,
+                                         "%s", link->reader->errstr);
+            return;
+        }
+
+        for ( ;; ) {
+            r = NULL;
+            rc = redisReaderGetReply(link->reader, &r);
+
+            if (rc != REDIS_OK) {
+                ngx_http_redisgate_link_fail(link,
+                                             NGX_HTTP_REDISGATE_FAIL_PROTOCOL,
+                                             0, "%s", link->reader->errstr);
+                return;
+            }
+
+            if (r == NULL) {
+                break;
+            }
+
+            if (link->nwaits == 0) {
+                freeReplyObject(r);
+                ngx_http_redisgate_link_fail(link,
+                                             NGX_HTTP_REDISGATE_FAIL_PROTOCOL,
+                                             0, "a reply nobody asked for");
+                return;
+            }
+
+            w = link->waits[link->wait_head];
+            link->wait_head = (link->wait_head + 1) % link->wait_size;
+            link->nwaits--;
+
+            w.handler(w.data, r, NULL);
+
+            freeReplyObject(r);
+
+            if (link->generation != generation) {
+                /* a handler closed the link (and maybe opened it again) */
+                return;
+            }
+        }
+
+        total += n;
+
+        if (total >= NGX_HTTP_REDISGATE_LINK_READ_MAX) {
+            /* the rest after others had their turn */
+            ngx_post_event(c->read, &ngx_posted_events);
+            return;
+        }
+    }
+}
+
+
+static void
+ngx_http_redisgate_link_timeout(ngx_event_t *ev)
+{
+    ngx_http_redisgate_link_t  *link = ev->data;
+
+    ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_TIMEOUT, 0,
+                                 link->peer.connection
+                                 && link->peer.connection->ssl
+                                 ? "in the TLS handshake" : NULL);
+}
+
+
+/* one line to the error log with the detail, then close */
+
+static void
+ngx_http_redisgate_link_fail(ngx_http_redisgate_link_t *link,
+    ngx_uint_t failure, ngx_err_t err, const char *fmt, ...)
+{
+    u_char   *p, *last, text[NGX_MAX_ERROR_STR];
+    va_list   args;
+
+    last = text + sizeof(text);
+
+    p = ngx_slprintf(text, last, "redisgate: %s Redis at %V",
+                     ngx_http_redisgate_link_log_what[failure],
+                     &link->node->name);
+
+    if (fmt) {
+        p = ngx_slprintf(p, last, ": ");
+        va_start(args, fmt);
+        p = ngx_vslprintf(p, last, fmt, args);
+        va_end(args);
+
+    } else if (err) {
+        p = ngx_slprintf(p, last, ": ");
+        p = ngx_strerror(err, p, last - p);
+    }
+
+    ngx_log_error(NGX_LOG_ERR, link->log, 0, "%*s", (size_t) (p - text),
+                  text);
+
+    if (link->state == NGX_HTTP_REDISGATE_LINK_CLOSED) {
+        /* failed before it was opened */
+        link->failure = failure;
+        link->error = ngx_http_redisgate_link_strerror(failure);
+
+        if (link->reader) {
+            redisReaderFree(link->reader);
+            link->reader = NULL;
+        }
+
+        return;
+    }
+
+    ngx_http_redisgate_link_close(link, failure, NULL);
+}
+
+
+#if (NGX_SSL)
+
+static void
+ngx_http_redisgate_link_ssl_start(ngx_http_redisgate_link_t *link)
+{
+    ngx_int_t                   rc;
+    ngx_connection_t           *c;
+    ngx_http_redisgate_tls_t   *tls;
+    ngx_http_redisgate_node_t  *node;
+
+    node = link->node;
+    tls = node->tls;
+    c = link->peer.connection;
+
+    c->pool = ngx_create_pool(512, link->log);
+    if (c->pool == NULL) {
+        ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_HANDSHAKE,
+                                     0, "out of memory");
+        return;
+    }
+
+    if (ngx_ssl_create_connection(&tls->ssl, c, NGX_SSL_CLIENT) != NGX_OK) {
+        ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_HANDSHAKE,
+                                     0, "could not create a TLS connection");
+        return;
+    }
+
+#ifdef SSL_CTRL_SET_TLSEXT_HOSTNAME
+
+    /* as per RFC 6066, never an IP address */
+
+    if (tls->server_name && node->tls_name.len
+        && ngx_inet_addr(node->tls_name.data, node->tls_name.len)
+           == INADDR_NONE
+        && ngx_strlchr(node->tls_name.data,
+                       node->tls_name.data + node->tls_name.len, ':')
+           == NULL)
+    {
+        if (SSL_set_tlsext_host_name(c->ssl->connection,
+                                     (char *) node->tls_name.data)
+            == 0)
+        {
+            ngx_ssl_error(NGX_LOG_ERR, link->log, 0,
+                          "SSL_set_tlsext_host_name(\"%V\") failed",
+                          &node->tls_name);
+            ngx_http_redisgate_link_fail(link,
+                                         NGX_HTTP_REDISGATE_FAIL_HANDSHAKE,
+                                         0, "could not set the server name");
+            return;
+        }
+    }
+
+#endif
+
+    if (tls->session_reuse) {
+        c->ssl->save_session = ngx_http_redisgate_link_ssl_save_session;
+
+        if (node->session
+            && ngx_ssl_set_session(c, node->session) != NGX_OK)
+        {
+            ngx_http_redisgate_link_fail(link,
+                                         NGX_HTTP_REDISGATE_FAIL_HANDSHAKE,
+                                         0, "could not set the session");
+            return;
+        }
+    }
+
+    rc = ngx_ssl_handshake(c);
+
+    if (rc == NGX_AGAIN) {
+        c->ssl->handler = ngx_http_redisgate_link_ssl_handshaked;
+        return;
+    }
+
+    ngx_http_redisgate_link_ssl_handshaked(c);
+}
+
+
+static void
+ngx_http_redisgate_link_ssl_handshaked(ngx_connection_t *c)
+{
+    long                        rc;
+    ngx_http_redisgate_tls_t   *tls;
+    ngx_http_redisgate_link_t  *link;
+    ngx_http_redisgate_node_t  *node;
+
+    link = c->data;
+
+    if (link == NULL) {
+        return;
+    }
+
+    node = link->node;
+    tls = node->tls;
+
+    if (!c->ssl->handshaked) {
+        ngx_http_redisgate_stats_backend_add(node->stats,
+                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
+        ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_HANDSHAKE,
+                                     0, NULL);
+        return;
+    }
+
+    ngx_http_redisgate_stats_backend_add(node->stats,
+                                    NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKES, 1);
+
+    if (SSL_session_reused(c->ssl->connection)) {
+        ngx_http_redisgate_stats_backend_add(node->stats,
+                                NGX_HTTP_REDISGATE_STAT_TLS_SESSION_REUSES, 1);
+    }
+
+    if (tls->verify) {
+        rc = SSL_get_verify_result(c->ssl->connection);
+
+        if (rc != X509_V_OK) {
+            ngx_http_redisgate_stats_backend_add(node->stats,
+                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
+            ngx_http_redisgate_link_fail(link,
+                                         NGX_HTTP_REDISGATE_FAIL_VERIFY, 0,
+                                         "(%l: %s)", rc,
+                                         X509_verify_cert_error_string(rc));
+            return;
+        }
+
+        if (ngx_http_redisgate_link_ssl_check_name(c, &node->tls_name)
+            != NGX_OK)
+        {
+            ngx_http_redisgate_stats_backend_add(node->stats,
+                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
+            ngx_http_redisgate_link_fail(link,
+                                         NGX_HTTP_REDISGATE_FAIL_VERIFY, 0,
+                                         "the certificate does not match "
+                                         "\"%V\"", &node->tls_name);
+            return;
+        }
+    }
+
+    ngx_http_redisgate_link_ready(link);
+}
+
+
+/* a host name against the DNS names, an address against the IP ones */
+
+static ngx_int_t
+ngx_http_redisgate_link_ssl_check_name(ngx_connection_t *c, ngx_str_t *name)
+{
+    int    rc;
+    X509  *cert;
+
+    if (name->len == 0) {
+        return NGX_ERROR;
+    }
+
+    cert = SSL_get_peer_certificate(c->ssl->connection);
+    if (cert == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* tls_name is NUL-terminated */
+
+    if (ngx_inet_addr(name->data, name->len) != INADDR_NONE
+        || ngx_strlchr(name->data, name->data + name->len, ':'))
+    {
+        rc = X509_check_ip_asc(cert, (const char *) name->data, 0);
+
+    } else {
+        rc = X509_check_host(cert, (const char *) name->data, name->len, 0,
+                             NULL);
+    }
+
+    X509_free(cert);
+
+    return rc == 1 ? NGX_OK : NGX_ERROR;
+}
+
+
+static void
+ngx_http_redisgate_link_ssl_save_session(ngx_connection_t *c)
+{
+    ngx_ssl_session_t          *session;
+    ngx_http_redisgate_link_t  *link;
+
+    link = c->data;
+
+    if (link == NULL) {
+        return;
+    }
+
+    session = ngx_ssl_get_session(c);
+    if (session == NULL) {
+        return;
+    }
+
+    ngx_http_redisgate_tls_free_session(link->node);
+
+    link->node->session = session;
+}
+
+
+/* the close_notify is written, or given up on: nginx's shutdown is over */
+
+static void
+ngx_http_redisgate_link_ssl_closed(ngx_connection_t *c)
+{
+    ngx_pool_t  *pool;
+
+    pool = c->pool;
+
+    ngx_close_connection(c);
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+}
+
+#endif
