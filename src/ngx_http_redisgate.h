@@ -17,6 +17,7 @@
 #include "ngx_http_redisgate_commands.h"
 #include "ngx_http_redisgate_parse.h"
 #include "ngx_http_redisgate_transport.h"
+#include "ngx_http_redisgate_stats.h"
 
 
 #define NGX_HTTP_REDISGATE_SCOPE_READ    0x01
@@ -245,6 +246,19 @@ typedef struct {
 #define NGX_HTTP_REDISGATE_SOURCE_STALE   4
 
 
+/* wait.c: a request waiting on what may outlive it (see the file) */
+typedef struct {
+    ngx_queue_t                     queue;
+    ngx_pool_cleanup_t             *cleanup;    /* NULL: over, or left */
+} ngx_http_redisgate_wait_t;
+
+#define ngx_http_redisgate_waiting(w)  ((w)->cleanup != NULL)
+
+ngx_int_t ngx_http_redisgate_wait(ngx_pool_t *pool, ngx_queue_t *queue,
+    ngx_http_redisgate_wait_t *w);
+ngx_int_t ngx_http_redisgate_wait_done(ngx_http_redisgate_wait_t *w);
+
+
 /* a request waiting for something its backend needs, to try again */
 typedef void (*ngx_http_redisgate_retry_pt)(ngx_http_request_t *r);
 
@@ -393,32 +407,6 @@ ngx_http_redisgate_limit_t *ngx_http_redisgate_limit_add(ngx_conf_t *cf,
 ngx_int_t ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
     ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst, ngx_uint_t cost,
     ngx_http_redisgate_limit_state_t *state);
-
-/* stats.c: counters for redisgate_status, shared by the workers */
-#define NGX_HTTP_REDISGATE_STAT_COMMANDS          0
-#define NGX_HTTP_REDISGATE_STAT_RATE_LIMITED      1
-#define NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES  2
-#define NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS   3
-#define NGX_HTTP_REDISGATE_STAT_COUNTERS          4
-
-#define NGX_HTTP_REDISGATE_STAT_CONNECTIONS       0
-#define NGX_HTTP_REDISGATE_STAT_IN_FLIGHT         1
-#define NGX_HTTP_REDISGATE_STAT_CONNECTS          2
-#define NGX_HTTP_REDISGATE_STAT_CONNECT_FAILURES  3
-#define NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKES    4
-#define NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES  5
-#define NGX_HTTP_REDISGATE_STAT_TLS_SESSION_REUSES      6
-#define NGX_HTTP_REDISGATE_STAT_BACKEND_COUNTERS  7
-
-ngx_int_t ngx_http_redisgate_stats_add(ngx_conf_t *cf);
-void ngx_http_redisgate_stats_request(ngx_uint_t route, ngx_uint_t status,
-    ngx_msec_t ms);
-void ngx_http_redisgate_stats_count(ngx_uint_t what, ngx_uint_t n);
-ngx_http_redisgate_backend_stats_t *ngx_http_redisgate_stats_backend(
-    ngx_str_t *url);
-void ngx_http_redisgate_stats_backend_add(
-    ngx_http_redisgate_backend_stats_t *bs, ngx_uint_t what, ngx_int_t n);
-ngx_int_t ngx_http_redisgate_status_handler(ngx_http_request_t *r);
 
 /* usage.c: what each organization used, to the key store */
 ngx_http_redisgate_usage_t *ngx_http_redisgate_usage_add(ngx_conf_t *cf,

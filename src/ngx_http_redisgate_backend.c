@@ -20,10 +20,9 @@
 
 
 typedef struct {
-    ngx_queue_t                     queue;      /* backend->waiting */
+    ngx_http_redisgate_wait_t       wait;       /* in backend->waiting */
     ngx_http_request_t             *request;
     ngx_http_redisgate_retry_pt     retry;
-    ngx_pool_cleanup_t             *cleanup;
 } ngx_http_redisgate_resolve_waiter_t;
 
 
@@ -53,7 +52,6 @@ static ngx_int_t ngx_http_redisgate_backend_resolve(
 static void ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx);
 static void ngx_http_redisgate_backend_set_address(
     ngx_http_redisgate_backend_t *b, ngx_resolver_addr_t *ra);
-static void ngx_http_redisgate_backend_waiter_cleanup(void *data);
 static ngx_int_t ngx_http_redisgate_backend_cmp(ngx_rbtree_node_t *one,
     ngx_rbtree_node_t *two);
 static void ngx_http_redisgate_backend_insert_value(ngx_rbtree_node_t *temp,
@@ -395,7 +393,6 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
     const char **error)
 {
     ngx_int_t                              rc;
-    ngx_pool_cleanup_t                    *cln;
     ngx_http_core_loc_conf_t              *clcf;
     ngx_http_redisgate_resolve_waiter_t   *w;
 
@@ -424,20 +421,15 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
     }
 
     w = ngx_palloc(r->pool, sizeof(ngx_http_redisgate_resolve_waiter_t));
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (w == NULL || cln == NULL) {
+    if (w == NULL
+        || ngx_http_redisgate_wait(r->pool, &b->waiting, &w->wait) != NGX_OK)
+    {
         *error = "out of memory";
         return NGX_DECLINED;
     }
 
     w->request = r;
     w->retry = retry;
-    w->cleanup = cln;
-
-    cln->handler = ngx_http_redisgate_backend_waiter_cleanup;
-    cln->data = w;
-
-    ngx_queue_insert_tail(&b->waiting, &w->queue);
 
     if (b->resolving) {
         return NGX_AGAIN;
@@ -446,8 +438,7 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
     rc = ngx_http_redisgate_backend_resolve(b, clcf, error);
 
     if (rc != NGX_OK) {
-        ngx_queue_remove(&w->queue);
-        cln->handler = NULL;
+        (void) ngx_http_redisgate_wait_done(&w->wait);
         return NGX_DECLINED;
     }
 
@@ -457,8 +448,7 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
 
     /* answered from the resolver's cache, right away */
 
-    ngx_queue_remove(&w->queue);
-    cln->handler = NULL;
+    (void) ngx_http_redisgate_wait_done(&w->wait);
 
     if (b->resolve_error) {
         *error = "Redis unavailable: could not resolve the host";
@@ -552,10 +542,10 @@ ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx)
 
     while (!ngx_queue_empty(&b->waiting)) {
         q = ngx_queue_head(&b->waiting);
-        w = ngx_queue_data(q, ngx_http_redisgate_resolve_waiter_t, queue);
+        w = ngx_queue_data(q, ngx_http_redisgate_resolve_waiter_t,
+                           wait.queue);
 
-        ngx_queue_remove(q);
-        w->cleanup->handler = NULL;
+        (void) ngx_http_redisgate_wait_done(&w->wait);
 
         w->retry(w->request);
     }
@@ -604,15 +594,6 @@ ngx_http_redisgate_backend_set_address(ngx_http_redisgate_backend_t *b,
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, b->log, 0,
                    "redisgate: \"%V\" resolved", &b->resolve_name);
-}
-
-
-static void
-ngx_http_redisgate_backend_waiter_cleanup(void *data)
-{
-    ngx_http_redisgate_resolve_waiter_t  *w = data;
-
-    ngx_queue_remove(&w->queue);
 }
 
 

@@ -66,10 +66,9 @@ struct ngx_http_redisgate_pg_lookup_s {
 
 
 typedef struct {
-    ngx_queue_t                      queue;      /* lookup->waiters */
+    ngx_http_redisgate_wait_t        wait;       /* in lookup->waiters */
     ngx_http_redisgate_pg_handler_pt handler;
     void                            *data;
-    ngx_pool_cleanup_t              *cleanup;
 } ngx_http_redisgate_pg_waiter_t;
 
 
@@ -126,7 +125,6 @@ static void ngx_http_redisgate_pg_write_over(ngx_http_redisgate_pg_conn_t *pc,
     ngx_int_t rc);
 static void ngx_http_redisgate_pg_event_handler(ngx_event_t *ev);
 static void ngx_http_redisgate_pg_timer_handler(ngx_event_t *ev);
-static void ngx_http_redisgate_pg_waiter_cleanup(void *data);
 static void ngx_http_redisgate_pg_want_write(ngx_http_redisgate_pg_conn_t *pc,
     ngx_uint_t want);
 
@@ -325,7 +323,6 @@ ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
     const char **error)
 {
     ngx_queue_t                     *q;
-    ngx_pool_cleanup_t              *cln;
     ngx_http_redisgate_pg_lookup_t  *lk;
     ngx_http_redisgate_pg_waiter_t  *w;
 
@@ -386,10 +383,13 @@ ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
                        "sha256 %*s...", (size_t) 8, lk->hash_hex);
     }
 
-    w = ngx_palloc(r->pool, sizeof(ngx_http_redisgate_pg_waiter_t));
-    cln = ngx_pool_cleanup_add(r->pool, 0);
+    /* the request may leave: the lookup goes on for the cache and others */
 
-    if (w == NULL || cln == NULL) {
+    w = ngx_palloc(r->pool, sizeof(ngx_http_redisgate_pg_waiter_t));
+
+    if (w == NULL
+        || ngx_http_redisgate_wait(r->pool, &lk->waiters, &w->wait) != NGX_OK)
+    {
         if (ngx_queue_empty(&lk->waiters) && !lk->sent) {
             ngx_queue_remove(&lk->queue);
             pg->nlookups--;
@@ -402,26 +402,10 @@ ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
 
     w->handler = handler;
     w->data = data;
-    w->cleanup = cln;
-
-    cln->handler = ngx_http_redisgate_pg_waiter_cleanup;
-    cln->data = w;
-
-    ngx_queue_insert_tail(&lk->waiters, &w->queue);
 
     ngx_http_redisgate_pg_dispatch(pg);
 
     return NGX_AGAIN;
-}
-
-
-static void
-ngx_http_redisgate_pg_waiter_cleanup(void *data)
-{
-    ngx_http_redisgate_pg_waiter_t  *w = data;
-
-    /* the request left; its lookup goes on for the cache and the others */
-    ngx_queue_remove(&w->queue);
 }
 
 
@@ -1046,10 +1030,9 @@ ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
 
     while (!ngx_queue_empty(&lk->waiters)) {
         q = ngx_queue_head(&lk->waiters);
-        w = ngx_queue_data(q, ngx_http_redisgate_pg_waiter_t, queue);
+        w = ngx_queue_data(q, ngx_http_redisgate_pg_waiter_t, wait.queue);
 
-        ngx_queue_remove(q);
-        w->cleanup->handler = NULL;
+        (void) ngx_http_redisgate_wait_done(&w->wait);
 
         /* may finalize the request, and with it w */
         w->handler(w->data, rc, ki,

@@ -28,10 +28,10 @@
 
 
 struct ngx_http_redisgate_op_s {
+    ngx_http_redisgate_wait_t      wait;      /* over when the request left */
     ngx_http_redisgate_conn_t     *conn;
     ngx_http_redisgate_reply_pt    handler;
-    void                          *data;      /* NULL when the request left */
-    ngx_pool_cleanup_t            *cleanup;
+    void                          *data;
     ngx_event_t                    timer;
     ngx_uint_t                     left;      /* replies to come */
     ngx_uint_t                     sent;
@@ -51,7 +51,6 @@ static void ngx_http_redisgate_redis_ready(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_redis_closed(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
     const char *error);
-static void ngx_http_redisgate_redis_op_cleanup(void *data);
 static void ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev);
 
 
@@ -158,7 +157,6 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     ngx_http_redisgate_reply_pt handler, void *data, const char **error)
 {
     ngx_int_t                   rc;
-    ngx_pool_cleanup_t         *cln;
     ngx_http_redisgate_op_t    *op;
     ngx_http_redisgate_conn_t  *conn;
 
@@ -169,10 +167,7 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
         return NGX_DECLINED;
     }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NGX_ERROR;
-    }
+    /* the op outlives its request when the client leaves first */
 
     op = ngx_calloc(sizeof(ngx_http_redisgate_op_t), r->connection->log);
     if (op == NULL) {
@@ -182,7 +177,6 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     op->conn = conn;
     op->handler = handler;
     op->data = data;
-    op->cleanup = cln;
 
     /* all the commands or none: MULTI...EXEC stays whole */
 
@@ -196,8 +190,10 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
         return NGX_DECLINED;
     }
 
-    cln->handler = ngx_http_redisgate_redis_op_cleanup;
-    cln->data = op;
+    if (ngx_http_redisgate_wait(r->pool, NULL, &op->wait) != NGX_OK) {
+        /* queued already: its replies will be read and dropped */
+        return NGX_ERROR;
+    }
 
     op->left = n;
     op->sent = n;
@@ -472,6 +468,7 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
     ngx_http_redisgate_op_t *op = data;
 
     void                         *rdata;
+    ngx_int_t                     rc;
     ngx_http_redisgate_reply_pt   handler;
 
     op->left--;
@@ -480,7 +477,7 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
         op->error = error;
     }
 
-    if (op->data) {
+    if (ngx_http_redisgate_waiting(&op->wait)) {
         op->handler(op->data, reply, reply ? NULL : op->error);
     }
 
@@ -500,26 +497,14 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
     rdata = op->data;
     handler = op->handler;
 
-    if (rdata) {
-        op->cleanup->handler = NULL;
-    }
+    rc = ngx_http_redisgate_wait_done(&op->wait);
 
     ngx_free(op);
 
-    if (rdata) {
+    if (rc == NGX_OK) {
         /* the last call: the request may be finalized in it */
         handler(rdata, NULL, NULL);
     }
-}
-
-
-static void
-ngx_http_redisgate_redis_op_cleanup(void *data)
-{
-    ngx_http_redisgate_op_t  *op = data;
-
-    /* the request is gone; its replies will be read and dropped */
-    op->data = NULL;
 }
 
 
