@@ -76,6 +76,14 @@ ngx_http_redisgate_tls_create(ngx_conf_t *cf,
     cln->handler = ngx_ssl_cleanup_ctx;
     cln->data = &tls->ssl;
 
+    /*
+     * A link's output buffer grows, and moves, while a write waits: more
+     * commands are appended behind what SSL_write() is retrying.
+     */
+
+    SSL_CTX_set_mode(tls->ssl.ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+                                   |SSL_MODE_ENABLE_PARTIAL_WRITE);
+
     if (conf->certificate.len) {
 
         if (conf->certificate_key.len == 0) {

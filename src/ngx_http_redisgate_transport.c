@@ -23,7 +23,6 @@
 #include <ngx_event_connect.h>
 
 #include "ngx_http_redisgate_transport.h"
-#include "ngx_http_redisgate.h"
 
 
 /* read at most this much per event before letting others run */
@@ -45,6 +44,7 @@ static ngx_int_t ngx_http_redisgate_link_reserve(
     ngx_http_redisgate_link_t *link, size_t len, ngx_uint_t n);
 static void ngx_http_redisgate_link_close_connection(
     ngx_http_redisgate_link_t *link, ngx_uint_t failed);
+static void ngx_http_redisgate_link_out_reset(ngx_http_redisgate_link_t *link);
 
 #if (NGX_SSL)
 static void ngx_http_redisgate_link_ssl_start(ngx_http_redisgate_link_t *link);
@@ -344,14 +344,7 @@ ngx_http_redisgate_link_close(ngx_http_redisgate_link_t *link,
         link->reader = NULL;
     }
 
-    link->out_pos = 0;
-    link->out_last = 0;
-
-    if (link->out_size > NGX_HTTP_REDISGATE_LINK_OUT_KEEP) {
-        ngx_free(link->out);
-        link->out = NULL;
-        link->out_size = 0;
-    }
+    ngx_http_redisgate_link_out_reset(link);
 
     if (link->on_close) {
         link->on_close(link);
@@ -374,6 +367,22 @@ ngx_http_redisgate_link_close(ngx_http_redisgate_link_t *link,
     }
 
     link->state = NGX_HTTP_REDISGATE_LINK_CLOSED;
+}
+
+
+/* nothing left to write; a buffer a large command grew does not stay */
+
+static void
+ngx_http_redisgate_link_out_reset(ngx_http_redisgate_link_t *link)
+{
+    link->out_pos = 0;
+    link->out_last = 0;
+
+    if (link->out_size > NGX_HTTP_REDISGATE_LINK_OUT_KEEP) {
+        ngx_free(link->out);
+        link->out = NULL;
+        link->out_size = 0;
+    }
 }
 
 
@@ -583,14 +592,7 @@ ngx_http_redisgate_link_write(ngx_http_redisgate_link_t *link)
         link->out_pos += n;
     }
 
-    link->out_pos = 0;
-    link->out_last = 0;
-
-    if (link->out_size > NGX_HTTP_REDISGATE_LINK_OUT_KEEP) {
-        ngx_free(link->out);
-        link->out = NULL;
-        link->out_size = 0;
-    }
+    ngx_http_redisgate_link_out_reset(link);
 }
 
 

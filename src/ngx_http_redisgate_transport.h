@@ -28,10 +28,11 @@
 #include <hiredis/hiredis.h>
 
 
+#include "ngx_http_redisgate_stats.h"
+
+
 typedef struct ngx_http_redisgate_link_s  ngx_http_redisgate_link_t;
 typedef struct ngx_http_redisgate_tls_s   ngx_http_redisgate_tls_t;
-typedef struct ngx_http_redisgate_backend_stats_s
-    ngx_http_redisgate_backend_stats_t;
 
 
 /* how to reach a node; the owner fills it, links only read it */
