@@ -162,6 +162,7 @@ struct ngx_http_redisgate_backend_s {
 struct ngx_http_redisgate_conn_s {
     ngx_http_redisgate_backend_t   *backend;
     ngx_http_redisgate_link_t       link;
+    unsigned                        retired:1;  /* closes once idle */
 };
 
 
@@ -327,6 +328,7 @@ void ngx_http_redisgate_redis_init_conns(
     ngx_http_redisgate_backend_t *backend,
     ngx_http_redisgate_main_conf_t *rmcf);
 ngx_uint_t ngx_http_redisgate_redis_busy(ngx_http_redisgate_backend_t *backend);
+void ngx_http_redisgate_redis_retire(ngx_http_redisgate_backend_t *backend);
 void ngx_http_redisgate_redis_close_backend(
     ngx_http_redisgate_backend_t *backend);
 

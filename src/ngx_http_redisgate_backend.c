@@ -554,15 +554,14 @@ ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx)
 
 /*
  * The resolver's answer.  When the address moved (a managed Redis failed
- * over), the connections to the old one close: the next requests go to
- * the new one.
+ * over), the next requests go to the new one, and the connections to the
+ * old one close once the replies awaited on them are in.
  */
 
 static void
 ngx_http_redisgate_backend_set_address(ngx_http_redisgate_backend_t *b,
     ngx_resolver_addr_t *ra)
 {
-    ngx_uint_t       i;
     ngx_sockaddr_t   sa;
 
     ngx_memcpy(&sa, ra->sockaddr, ra->socklen);
@@ -581,11 +580,7 @@ ngx_http_redisgate_backend_set_address(ngx_http_redisgate_backend_t *b,
                       "redisgate: \"%V\" moved, closing the connections "
                       "to %V", &b->resolve_name, &b->address.url);
 
-        for (i = 0; i < b->pool_size; i++) {
-            ngx_http_redisgate_link_close(&b->conns[i].link,
-                                          NGX_HTTP_REDISGATE_FAIL_CLOSED,
-                                          "Redis unavailable: the host moved");
-        }
+        ngx_http_redisgate_redis_retire(b);
     }
 
     ngx_memcpy(&b->node.sockaddr, &sa, ra->socklen);

@@ -52,6 +52,8 @@ static void ngx_http_redisgate_redis_closed(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
     const char *error);
 static void ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev);
+static void ngx_http_redisgate_redis_retire_idle(
+    ngx_http_redisgate_conn_t *conn);
 
 
 /* a backend of nginx.conf, in each worker */
@@ -128,6 +130,43 @@ ngx_http_redisgate_redis_busy(ngx_http_redisgate_backend_t *backend)
     }
 
     return 0;
+}
+
+
+/*
+ * The backend's address changed: no new request goes to the connections
+ * open to the old one, and each closes once its replies are in.
+ */
+
+void
+ngx_http_redisgate_redis_retire(ngx_http_redisgate_backend_t *backend)
+{
+    ngx_uint_t                  i;
+    ngx_http_redisgate_conn_t  *conn;
+
+    for (i = 0; i < backend->pool_size; i++) {
+        conn = &backend->conns[i];
+
+        if (conn->link.state == NGX_HTTP_REDISGATE_LINK_CLOSED
+            || conn->link.state == NGX_HTTP_REDISGATE_LINK_CLOSING)
+        {
+            continue;
+        }
+
+        conn->retired = 1;
+
+        ngx_http_redisgate_redis_retire_idle(conn);
+    }
+}
+
+
+static void
+ngx_http_redisgate_redis_retire_idle(ngx_http_redisgate_conn_t *conn)
+{
+    if (conn->retired && ngx_http_redisgate_link_pending(&conn->link) == 0) {
+        ngx_http_redisgate_link_close(&conn->link,
+                                      NGX_HTTP_REDISGATE_FAIL_CLOSED, NULL);
+    }
 }
 
 
@@ -244,6 +283,10 @@ ngx_http_redisgate_redis_pick(ngx_http_redisgate_backend_t *backend)
             continue;
 
         default:
+            if (conn->retired) {
+                continue;
+            }
+
             break;
         }
 
@@ -391,6 +434,7 @@ ngx_http_redisgate_redis_setup_reply(void *data, redisReply *reply,
     }
 
     if (reply->type != REDIS_REPLY_ERROR) {
+        ngx_http_redisgate_redis_retire_idle(conn);
         return;
     }
 
@@ -434,6 +478,7 @@ ngx_http_redisgate_redis_closed(ngx_http_redisgate_link_t *link)
     ngx_http_redisgate_backend_t  *backend;
 
     backend = conn->backend;
+    conn->retired = 0;
 
     if (link->was_ready) {
         ngx_http_redisgate_stats_backend_add(backend->node.stats,
@@ -469,8 +514,10 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
 
     void                         *rdata;
     ngx_int_t                     rc;
+    ngx_http_redisgate_conn_t    *conn;
     ngx_http_redisgate_reply_pt   handler;
 
+    conn = op->conn;
     op->left--;
 
     if (reply == NULL && op->error == NULL) {
@@ -505,6 +552,9 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
         /* the last call: the request may be finalized in it */
         handler(rdata, NULL, NULL);
     }
+
+    /* the conn is a slot of its backend: it stays */
+    ngx_http_redisgate_redis_retire_idle(conn);
 }
 
 
