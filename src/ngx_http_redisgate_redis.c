@@ -484,7 +484,6 @@ ngx_http_redisgate_redis_closed(ngx_http_redisgate_link_t *link)
         ngx_http_redisgate_stats_backend_add(backend->node.stats,
                                          NGX_HTTP_REDISGATE_STAT_CONNECTIONS,
                                          -1);
-        return;
     }
 
     switch (link->failure) {

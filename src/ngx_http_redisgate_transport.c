@@ -112,6 +112,7 @@ ngx_http_redisgate_link_connect(ngx_http_redisgate_link_t *link,
     link->failure = NGX_HTTP_REDISGATE_FAIL_NONE;
     link->error = NULL;
     link->was_ready = 0;
+    link->replied = 0;
 
     if (link->reader == NULL) {
         link->reader = redisReaderCreate();
@@ -129,6 +130,7 @@ ngx_http_redisgate_link_connect(ngx_http_redisgate_link_t *link,
     link->peer.name = &node->name;
     link->peer.get = ngx_event_get_peer;
     link->peer.log = log;
+    /* refused, reset, a TLS alert: the peer's doing, logged as errors */
     link->peer.log_error = NGX_ERROR_ERR;
     link->peer.tries = 1;
 
@@ -640,6 +642,23 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
                 return;
             }
 
+#if (NGX_SSL)
+            if (c->ssl && !link->replied) {
+                /*
+                 * TLS 1.3 servers refuse a client (no certificate, a wrong
+                 * one) after the handshake is over for the client
+                 */
+                ngx_http_redisgate_stats_backend_add(link->node->stats,
+                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
+                ngx_http_redisgate_link_fail(link,
+                                         NGX_HTTP_REDISGATE_FAIL_HANDSHAKE, 0,
+                                         "the server closed the connection "
+                                         "before any reply (does it want a "
+                                         "client certificate?)");
+                return;
+            }
+#endif
+
             ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_LOST,
                                          0, n == 0 ? "closed by the server"
                                                    : "read failed");
@@ -682,6 +701,7 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
             w = link->waits[link->wait_head];
             link->wait_head = (link->wait_head + 1) % link->wait_size;
             link->nwaits--;
+            link->replied = 1;
 
             w.handler(w.data, r, NULL);
 

@@ -116,6 +116,7 @@ struct ngx_http_redisgate_link_s {
     ngx_log_t                      *log;
 
     unsigned                        was_ready:1;
+    unsigned                        replied:1;  /* a reply came on it */
 };
 
 
