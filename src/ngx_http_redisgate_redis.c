@@ -65,8 +65,8 @@ ngx_http_redisgate_redis_init_backend(ngx_http_redisgate_backend_t *backend,
     backend->log = cycle->log;
     backend->pool_size = rmcf->pool_size;
 
-    backend->conns = ngx_pcalloc(cycle->pool, backend->pool_size
-                                           * sizeof(ngx_http_redisgate_conn_t));
+    backend->conns = ngx_pcalloc(cycle->pool,
+                      backend->pool_size * sizeof(ngx_http_redisgate_conn_t));
     if (backend->conns == NULL) {
         return NGX_ERROR;
     }
@@ -429,6 +429,8 @@ ngx_http_redisgate_redis_setup_reply(void *data, redisReply *reply,
 {
     ngx_http_redisgate_conn_t  *conn = data;
 
+    const char  *reason;
+
     if (reply == NULL) {
         return;
     }
@@ -444,8 +446,9 @@ ngx_http_redisgate_redis_setup_reply(void *data, redisReply *reply,
                   &conn->backend->address.url, (size_t) reply->len,
                   reply->str);
 
-    ngx_http_redisgate_health_down(&conn->backend->health,
-                 ngx_http_redisgate_link_strerror(NGX_HTTP_REDISGATE_FAIL_AUTH));
+    reason = ngx_http_redisgate_link_strerror(NGX_HTTP_REDISGATE_FAIL_AUTH);
+
+    ngx_http_redisgate_health_down(&conn->backend->health, reason);
 
     ngx_http_redisgate_stats_backend_add(conn->backend->node.stats,
                                      NGX_HTTP_REDISGATE_STAT_CONNECT_FAILURES,
