@@ -111,6 +111,8 @@ static void ngx_http_redisgate_pg_read(ngx_http_redisgate_pg_conn_t *pc);
 static void ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
     PGresult *res);
 static void ngx_http_redisgate_pg_notifies(ngx_http_redisgate_pg_conn_t *pc);
+static ngx_uint_t ngx_http_redisgate_pg_unavailable(
+    ngx_http_redisgate_pg_conn_t *pc, PGresult *res);
 static void ngx_http_redisgate_pg_value(PGresult *res, int col,
     ngx_str_t *value);
 static void ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
@@ -903,7 +905,11 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
                                     PQresultErrorMessage(res));
-        pc->pg->error = "key store lookup failed";
+
+        if (!ngx_http_redisgate_pg_unavailable(pc, res)) {
+            pc->pg->error = "key store lookup failed";
+        }
+
         ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
         return;
     }
@@ -981,6 +987,30 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
     }
 
     ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki);
+}
+
+
+/*
+ * A server going away fails the query that runs, with no SQL error in it:
+ * a lost connection, SQLSTATE class 08 (connection exception), 57
+ * (operator intervention: shutdown, crash) or 53 (out of resources).
+ */
+
+static ngx_uint_t
+ngx_http_redisgate_pg_unavailable(ngx_http_redisgate_pg_conn_t *pc,
+    PGresult *res)
+{
+    char  *state;
+
+    if (PQstatus(pc->conn) == CONNECTION_BAD) {
+        return 1;
+    }
+
+    state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+    return state == NULL
+           || (state[0] == '0' && state[1] == '8')
+           || (state[0] == '5' && (state[1] == '7' || state[1] == '3'));
 }
 
 

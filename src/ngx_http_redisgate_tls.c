@@ -107,6 +107,9 @@ ngx_http_redisgate_tls_create(ngx_conf_t *cf,
         return NULL;
     }
 
+    SSL_CTX_set_client_cert_cb(tls->ssl.ctx,
+                               ngx_http_redisgate_link_client_cert);
+
     if (ngx_ssl_ciphers(cf, &tls->ssl, &conf->ciphers, 0) != NGX_OK) {
         return NULL;
     }

@@ -38,6 +38,8 @@ static void ngx_http_redisgate_link_ready(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_link_write(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_link_timeout(ngx_event_t *ev);
+static void ngx_http_redisgate_link_lost(ngx_http_redisgate_link_t *link,
+    const char *what);
 static void ngx_http_redisgate_link_fail(ngx_http_redisgate_link_t *link,
     ngx_uint_t failure, ngx_err_t err, const char *fmt, ...);
 static ngx_int_t ngx_http_redisgate_link_reserve(
@@ -113,6 +115,7 @@ ngx_http_redisgate_link_connect(ngx_http_redisgate_link_t *link,
     link->error = NULL;
     link->was_ready = 0;
     link->replied = 0;
+    link->cert_requested = 0;
 
     if (link->reader == NULL) {
         link->reader = redisReaderCreate();
@@ -586,8 +589,7 @@ ngx_http_redisgate_link_write(ngx_http_redisgate_link_t *link)
         }
 
         if (n == NGX_ERROR || n == 0) {
-            ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_LOST,
-                                         0, "write failed");
+            ngx_http_redisgate_link_lost(link, "write failed");
             return;
         }
 
@@ -642,26 +644,8 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
                 return;
             }
 
-#if (NGX_SSL)
-            if (c->ssl && !link->replied) {
-                /*
-                 * TLS 1.3 servers refuse a client (no certificate, a wrong
-                 * one) after the handshake is over for the client
-                 */
-                ngx_http_redisgate_stats_backend_add(link->node->stats,
-                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
-                ngx_http_redisgate_link_fail(link,
-                                         NGX_HTTP_REDISGATE_FAIL_HANDSHAKE, 0,
-                                         "the server closed the connection "
-                                         "before any reply (does it want a "
-                                         "client certificate?)");
-                return;
-            }
-#endif
-
-            ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_LOST,
-                                         0, n == 0 ? "closed by the server"
-                                                   : "read failed");
+            ngx_http_redisgate_link_lost(link, n == 0 ? "closed by the server"
+                                                      : "read failed");
             return;
         }
 
@@ -721,6 +705,38 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
             return;
         }
     }
+}
+
+
+/*
+ * The connection broke.  A TLS 1.3 server refuses a client (no client
+ * certificate, a wrong one) only after the client's side of the handshake
+ * is over: on a TLS link that never got a reply, that is what it was.
+ */
+
+static void
+ngx_http_redisgate_link_lost(ngx_http_redisgate_link_t *link,
+    const char *what)
+{
+#if (NGX_SSL)
+
+    if (link->peer.connection->ssl && !link->replied) {
+        ngx_http_redisgate_stats_backend_add(link->node->stats,
+                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
+
+        ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_HANDSHAKE,
+                          0, "%s before any reply: %s", what,
+                          link->cert_requested
+                          ? "the server asked for a client certificate, and "
+                            "redisgate_ssl_certificate is not set"
+                          : "the server refused the connection");
+        return;
+    }
+
+#endif
+
+    ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_LOST, 0, "%s",
+                                 what);
 }
 
 
@@ -978,6 +994,30 @@ ngx_http_redisgate_link_ssl_save_session(ngx_connection_t *c)
     ngx_http_redisgate_tls_free_session(link->node);
 
     link->node->session = session;
+}
+
+
+/*
+ * The server asked for a client certificate and none is configured: go on
+ * without (tls-auth-clients optional takes that), but remember it, for
+ * the log line if the server then refuses the connection.
+ */
+
+int
+ngx_http_redisgate_link_client_cert(ngx_ssl_conn_t *ssl_conn, X509 **x509,
+    EVP_PKEY **pkey)
+{
+    ngx_connection_t           *c;
+    ngx_http_redisgate_link_t  *link;
+
+    c = ngx_ssl_get_connection(ssl_conn);
+
+    if (c && c->data) {
+        link = c->data;
+        link->cert_requested = 1;
+    }
+
+    return 0;
 }
 
 

@@ -117,6 +117,7 @@ struct ngx_http_redisgate_link_s {
 
     unsigned                        was_ready:1;
     unsigned                        replied:1;  /* a reply came on it */
+    unsigned                        cert_requested:1;  /* and none set */
 };
 
 
@@ -178,6 +179,11 @@ void ngx_http_redisgate_tls_conf_init(ngx_http_redisgate_tls_conf_t *conf);
 ngx_http_redisgate_tls_t *ngx_http_redisgate_tls_create(ngx_conf_t *cf,
     ngx_http_redisgate_tls_conf_t *conf);
 void ngx_http_redisgate_tls_free_session(ngx_http_redisgate_node_t *node);
+#if (NGX_SSL)
+/* OpenSSL's client_cert_cb: the server asked for a certificate, none set */
+int ngx_http_redisgate_link_client_cert(ngx_ssl_conn_t *ssl_conn,
+    X509 **x509, EVP_PKEY **pkey);
+#endif
 
 
 #endif /* _NGX_HTTP_REDISGATE_TRANSPORT_H_INCLUDED_ */
