@@ -86,6 +86,15 @@ begin
         return 'it contains white space or control characters';
     end if;
 
+    -- TLS: rediss:// before host:port or [IPv6]:port, checked as those are
+    -- below (a unix socket takes no TLS)
+    if left(address, 9) = 'rediss://' then
+        address := substr(address, 10);
+        if address = '' or left(address, 1) = '/' then
+            return 'rediss:// takes host:port or [IPv6 address]:port';
+        end if;
+    end if;
+
     -- a unix socket: an absolute path to the socket file
     if left(address, 1) = '/' then
         if octet_length(address) > 107 then
@@ -112,8 +121,8 @@ begin
     else
         m := regexp_match(address, '^([^:/\[\]]+):([0-9]+)$');
         if m is null then
-            return 'expected host:port, [IPv6 address]:port '
-                   'or an absolute unix socket path';
+            return 'expected host:port, [IPv6 address]:port (either after '
+                   'rediss:// for TLS) or an absolute unix socket path';
         end if;
         if m[1] ~ '^[0-9.]+$' then
             if m[1] !~ ('^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
@@ -142,7 +151,8 @@ $$;
 
 comment on function redisgate.redis_address_problem(text) is
     'Why a Redis address is malformed, or NULL when it is fine. Accepted: '
-    'host:port, IPv4:port, [IPv6]:port, or an absolute unix socket path.';
+    'host:port, IPv4:port, [IPv6]:port, the same after rediss:// (TLS), or '
+    'an absolute unix socket path.';
 
 create or replace function redisgate.token_hash(token text)
 returns text
@@ -531,7 +541,8 @@ begin
         raise exception 'malformed redis_address "%": %',
                         coalesce(address, 'NULL'), problem
             using errcode = 'invalid_parameter_value',
-                  hint = 'use host:port, [IPv6]:port or /path/to/redis.sock';
+                  hint = 'use host:port, [IPv6]:port, rediss://host:port '
+                         '(TLS) or /path/to/redis.sock';
     end if;
     return address;
 end

@@ -265,7 +265,7 @@ GET /redis/$TEST_NGINX_KS_GLOBEX_INSTANCE/ping
 
 
 
-=== TEST 16: the key store down: a key nobody cached is 500, with the reason
+=== TEST 16: the key store down: a key nobody cached is 500, the reason in the log
 --- init
 RedisGate::Test::stop_pg();
 --- more_headers
@@ -273,8 +273,10 @@ Authorization: Bearer $TEST_NGINX_KS_RO_TOKEN
 --- request
 GET /redis/$TEST_NGINX_KS_GLOBEX_INSTANCE/ping
 --- error_code: 500
---- response_body_like chomp
-^\{"error":"(could not connect to the key store|lost the key store)[^"]*"\}$
+--- response_body chomp
+{"error":"key store unavailable"}
+--- error_log eval
+qr/(could not connect to the key store|lost the key store)/
 
 
 
@@ -352,8 +354,10 @@ Authorization: Bearer $TEST_NGINX_KS_RW_TOKEN
 --- request
 GET /redis/$TEST_NGINX_KS_NOWHERE_INSTANCE/ping
 --- error_code: 500
---- response_body_like chomp
-^\{"error":"could not resolve the Redis host \\"nowhere.invalid\\": [^"]+"\}$
+--- response_body chomp
+{"error":"Redis unavailable: could not resolve the host"}
+--- error_log eval
+qr/could not resolve.*nowhere\.invalid/
 
 
 

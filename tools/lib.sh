@@ -41,6 +41,33 @@ redisgate_start_redis() {
     redisgate_wait_port "$2"
 }
 
+# redisgate_start_redis_tls DIR PORT CERTDIR [OPTION...]: a private,
+# unpersisted redis-server that speaks only TLS, on 127.0.0.1:PORT, with
+# CERTDIR's server.crt and server.key (tools/gen-test-certs), trusting
+# CERTDIR/ca.crt for client certificates; clients need none unless the
+# OPTIONs (more redis-server options) say --tls-auth-clients yes
+redisgate_start_redis_tls() {
+    local dir=$1 port=$2 certs=$3
+    shift 3
+    mkdir -p "$dir"
+    redis-server --port 0 --tls-port "$port" --bind 127.0.0.1 --save '' \
+        --appendonly no --tls-cert-file "$certs/server.crt" \
+        --tls-key-file "$certs/server.key" \
+        --tls-ca-cert-file "$certs/ca.crt" --tls-auth-clients no \
+        --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" \
+        --logfile "$dir/redis.log" "$@" || return 1
+    redisgate_wait_port "$port"
+}
+
+# redisgate_pid_alive PID: the process runs (a zombie does not: where
+# process 1 does not reap orphans, a daemon that exited stays one a while)
+redisgate_pid_alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [ "${stat%% *}" != Z ]
+}
+
 # redisgate_stop_pidfile FILE: stop the process whose pid FILE holds
 redisgate_stop_pidfile() {
     local pid i
@@ -49,7 +76,7 @@ redisgate_stop_pidfile() {
     [ -n "$pid" ] || return 0
     kill "$pid" 2>/dev/null || return 0
     for i in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || return 0
+        redisgate_pid_alive "$pid" || return 0
         sleep 0.1
     done
     kill -9 "$pid" 2>/dev/null

@@ -5,7 +5,13 @@
 # not run it.  As root, the server runs as the "postgres" system user
 # (PostgreSQL refuses to run as root).
 #
-#   redisgate_start_pg DIR PORT      init (once) and start; idempotent
+#   redisgate_start_pg DIR PORT [CERTDIR]
+#                                    init (once) and start; idempotent.
+#                                    With CERTDIR (tools/gen-test-certs),
+#                                    its server.crt and server.key are
+#                                    copied into DIR/ssl and the server
+#                                    takes TLS (ssl = on) from then on, on
+#                                    every later start of DIR too
 #   redisgate_stop_pg DIR            fast shutdown of that cluster only
 #   redisgate_pg_conninfo DIR PORT   the libpq conninfo string for it
 #
@@ -70,11 +76,32 @@ _redisgate_pg_traversable() {
     return 0
 }
 
-# redisgate_start_pg DIR PORT
+# _redisgate_pg_ssl_files DIR CERTDIR: the server's certificate and key in
+# DIR/ssl, owned by the cluster's owner, the key readable by it alone (the
+# server refuses a key others can read)
+_redisgate_pg_ssl_files() {
+    local f
+    [ -s "$2/server.crt" ] && [ -s "$2/server.key" ] || {
+        echo "redisgate_start_pg: no server.crt and server.key in $2" \
+             "(tools/gen-test-certs)" >&2
+        return 1
+    }
+    _redisgate_pg_as_owner "$1" mkdir -p "$1/ssl" || return 1
+    for f in server.crt server.key; do
+        # read by us (the owner may not read CERTDIR), written by the owner
+        _redisgate_pg_as_owner "$1" tee "$1/ssl/$f.tmp" <"$2/$f" >/dev/null \
+            && _redisgate_pg_as_owner "$1" chmod 600 "$1/ssl/$f.tmp" \
+            && _redisgate_pg_as_owner "$1" mv -f "$1/ssl/$f.tmp" "$1/ssl/$f" \
+            || return 1
+    done
+}
+
+# redisgate_start_pg DIR PORT [CERTDIR]
 redisgate_start_pg() {
-    local dir=${1:-} port=${2:-} bin data sockdir running_port psql q="'"
+    local dir=${1:-} port=${2:-} certs=${3:-} bin data sockdir running_port
+    local psql ssl q="'"
     if [ -z "$dir" ] || [ -z "$port" ]; then
-        echo "usage: redisgate_start_pg DIR PORT" >&2
+        echo "usage: redisgate_start_pg DIR PORT [CERTDIR]" >&2
         return 2
     fi
     bin=$(redisgate_pg_bindir) || return 1
@@ -115,6 +142,15 @@ redisgate_start_pg() {
         fi
 
         _redisgate_pg_as_owner "$dir" mkdir -p "$sockdir" || return 1
+        if [ -n "$certs" ]; then
+            _redisgate_pg_ssl_files "$dir" "$certs" || return 1
+        fi
+        ssl=
+        if [ -s "$dir/ssl/server.crt" ]; then
+            ssl="ssl = on
+ssl_cert_file = '${dir//$q/$q$q}/ssl/server.crt'
+ssl_key_file = '${dir//$q/$q$q}/ssl/server.key'"
+        fi
         # a unix socket path has at most 107 bytes: TCP only when it is long
         if [ ${#sockdir} -gt 90 ]; then
             sockdir=
@@ -131,6 +167,7 @@ full_page_writes = off
 shared_buffers = 32MB
 max_connections = 100
 log_min_messages = warning
+$ssl
 CONF
 
         if ! _redisgate_pg_as_owner "$dir" "$bin/pg_ctl" -D "$data" \

@@ -6,6 +6,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import {
   NGINX_BIN, REDISGATE_MODULE, makeTmpDir, runProgram, sha256Hex, randomUUID,
+  testCerts,
 } from './harness.mjs';
 
 const ID = randomUUID();
@@ -45,6 +46,10 @@ test('valid Redis URLs pass nginx -t', async () => {
     'unix:///run/redis@main.sock',             // '@' in the socket path
     'unix://u:p@ss@/run/redis@main.sock?db=1', // ... and in the password
     'redis://127.0.0.1/2147483647',
+    'rediss://127.0.0.1:6380/0',
+    'rediss://127.0.0.1',
+    'rediss://[::1]:6380/15',
+    'rediss://user:p%40ss@localhost:6380/4',
   ]) {
     const r = await instance(url);
     assert.equal(r.code, 0, `${url}: ${r.out}`);
@@ -54,9 +59,12 @@ test('valid Redis URLs pass nginx -t', async () => {
 
 test('invalid Redis URLs are refused, each with its reason', async () => {
   const cases = [
-    ['rediss://127.0.0.1:6379', /expected redis:\/\/ or unix:\/\/ \(TLS, rediss:\/\/, is not supported\): "rediss:\/\/127\.0\.0\.1:6379"/],
-    ['http://127.0.0.1:6379', /expected redis:\/\/ or unix:\/\//],
-    ['redis://', /expected redis:\/\/ or unix:\/\//],
+    ['http://127.0.0.1:6379', /expected redis:\/\/, rediss:\/\/ or unix:\/\/: "http:\/\/127\.0\.0\.1:6379"/],
+    ['redis://', /expected redis:\/\/, rediss:\/\/ or unix:\/\//],
+    ['rediss://', /expected redis:\/\/, rediss:\/\/ or unix:\/\//],
+    ['rediss:///3', /invalid Redis URL: no host/],
+    ['rediss://127.0.0.1/x', /the database number must be 0 to 2147483647/],
+    ['rediss://127.0.0.1:99999', /invalid port in Redis URL "127\.0\.0\.1:99999"/],
     ['redis:///3', /invalid Redis URL: no host/],
     ['redis://127.0.0.1/x', /invalid Redis URL: the database number must be 0 to 2147483647/],
     ['redis://127.0.0.1/-1', /the database number must be 0 to 2147483647/],
@@ -80,7 +88,7 @@ test('invalid Redis URLs are refused, each with its reason', async () => {
 test('a refused URL with credentials is not echoed', async () => {
   const password = 'hunter2-' + sha256Hex(ID).slice(0, 12);
   for (const url of [
-    `rediss://:${password}@127.0.0.1:6379`,
+    `rediss://:${password}@127.0.0.1/notadb`,
     `redis://:${password}@127.0.0.1/notadb`,
     `unix://:${password}@relative.sock`,
     `redis://:${password}%zz@127.0.0.1`,
@@ -92,6 +100,44 @@ test('a refused URL with credentials is not echoed', async () => {
   }
   const bad = await instance(`redis://:${password}%zz@127.0.0.1`);
   assert.match(bad.out, /malformed percent-encoding in Redis URL credentials/);
+});
+
+test('the TLS directives pass nginx -t, at http level', async () => {
+  const c = testCerts();
+  const r = await nginxT([
+    `redisgate_instance ${ID} rediss://127.0.0.1:6380/1;`,
+    `redisgate_ssl_trusted_certificate ${c.file('ca.crt')};`,
+    'redisgate_ssl_verify on;',
+    'redisgate_ssl_verify_depth 2;',
+    'redisgate_ssl_server_name on;',
+    'redisgate_ssl_name redis.internal;',
+    `redisgate_ssl_certificate ${c.file('client.crt')};`,
+    `redisgate_ssl_certificate_key ${c.file('client.key')};`,
+    'redisgate_ssl_protocols TLSv1.2 TLSv1.3;',
+    'redisgate_ssl_ciphers HIGH:!aNULL;',
+    'redisgate_ssl_session_reuse off;',
+  ]);
+  assert.equal(r.code, 0, r.out);
+  assert.match(r.out, /test is successful/);
+});
+
+test('TLS directives with bad values are refused', async () => {
+  const c = testCerts();
+  const tlsInstance = `redisgate_instance ${ID} rediss://127.0.0.1:6380/1;`;
+  for (const [line, why] of [
+    ['redisgate_ssl_verify maybe;', /invalid value "maybe"/],
+    ['redisgate_ssl_session_reuse 1;', /invalid value "1"/],
+    ['redisgate_ssl_protocols TLSv9;', /invalid value "TLSv9"/],
+    ['redisgate_ssl_verify_depth deep;', /invalid value|invalid number/],
+    [`redisgate_ssl_trusted_certificate ${c.file('no-such-ca.crt')};`, /no-such-ca\.crt/],
+    [`redisgate_ssl_certificate ${c.file('no-such.crt')};\n  redisgate_ssl_certificate_key ${c.file('client.key')};`,
+      /no-such\.crt/],
+  ]) {
+    const r = await nginxT([tlsInstance, ...line.split('\n  ')]);
+    assert.notEqual(r.code, 0, `${line} passed nginx -t`);
+    assert.match(r.out, /\[emerg\]/, line);
+    assert.match(r.out, why, `${line}: ${r.out}`);
+  }
 });
 
 test('redisgate_key takes only a SHA-256, and never echoes what it got', async () => {

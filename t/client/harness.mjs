@@ -17,6 +17,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { copyFileSync, mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, existsSync, openSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import net from 'node:net';
+import tls from 'node:tls';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
@@ -118,11 +119,14 @@ export function sha256Hex(s) {
 
 export { randomUUID };
 
-// Send one inline command over raw TCP and resolve with the first reply line
-// (or reject on error/timeout).
-function rawCommand(port, line, ms = 500) {
+// Send one inline command over raw TCP (over TLS with tlsOptions: those of
+// tls.connect) and resolve with the first reply line (or reject on
+// error/timeout).
+function rawCommand(port, line, ms = 500, tlsOptions = null) {
   return new Promise((resolve, reject) => {
-    const sock = net.connect({ port, host: '127.0.0.1' });
+    const sock = tlsOptions
+      ? tls.connect({ port, host: '127.0.0.1', ...tlsOptions })
+      : net.connect({ port, host: '127.0.0.1' });
     let buf = '';
     const done = (err, val) => {
       clearTimeout(t);
@@ -130,7 +134,7 @@ function rawCommand(port, line, ms = 500) {
       if (err) reject(err); else resolve(val);
     };
     const t = setTimeout(() => done(new Error('timeout')), ms);
-    sock.on('connect', () => sock.write(line + '\r\n'));
+    sock.on(tlsOptions ? 'secureConnect' : 'connect', () => sock.write(line + '\r\n'));
     sock.on('data', (d) => {
       buf += d.toString('latin1');
       const i = buf.indexOf('\r\n');
@@ -150,17 +154,68 @@ function canConnect(port, ms = 300) {
 }
 
 // ---------------------------------------------------------------------------
+// certificates
+
+let certs = null;
+
+/**
+ * The test certificates (tools/gen-test-certs), made once per process in a
+ * temporary directory: { dir, file(name) } where file('ca.crt') is a path.
+ * ca.crt/key is the test CA; server (IP:127.0.0.1, DNS:localhost), expired,
+ * wrongname (DNS:other.example) and client are signed by it; other-ca
+ * signed nothing.
+ */
+export function testCerts() {
+  if (!certs) {
+    const dir = makeTmpDir('rg-certs-');
+    const r = spawnSync(path.join(REPO_ROOT, 'tools', 'gen-test-certs'), [dir],
+      { encoding: 'utf8', timeout: 30000 });
+    if (r.status !== 0) throw new Error(`tools/gen-test-certs failed: ${r.stderr}`);
+    certs = { dir, file: (name) => path.join(dir, name) };
+  }
+  return certs;
+}
+
+// ---------------------------------------------------------------------------
 // redis
 
 export class RedisServer {
-  constructor(port, dir, extraArgs = []) {
+  // tls: null (plain TCP), or { cert } to speak only TLS, serving the test
+  // certificate named cert (default 'server'; see testCerts)
+  constructor(port, dir, extraArgs = [], tls = null) {
     this.port = port;
     this.dir = dir;
     this.extraArgs = extraArgs;
+    this.tls = tls;
     this.child = null;
   }
 
-  get url() { return `redis://127.0.0.1:${this.port}`; }
+  get url() { return `${this.tls ? 'rediss' : 'redis'}://127.0.0.1:${this.port}`; }
+
+  // redis-server's options for where it listens
+  listenArgs() {
+    if (!this.tls) return ['--port', String(this.port)];
+    const c = testCerts();
+    const cert = this.tls.cert || 'server';
+    return ['--port', '0', '--tls-port', String(this.port),
+      '--tls-cert-file', c.file(`${cert}.crt`), '--tls-key-file', c.file(`${cert}.key`),
+      '--tls-ca-cert-file', c.file('ca.crt'), '--tls-auth-clients', 'no'];
+  }
+
+  // tls.connect options for our own commands: the test CA, and the client
+  // certificate for a server that asks for one
+  tlsOptions() {
+    if (!this.tls) return null;
+    const c = testCerts();
+    return {
+      ca: readFileSync(c.file('ca.crt')),
+      cert: readFileSync(c.file('client.crt')),
+      key: readFileSync(c.file('client.key')),
+      // expired or wrongname certificates are what a test is about; our
+      // own setup commands need not check them
+      rejectUnauthorized: (this.tls.cert || 'server') === 'server',
+    };
+  }
   get pid() { return this.child?.pid; }
   get running() { return !!this.child && !exited(this.child); }
 
@@ -168,7 +223,7 @@ export class RedisServer {
     if (this.running) return;
     const logFd = openSync(path.join(this.dir, 'redis.log'), 'a');
     const child = spawn(REDIS_SERVER_BIN, [
-      '--port', String(this.port), '--bind', '127.0.0.1',
+      ...this.listenArgs(), '--bind', '127.0.0.1',
       '--save', '', '--appendonly', 'no', '--dir', this.dir,
       '--daemonize', 'no', ...this.extraArgs,
     ], { cwd: this.dir, stdio: ['ignore', logFd, logFd] });
@@ -184,7 +239,7 @@ export class RedisServer {
         throw new Error(`redis-server on ${this.port} exited early:\n` + this.log());
       }
       try {
-        const reply = await rawCommand(this.port, 'PING');
+        const reply = await rawCommand(this.port, 'PING', 500, this.tlsOptions());
         // -NOAUTH: up, but protected by --requirepass
         if (reply === '+PONG' || reply.startsWith('-NOAUTH')) return;
       } catch { /* not yet */ }
@@ -209,19 +264,32 @@ export class RedisServer {
   }
 
   // Run one inline command directly against Redis (test setup/inspection).
-  command(line) { return rawCommand(this.port, line, 2000); }
+  command(line) { return rawCommand(this.port, line, 2000, this.tlsOptions()); }
 
   log() {
     try { return readFileSync(path.join(this.dir, 'redis.log'), 'utf8'); } catch { return ''; }
   }
 }
 
-// extraArgs: more redis-server options, e.g. ['--requirepass', 'pw']
-export async function startRedis(extraArgs = []) {
+// extraArgs: more redis-server options, e.g. ['--requirepass', 'pw'];
+// tls: see RedisServer (startRedisTls below)
+export async function startRedis(extraArgs = [], tls = null) {
   const dir = makeTmpDir('rg-redis-');
-  const srv = new RedisServer(await freePort(), dir, extraArgs);
+  const srv = new RedisServer(await freePort(), dir, extraArgs, tls);
   await srv.start();
   return srv;
+}
+
+// A redis-server that speaks only TLS (url: rediss://127.0.0.1:PORT), with
+// the test certificate named cert (testCerts); clients need no certificate
+// unless extraArgs say --tls-auth-clients yes.
+export function startRedisTls(extraArgs = [], { cert = 'server' } = {}) {
+  return startRedis(extraArgs, { cert });
+}
+
+// The http-level directive that makes nginx trust the test CA.
+export function trustTestCa() {
+  return `redisgate_ssl_trusted_certificate ${testCerts().file('ca.crt')};`;
 }
 
 // ---------------------------------------------------------------------------
@@ -423,9 +491,12 @@ function pgShell(fn, args) {
  * and stopped only through pg_ctl on its own data directory.
  */
 export class PgCluster {
-  constructor(dir, port) {
+  // certDir: tools/gen-test-certs' directory, for a server with ssl = on
+  // (its server.crt and server.key); null for none
+  constructor(dir, port, certDir = null) {
     this.dir = dir;
     this.port = port;
+    this.certDir = certDir;
     this.running = false;
   }
 
@@ -437,7 +508,8 @@ export class PgCluster {
 
   // init (first time) and start; idempotent
   async start(timeoutMs = 90000) {
-    const r = await runProgram('bash', pgShell('redisgate_start_pg', [this.dir, String(this.port)]), { timeoutMs });
+    const args = [this.dir, String(this.port), ...(this.certDir ? [this.certDir] : [])];
+    const r = await runProgram('bash', pgShell('redisgate_start_pg', args), { timeoutMs });
     pgClusters.add(this);
     this.running = true;
     if (r.code !== 0) {
@@ -510,11 +582,12 @@ export class PgCluster {
  * A fresh cluster on a free port with the schema applied (redisgate-admin
  * schema apply).  settings: { name: value } for ALTER SYSTEM before the
  * schema (a restart follows when there are any, e.g. for
- * shared_preload_libraries).
+ * shared_preload_libraries).  tls: ssl = on, with the test certificates
+ * (testCerts: server.crt is for 127.0.0.1 and localhost).
  */
-export async function startPg({ settings = {} } = {}) {
+export async function startPg({ settings = {}, tls: withTls = false } = {}) {
   const dir = makeTmpDir('rg-pg-');
-  const pg = new PgCluster(dir, await freePort());
+  const pg = new PgCluster(dir, await freePort(), withTls ? testCerts().dir : null);
   await pg.start();
   const names = Object.keys(settings);
   if (names.length) {
@@ -553,6 +626,84 @@ export async function rg(nginx, instance, token, rest = '', init = {}) {
   let json;
   try { json = JSON.parse(text); } catch { json = undefined; }
   return { status: res.status, headers: res.headers, text, json };
+}
+
+/**
+ * Load: `clients` loops of send(worker, i) for ms; check(r) returns a
+ * string when a response r ({ status, text, json }) is wrong.  Resolves
+ * { total, status: { code: count }, errors: { name: count } (requests
+ * without an HTTP answer), wrong: [the first 10 wrong answers] }.
+ */
+export async function hammer({ ms, clients, send, check }) {
+  const stats = { total: 0, status: {}, errors: {}, wrong: [] };
+  const end = Date.now() + ms;
+  await Promise.all(Array.from({ length: clients }, async (_, w) => {
+    for (let i = 0; Date.now() < end; i++) {
+      stats.total++;
+      try {
+        const r = await send(w, i);
+        stats.status[r.status] = (stats.status[r.status] || 0) + 1;
+        const why = check(r);
+        if (why && stats.wrong.length < 10) stats.wrong.push(`${why}: ${r.status} ${r.text.slice(0, 200)}`);
+      } catch (e) {
+        const k = e.code || e.name || String(e);
+        stats.errors[k] = (stats.errors[k] || 0) + 1;
+      }
+    }
+  }));
+  return stats;
+}
+
+/**
+ * A Redis (a RedisServer) SIGKILLed and started again twice, at 20/35% and
+ * 55/70% of `ms`, while `clients` loops send it INCRs (get(rest)) and
+ * pipelines of INCR and GET (post(rest, json)) on keys named after `key`.
+ * An answer is right when it is 200 with the right results, or 500 with
+ * one of the error messages in `down`.  Resolves hammer()'s stats.
+ */
+export async function killTwiceUnderLoad({ redis, ms, clients, key, get, post, down }) {
+  const t0 = Date.now();
+  const faults = (async () => {
+    for (const [at, what] of [[0.2, 'kill'], [0.35, 'start'], [0.55, 'kill'], [0.7, 'start']]) {
+      await sleep(ms * at - (Date.now() - t0));
+      if (what === 'kill') { redis.child.kill('SIGKILL'); await redis.stop(); } else await redis.start();
+    }
+  })();
+  const stats = await hammer({
+    ms,
+    clients,
+    send: (w, i) => (i % 2
+      ? get(`/incr/${key}:${w}`)
+      : post('/pipeline', [['INCR', `${key}:p${w}`], ['GET', `${key}:p${w}`]])),
+    check: (r) => {
+      if (r.status === 200) {
+        if (Array.isArray(r.json)) {
+          return r.json.length === 2 && Number.isInteger(r.json[0].result)
+            && r.json[1].result === String(r.json[0].result) ? null : 'pipeline answer';
+        }
+        return Number.isInteger(r.json?.result) ? null : 'INCR answer';
+      }
+      if (r.status === 500) return down.includes(r.json?.error) ? null : 'error text';
+      return 'status';
+    },
+  });
+  await faults;
+  return stats;
+}
+
+// one line about what hammer() saw, for t.diagnostic()
+export function summary(name, stats) {
+  return `${name}: ${stats.total} requests, statuses ${JSON.stringify(stats.status)}` +
+    (Object.keys(stats.errors).length ? `, errors ${JSON.stringify(stats.errors)}` : '');
+}
+
+// fn() until it resolves truthy (true) or `tries` tries `ms` apart (false)
+export async function untilOk(fn, tries = 100, ms = 100) {
+  for (let i = 0; i < tries; i++) {
+    try { if (await fn()) return true; } catch { /* not yet */ }
+    await sleep(ms);
+  }
+  return false;
 }
 
 export { sleep };

@@ -1,11 +1,16 @@
-// The official @upstash/redis client, unchanged, against RedisGate.
+// The official @upstash/redis client, unchanged, against RedisGate.  With
+// REDISGATE_TLS=1 (t/run-tests' second run of this file), its Redis speaks
+// only TLS and the instance is rediss://.
 import { spawnSync } from 'node:child_process';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Redis } from '@upstash/redis';
 import {
-  startRedis, startNginx, newToken, randomUUID, rg, stopAll,
+  startRedis, startRedisTls, startNginx, newToken, randomUUID, rg, stopAll,
+  trustTestCa,
 } from './harness.mjs';
+
+const overTls = process.env.REDISGATE_TLS === '1';
 
 let redisSrv;
 let nginx;
@@ -29,14 +34,14 @@ function client(tok, opts = {}) {
 }
 
 before(async () => {
-  redisSrv = await startRedis();
+  redisSrv = overTls ? await startRedisTls() : await startRedis();
   nginx = await startNginx({
     instances: [{ uuid: instance, url: redisSrv.url }],
     keys: [
       { token, id: 'rw' },
       { token: roToken, id: 'ro', scopes: 'read' },
     ],
-    http: 'redisgate_timeout 5s;',
+    http: ['redisgate_timeout 5s;', overTls ? trustTestCa() : ''].join('\n'),
   });
   redis = client(token);
   raw = client(token, { automaticDeserialization: false });

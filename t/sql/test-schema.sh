@@ -211,11 +211,31 @@ sock=$("$admin" -q instance create acme sock /var/run/redis/redis.sock)
 like "$sock" '^[0-9a-f-]{36}$' "instance create on a unix socket"
 host=$("$admin" -q instance create acme named redis-1.internal:6379)
 like "$host" '^[0-9a-f-]{36}$' "instance create on host:port"
+tls=$("$admin" -q instance create acme tls rediss://127.0.0.1:6380)
+like "$tls" '^[0-9a-f-]{36}$' "instance create on rediss://IPv4:port"
+is "$(q -c "select redis_address from redisgate.instances where id = '$tls'")" \
+   rediss://127.0.0.1:6380 "a rediss:// address is stored as given"
+tls6=$("$admin" -q instance create acme tls6 'rediss://[::1]:6380')
+like "$tls6" '^[0-9a-f-]{36}$' "instance create on rediss://[IPv6]:port"
+tlsname=$("$admin" -q instance create acme tlsname \
+              rediss://cache.example.com:6380)
+like "$tlsname" '^[0-9a-f-]{36}$' "instance create on rediss://host:port"
 for bad in nohost 'h:0' 'h:65536' '[1.2.3.4]:1' '[zz]:1' 'a b:1' \
-           relative/redis.sock '256.0.0.1:6379' ''; do
+           relative/redis.sock '256.0.0.1:6379' '' \
+           rediss:// rediss://nohost 'rediss://h:0' 'rediss://h:65536' \
+           'rediss://[1.2.3.4]:1' 'rediss://256.0.0.1:6379' \
+           rediss:///var/run/redis.sock 'rediss://rediss://h:1' \
+           redis://127.0.0.1:6379 'REDISS://h:1' 'rediss:/h:1' \
+           'rediss://h:1/0'; do
     refused "instance create refuses address '$bad'" 'malformed redis_address' \
         "$admin" instance create acme bad "$bad"
 done
+is "$(q -c "select redisgate.redis_address_problem('rediss:///tmp/r.sock')")" \
+   "rediss:// takes host:port or [IPv6 address]:port" \
+   "redis_address_problem: no TLS to a unix socket"
+is "$(q -c "select redisgate.redis_address_problem('rediss://h:99999')")" \
+   "the port must be a number from 1 to 65535" \
+   "redis_address_problem: a rediss:// port is checked as any"
 refused "instance create: duplicate name" 'already has an instance named "cache"' \
     "$admin" instance create acme cache 127.0.0.1:1
 refused "instance create: user without password" 'redis_user needs a redis_password' \

@@ -63,6 +63,26 @@ our $HttpConfig = <<'_EOC_';
         organization=globex scopes=read,write,admin;
 _EOC_
 
+# TLS: t/run-tests makes the test certificates (tools/gen-test-certs) in
+# $TEST_NGINX_CERT_DIR and runs a Redis that speaks only TLS on
+# $TEST_NGINX_TLS_PORT.  With TEST_NGINX_REDIS_TLS=1, the two instances on
+# TCP above are on that Redis instead, over rediss:// (t/run-tests runs the
+# protocol suites a second time so).
+our $Tls = $ENV{TEST_NGINX_REDIS_TLS} ? 1 : 0;
+
+if ($Tls) {
+    for my $var (qw(TEST_NGINX_TLS_PORT TEST_NGINX_CERT_DIR)) {
+        die "TEST_NGINX_REDIS_TLS=1 needs $var: run the suites with"
+            . " t/run-tests\n" unless defined $ENV{$var};
+    }
+    my $n = $HttpConfig =~ s{\bredis://127\.0\.0\.1:\$TEST_NGINX_REDIS_PORT/}
+                             {rediss://127.0.0.1:\$TEST_NGINX_TLS_PORT/}g;
+    die "TEST_NGINX_REDIS_TLS=1: expected 2 instances on TCP to move to"
+        . " rediss://, found $n\n" unless $n == 2;
+    $HttpConfig .= "\n    redisgate_ssl_trusted_certificate"
+        . " \$TEST_NGINX_CERT_DIR/ca.crt;\n";
+}
+
 # debug lines exist only in nginx built --with-debug (skip_eval on them)
 our $Debug = do {
     my $bin = $ENV{TEST_NGINX_BINARY} // 'nginx';
@@ -205,6 +225,77 @@ sub start_silent_server {
     POSIX::_exit(0);
 }
 
+# Redis servers that speak only TLS, of this test file's own
+# (redisgate_start_redis_tls of tools/lib.sh, with the certificates of
+# $TEST_NGINX_CERT_DIR): start_tls_redis(NAME, OPTION...) starts one with
+# more redis-server OPTIONs and returns its port.  A later
+# --tls-cert-file/--tls-key-file pair replaces server.crt/server.key.  All
+# are stopped at the end of the file.
+our %TlsRedis;
+
+sub start_tls_redis {
+    my ($name, @opts) = @_;
+    my $port = free_port();
+    my $dir = "$spare_dir/tls-$name";
+    mkdir $spare_dir;
+    system('bash', '-c', '. "$0" && redisgate_start_redis_tls "$@"',
+           "$FindBin::Bin/../tools/lib.sh", $dir, $port,
+           $ENV{TEST_NGINX_CERT_DIR} // die("TEST_NGINX_CERT_DIR is not set\n"),
+           @opts) == 0
+        or die "cannot start the TLS redis-server $name\n";
+    $TlsRedis{$name} = $dir;
+    return $port;
+}
+
+sub stop_tls_redis {
+    my @pidfiles = map { "$_/redis.pid" } values %TlsRedis;
+    return unless @pidfiles;
+    system('bash', '-c', '. "$0" && for f; do redisgate_stop_pidfile "$f"; done',
+           "$FindBin::Bin/../tools/lib.sh", @pidfiles);
+    %TlsRedis = ();
+}
+
+# redis-cli against a TLS Redis on 127.0.0.1:PORT, trusting the test CA and
+# with the client certificate at hand (for tls-auth-clients yes): its
+# output, without the last newline
+sub tls_redis_cli {
+    my ($port, @args) = @_;
+    my $certs = $ENV{TEST_NGINX_CERT_DIR};
+    open my $fh, '-|', 'redis-cli', '--tls', '--cacert', "$certs/ca.crt",
+         '--cert', "$certs/client.crt", '--key', "$certs/client.key",
+         '-h', '127.0.0.1', '-p', $port, @args
+        or die "cannot run redis-cli: $!\n";
+    my $out = do { local $/; <$fh> } // '';
+    close $fh;
+    $out =~ s/\n\z//;
+    return $out;
+}
+
+# a peer that a real Redis cannot play (t/lib/peers.mjs, on node):
+# start_peer(KIND, ARG...) returns its port once it accepts; it is stopped
+# at the end of the file
+our @PeerPids;
+
+sub start_peer {
+    my ($kind, @args) = @_;
+    my $port = free_port();
+    mkdir $spare_dir;
+    my $pid = fork();
+    die "fork: $!\n" unless defined $pid;
+    if (!$pid) {
+        open STDOUT, '>>', "$spare_dir/peers.log";
+        open STDERR, '>&', \*STDOUT;
+        exec('node', "$FindBin::Bin/lib/peers.mjs", $port, $kind, @args)
+            or POSIX::_exit(127);
+    }
+    push @PeerPids, $pid;
+    for (1 .. 200) {
+        return $port if port_open($port);
+        select(undef, undef, undef, 0.05);
+    }
+    die "the $kind peer does not accept connections\n";
+}
+
 # tools/redisgate-admin against the test key store: (name => value) of
 # its NAME=VALUE output, for create commands
 sub admin {
@@ -250,7 +341,9 @@ sub start_pg {
 
 END {
     stop_spare_redis();
+    stop_tls_redis();
     kill 'TERM', @SilentPids if @SilentPids;
+    kill 'TERM', @PeerPids if @PeerPids;
     rmdir $spare_dir;
 }
 
