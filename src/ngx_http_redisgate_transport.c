@@ -697,6 +697,20 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
             }
         }
 
+        if (!c->read->ready) {
+            /*
+             * a short read emptied the socket: asking again would cost a
+             * read() over TLS that says EAGAIN
+             */
+            if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+                ngx_http_redisgate_link_fail(link,
+                                             NGX_HTTP_REDISGATE_FAIL_LOST, 0,
+                                             "could not wait to read");
+            }
+
+            return;
+        }
+
         total += n;
 
         if (total >= NGX_HTTP_REDISGATE_LINK_READ_MAX) {
