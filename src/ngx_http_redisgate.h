@@ -361,6 +361,8 @@ ngx_int_t ngx_http_redisgate_policy_merge(ngx_conf_t *cf,
 ngx_int_t ngx_http_redisgate_policy_check(ngx_http_redisgate_loc_conf_t *rlcf,
     ngx_http_redisgate_cmd_t *cmd, ngx_uint_t scopes, ngx_str_t *reason,
     ngx_uint_t *map_reply, ngx_uint_t *by_name);
+ngx_int_t ngx_http_redisgate_policy_check_db(ngx_http_redisgate_cmd_t *cmd,
+    ngx_uint_t db, ngx_str_t *other);
 
 ngx_int_t ngx_http_redisgate_hex_decode(u_char *dst, u_char *src,
     size_t len);

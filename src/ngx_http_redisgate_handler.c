@@ -679,7 +679,7 @@ ngx_http_redisgate_check_commands(ngx_http_request_t *r,
 {
     u_char                          name[NGX_HTTP_REDISGATE_NAME_MAX];
     ngx_int_t                       rc;
-    ngx_str_t                       reason, *script, *same;
+    ngx_str_t                       reason, other, *script, *same;
     ngx_uint_t                      i, map, by_name;
     ngx_http_redisgate_cmd_t       *cmd;
     ngx_http_redisgate_alloc_t      a;
@@ -729,6 +729,17 @@ ngx_http_redisgate_check_commands(ngx_http_request_t *r,
             return ngx_http_redisgate_send_error(r, NGX_HTTP_FORBIDDEN,
                                   "Forbidden: this API key's scopes do not "
                                   "allow '%V'", &reason);
+        }
+
+        if (ngx_http_redisgate_policy_check_db(cmd,
+                                               ctx->auth.backend->address.db,
+                                               &other)
+            != NGX_OK)
+        {
+            return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                  "ERR COPY into another database (DB %V) "
+                                  "is not allowed through this gateway: an "
+                                  "instance is one database", &other);
         }
 
         ctx->map[i] = (u_char) (map && ctx->hash_object);

@@ -369,7 +369,52 @@ scopes:
 
     /* the same name gets the same answer, unless its arguments matter */
     *by_name = len && !(flags & (NGX_HTTP_REDISGATE_CMD_CONTAINER
-                                 |NGX_HTTP_REDISGATE_CMD_BLOCKING));
+                                 |NGX_HTTP_REDISGATE_CMD_BLOCKING))
+               && !(len == 4 && ngx_memcmp(name, "copy", 4) == 0);
+
+    return NGX_OK;
+}
+
+
+/*
+ * COPY source destination DB n writes into database n of the same server:
+ * another tenant's, unless n is the instance's own.  NGX_OK, or
+ * NGX_DECLINED with the database asked for in *other.
+ */
+
+ngx_int_t
+ngx_http_redisgate_policy_check_db(ngx_http_redisgate_cmd_t *cmd,
+    ngx_uint_t db, ngx_str_t *other)
+{
+    ngx_int_t   n;
+    ngx_uint_t  i;
+
+    if (cmd->argc < 5
+        || cmd->argv[0].len != 4
+        || ngx_strncasecmp(cmd->argv[0].data, (u_char *) "copy", 4) != 0)
+    {
+        return NGX_OK;
+    }
+
+    /* COPY source destination [DB n] [REPLACE], in any order after them */
+
+    for (i = 3; i + 1 < cmd->argc; i++) {
+        if (cmd->argv[i].len != 2
+            || ngx_strncasecmp(cmd->argv[i].data, (u_char *) "db", 2) != 0)
+        {
+            continue;
+        }
+
+        n = ngx_atoi(cmd->argv[i + 1].data, cmd->argv[i + 1].len);
+
+        if (n == NGX_ERROR || (ngx_uint_t) n != db) {
+            /* what Redis would not take is refused all the same */
+            *other = cmd->argv[i + 1];
+            return NGX_DECLINED;
+        }
+
+        i++;
+    }
 
     return NGX_OK;
 }

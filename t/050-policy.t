@@ -172,3 +172,48 @@ POST /redis/$TEST_NGINX_INSTANCE
 --- error_code: 400
 --- response_body_like chomp
 ^\{"error":"NOSCRIPT No matching script[^"]*"\}$
+
+
+
+=== TEST 13: COPY into another database is refused; into its own, or without DB, it runs
+--- request eval
+["POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"SET\", \"copy:src\", \"v\"]",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"COPY\", \"copy:src\", \"copy:other\", \"DB\", \"2\"]",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"COPY\", \"copy:src\", \"copy:other\", \"REPLACE\", \"db\", \"0\"]",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"COPY\", \"copy:src\", \"copy:own\", \"DB\", \"1\", \"REPLACE\"]",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}
+[\"COPY\", \"copy:src\", \"copy:plain\"]",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/mget/copy:own/copy:plain/copy:other"]
+--- error_code eval
+[200, 400, 400, 200, 200, 200]
+--- response_body eval
+['{"result":"OK"}',
+ '{"error":"ERR COPY into another database (DB 2) is not allowed through this gateway: an instance is one database"}',
+ '{"error":"ERR COPY into another database (DB 0) is not allowed through this gateway: an instance is one database"}',
+ '{"result":1}',
+ '{"result":1}',
+ '{"result":["v","v",null]}']
+
+
+
+=== TEST 14: ... and nothing reached database 2 of the server (another tenant's)
+--- request
+GET /redis/$TEST_NGINX_GLOBEX_INSTANCE/exists/copy:other
+--- more_headers
+Authorization: Bearer $TEST_NGINX_GLOBEX_TOKEN
+--- response_body chomp
+{"result":0}
+
+
+
+=== TEST 15: a second COPY in a pipeline is checked too, and the whole pipeline is refused
+--- request
+POST /redis/$TEST_NGINX_INSTANCE/pipeline
+[["COPY", "copy:src", "copy:p1", "REPLACE"], ["COPY", "copy:src", "copy:p2", "DB", "2"]]
+--- error_code: 400
+--- response_body chomp
+{"error":"ERR COPY into another database (DB 2) is not allowed through this gateway: an instance is one database"}
