@@ -72,6 +72,7 @@ static ngx_str_t  ngx_http_redisgate_resp_type =
 static ngx_str_t  ngx_http_redisgate_multi =
     ngx_string("*1\r\n$5\r\nMULTI\r\n");
 static ngx_str_t  ngx_http_redisgate_exec = ngx_string("*1\r\n$4\r\nEXEC\r\n");
+static ngx_str_t  ngx_http_redisgate_flushdb = ngx_string("FLUSHDB");
 
 static ngx_uint_t  ngx_http_redisgate_sync_counter;
 
@@ -700,6 +701,18 @@ ngx_http_redisgate_check_commands(ngx_http_request_t *r,
 
     for (i = 0; i < ctx->ncmds; i++) {
         cmd = &ctx->cmds[i];
+
+        /*
+         * FLUSHALL, for a tenant, means everything this instance holds:
+         * its database, not the server's (ASYNC or SYNC kept)
+         */
+
+        if (cmd->argv[0].len == 8
+            && ngx_strncasecmp(cmd->argv[0].data, (u_char *) "flushall", 8)
+               == 0)
+        {
+            cmd->argv[0] = ngx_http_redisgate_flushdb;
+        }
 
         /* a pipeline of a hundred GETs asks the policy once */
 

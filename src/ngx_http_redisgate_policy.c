@@ -32,7 +32,8 @@ static ngx_uint_t ngx_http_redisgate_blocks(u_char *name, size_t len,
 /*
  * Transactions and connection state belong to the gateway; streaming
  * commands have no endpoint yet; server-wide commands reach beyond one
- * tenant's data (FLUSHALL empties every database of the server).
+ * tenant's data.  (FLUSHALL is not among them: the handler sends it as
+ * FLUSHDB, the instance's own database.)
  * Blocking commands are refused by their flag in the command table.
  */
 
@@ -50,7 +51,7 @@ static char  *ngx_http_redisgate_default_deny[] = {
     "readwrite", "asking", "save", "bgsave", "bgrewriteaof", "swapdb",
     "move", "migrate", "restore-asking", "latency", "memory|doctor",
     "memory|malloc-stats", "memory|purge", "script|kill", "function|kill",
-    "flushall", "pfdebug", "pfselftest", "sentinel",
+    "pfdebug", "pfselftest", "sentinel",
     NULL
 };
 

@@ -65,7 +65,7 @@ POST /redis/$TEST_NGINX_INSTANCE
 === TEST 5: server-wide commands are denied for every key
 --- request eval
 ["GET /redis/$ENV{TEST_NGINX_INSTANCE}/config/get/maxmemory",
- "GET /redis/$ENV{TEST_NGINX_INSTANCE}/flushall",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/failover",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/shutdown",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/debug/sleep/1",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/swapdb/1/2",
@@ -76,7 +76,7 @@ POST /redis/$TEST_NGINX_INSTANCE
 --- error_code eval
 [400, 400, 400, 400, 400, 400, 400, 400, 400]
 --- response_body_like eval
-["'config\\|get' is not allowed", "'flushall' is not allowed",
+["'config\\|get' is not allowed", "'failover' is not allowed",
  "'shutdown' is not allowed", "'debug' is not allowed",
  "'swapdb' is not allowed", "'monitor' is not allowed",
  "'subscribe' is not allowed", "'acl\\|list' is not allowed",
@@ -217,3 +217,47 @@ POST /redis/$TEST_NGINX_INSTANCE/pipeline
 --- error_code: 400
 --- response_body chomp
 {"error":"ERR COPY into another database (DB 2) is not allowed through this gateway: an instance is one database"}
+
+
+
+=== TEST 16: a key in another organization's instance (database 2 of the server)
+--- request
+GET /redis/$TEST_NGINX_GLOBEX_INSTANCE/set/flush:globex/kept
+--- more_headers
+Authorization: Bearer $TEST_NGINX_GLOBEX_TOKEN
+--- response_body chomp
+{"result":"OK"}
+
+
+
+=== TEST 17: FLUSHALL empties the instance's own database only, ASYNC kept, with the admin scope
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/set/flush:acme/1",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/flushall/async",
+ "GET /redis/$ENV{TEST_NGINX_INSTANCE}/dbsize",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}/multi-exec
+[[\"SET\", \"flush:m\", \"1\"], [\"FLUSHALL\"], [\"EXISTS\", \"flush:m\"]]"]
+--- response_body eval
+['{"result":"OK"}', '{"result":"OK"}', '{"result":0}',
+ '[{"result":"OK"},{"result":"OK"},{"result":0}]']
+
+
+
+=== TEST 18: ... the other database kept its key
+--- request
+GET /redis/$TEST_NGINX_GLOBEX_INSTANCE/get/flush:globex
+--- more_headers
+Authorization: Bearer $TEST_NGINX_GLOBEX_TOKEN
+--- response_body chomp
+{"result":"kept"}
+
+
+
+=== TEST 19: FLUSHALL needs the admin scope, as FLUSHDB does
+--- request
+GET /redis/$TEST_NGINX_INSTANCE/flushall
+--- more_headers
+Authorization: Bearer $TEST_NGINX_WRITER_TOKEN
+--- error_code: 403
+--- response_body chomp
+{"error":"Forbidden: this API key's scopes do not allow 'flushdb'"}

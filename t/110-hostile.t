@@ -727,19 +727,19 @@ Authorization: Bearer $TEST_NGINX_GLOBEX_TOKEN
 
 
 
-=== TEST 45: FLUSHALL as the 500th entry refuses the whole pipeline; nothing before it ran
+=== TEST 45: SWAPDB as the 500th entry refuses the whole pipeline; nothing before it ran
 --- request eval
 my $body = '[["SET","h:p500","1"],'
            . CORE::join(',', map { qq{["ECHO","$_"]} } 1 .. 498)
-           . ',["FLUSHALL"],["SET","h:p500b","1"]]';
+           . ',["SWAPDB","0","1"],["SET","h:p500b","1"]]';
 ["POST /redis/$main::I/pipeline\n$body",
  "POST /redis/$main::I/multi-exec\n$body",
  "POST /redis/$main::I\n[\"MGET\",\"h:p500\",\"h:p500b\"]"]
 --- error_code eval
 [400, 400, 200]
 --- response_body eval
-["{\"error\":\"ERR command 'flushall' is not allowed through this gateway\"}",
- "{\"error\":\"ERR command 'flushall' is not allowed through this gateway\"}",
+["{\"error\":\"ERR command 'swapdb' is not allowed through this gateway\"}",
+ "{\"error\":\"ERR command 'swapdb' is not allowed through this gateway\"}",
  '{"result":[null,null]}']
 
 
@@ -752,7 +752,7 @@ my $p = "POST /redis/$main::I/pipeline\n[[\"SET\",\"h:cfg\",\"1\"],";
  $p . '["\u0043ONFIG","\u0047ET","maxmemory"]]',
  $p . '["CONFIG"]]',
  $p . '["CONFIG","SET","maxmemory","1"]]',
- $p . '["FLUSH\u0041LL"]]',
+ $p . '["SH\u0055TDOWN"]]',
  "POST /redis/$main::I/multi-exec\n[[\"SET\",\"h:cfg\",\"1\"],[\"cOnFiG\",\"resetstat\"]]",
  "GET /redis/$main::I/%43ONFIG/%67et/maxmemory",
  "GET /redis/$main::I/get/h:cfg"]
@@ -764,7 +764,7 @@ my $p = "POST /redis/$main::I/pipeline\n[[\"SET\",\"h:cfg\",\"1\"],";
  "{\"error\":\"ERR command 'config|get' is not allowed through this gateway\"}",
  "{\"error\":\"ERR command 'config' is not allowed through this gateway\"}",
  "{\"error\":\"ERR command 'config|set' is not allowed through this gateway\"}",
- "{\"error\":\"ERR command 'flushall' is not allowed through this gateway\"}",
+ "{\"error\":\"ERR command 'shutdown' is not allowed through this gateway\"}",
  "{\"error\":\"ERR command 'config|resetstat' is not allowed through this gateway\"}",
  "{\"error\":\"ERR command 'config|get' is not allowed through this gateway\"}",
  '{"result":null}']

@@ -37,8 +37,8 @@ after(() => stopAll(nginx, open, guarded));
 const evalScript = (id, script) =>
   rg(nginx, id, token, '', { method: 'POST', body: JSON.stringify(['EVAL', script, '0']) });
 
-test('a write key cannot send FLUSHALL, SELECT or SWAPDB itself', async () => {
-  for (const [cmd, status] of [['FLUSHALL', 400], ['SELECT', 400], ['SWAPDB', 400], ['FLUSHDB', 403]]) {
+test('a write key cannot send FLUSHALL or FLUSHDB (admin scope), SELECT or SWAPDB itself', async () => {
+  for (const [cmd, status] of [['FLUSHALL', 403], ['SELECT', 400], ['SWAPDB', 400], ['FLUSHDB', 403]]) {
     const args = cmd === 'SELECT' ? [cmd, '1'] : cmd === 'SWAPDB' ? [cmd, '0', '1'] : [cmd];
     const r = await rg(nginx, OPEN, token, '', { method: 'POST', body: JSON.stringify(args) });
     assert.equal(r.status, status, `${cmd}: ${r.text}`);
