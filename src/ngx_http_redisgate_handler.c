@@ -810,12 +810,9 @@ ngx_http_redisgate_send_commands(ngx_http_request_t *r,
         len += ngx_http_redisgate_resp_command_len(&ctx->cmds[i]);
     }
 
-    /*
-     * hiredis reads the byte after a formatted command (to see whether
-     * more arguments follow), as its own formatter NUL-terminates them
-     */
+    /* one buffer for all; the link copies them when they are queued */
 
-    p = ngx_pnalloc(r->pool, len + 1);
+    p = ngx_pnalloc(r->pool, len);
     if (p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -831,8 +828,6 @@ ngx_http_redisgate_send_commands(ngx_http_request_t *r,
         p = ngx_http_redisgate_resp_command(p, &ctx->cmds[i - multi]);
         resp[i].len = p - resp[i].data;
     }
-
-    *p = '\0';
 
     if (multi) {
         resp[i++] = ngx_http_redisgate_exec;
