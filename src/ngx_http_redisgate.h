@@ -148,7 +148,6 @@ struct ngx_http_redisgate_backend_s {
     time_t                          resolve_retry;
     ngx_resolver_ctx_t             *resolving;
     ngx_queue_t                     waiting;    /* requests until then */
-    u_char                          resolve_text[160];  /* why it failed */
     unsigned                        resolved:1; /* node has an address */
     unsigned                        resolve_error:1;
     unsigned                        resolve_starting:1;

@@ -46,6 +46,7 @@ static ngx_int_t ngx_http_redisgate_link_reserve(
     ngx_http_redisgate_link_t *link, size_t len, ngx_uint_t n);
 static void ngx_http_redisgate_link_close_connection(
     ngx_http_redisgate_link_t *link, ngx_uint_t failed);
+static void ngx_http_redisgate_link_release(ngx_connection_t *c);
 static void ngx_http_redisgate_link_out_reset(ngx_http_redisgate_link_t *link);
 
 #if (NGX_SSL)
@@ -54,7 +55,6 @@ static void ngx_http_redisgate_link_ssl_handshaked(ngx_connection_t *c);
 static ngx_int_t ngx_http_redisgate_link_ssl_check_name(ngx_connection_t *c,
     ngx_str_t *name);
 static void ngx_http_redisgate_link_ssl_save_session(ngx_connection_t *c);
-static void ngx_http_redisgate_link_ssl_closed(ngx_connection_t *c);
 #endif
 
 
@@ -213,7 +213,7 @@ ngx_http_redisgate_link_send(ngx_http_redisgate_link_t *link, ngx_str_t *cmds,
         ngx_memcpy(link->out + link->out_last, cmds[i].data, cmds[i].len);
         link->out_last += cmds[i].len;
 
-        tail = (link->wait_head + link->nwaits) % link->wait_size;
+        tail = (link->wait_head + link->nwaits) & (link->wait_size - 1);
         w = &link->waits[tail];
         w->handler = handler;
         w->data = data;
@@ -289,6 +289,7 @@ ngx_http_redisgate_link_reserve(ngx_http_redisgate_link_t *link, size_t len,
         return NGX_OK;
     }
 
+    /* a power of two: the ring is indexed with a mask */
     wsize = ngx_max(link->wait_size * 2, 64);
 
     while (wsize < link->nwaits + n) {
@@ -304,7 +305,8 @@ ngx_http_redisgate_link_reserve(ngx_http_redisgate_link_t *link, size_t len,
     /* the ring unrolled, oldest first */
 
     for (i = 0; i < link->nwaits; i++) {
-        waits[i] = link->waits[(link->wait_head + i) % link->wait_size];
+        waits[i] = link->waits[(link->wait_head + i)
+                               & (link->wait_size - 1)];
     }
 
     if (link->waits) {
@@ -365,7 +367,7 @@ ngx_http_redisgate_link_close(ngx_http_redisgate_link_t *link,
 
     while (n--) {
         w = link->waits[link->wait_head];
-        link->wait_head = (link->wait_head + 1) % link->wait_size;
+        link->wait_head = (link->wait_head + 1) & (link->wait_size - 1);
         link->nwaits--;
 
         w.handler(w.data, NULL, link->error);
@@ -414,7 +416,6 @@ static void
 ngx_http_redisgate_link_close_connection(ngx_http_redisgate_link_t *link,
     ngx_uint_t failed)
 {
-    ngx_pool_t        *pool;
     ngx_connection_t  *c;
 
     c = link->peer.connection;
@@ -439,12 +440,23 @@ ngx_http_redisgate_link_close_connection(ngx_http_redisgate_link_t *link,
 
         if (ngx_ssl_shutdown(c) == NGX_AGAIN) {
             /* the close_notify could not be written yet: nginx goes on */
-            c->ssl->handler = ngx_http_redisgate_link_ssl_closed;
+            c->ssl->handler = ngx_http_redisgate_link_release;
             return;
         }
     }
 
 #endif
+
+    ngx_http_redisgate_link_release(c);
+}
+
+
+/* the connection, and the pool that TLS needed */
+
+static void
+ngx_http_redisgate_link_release(ngx_connection_t *c)
+{
+    ngx_pool_t  *pool;
 
     pool = c->pool;
 
@@ -621,13 +633,7 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
                     sizeof(ngx_http_redisgate_link_buffer));
 
         if (n == NGX_AGAIN) {
-            if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-                ngx_http_redisgate_link_fail(link,
-                                             NGX_HTTP_REDISGATE_FAIL_LOST, 0,
-                                             "could not wait to read");
-            }
-
-            return;
+            break;
         }
 
         if (n == 0 || n == NGX_ERROR) {
@@ -683,7 +689,7 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
             }
 
             w = link->waits[link->wait_head];
-            link->wait_head = (link->wait_head + 1) % link->wait_size;
+            link->wait_head = (link->wait_head + 1) & (link->wait_size - 1);
             link->nwaits--;
             link->replied = 1;
 
@@ -702,13 +708,7 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
              * a short read emptied the socket: asking again would cost a
              * read() over TLS that says EAGAIN
              */
-            if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-                ngx_http_redisgate_link_fail(link,
-                                             NGX_HTTP_REDISGATE_FAIL_LOST, 0,
-                                             "could not wait to read");
-            }
-
-            return;
+            break;
         }
 
         total += n;
@@ -718,6 +718,11 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
             ngx_post_event(c->read, &ngx_posted_events);
             return;
         }
+    }
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_LOST, 0,
+                                     "could not wait to read");
     }
 }
 
@@ -735,9 +740,6 @@ ngx_http_redisgate_link_lost(ngx_http_redisgate_link_t *link,
 #if (NGX_SSL)
 
     if (link->peer.connection->ssl && !link->replied) {
-        ngx_http_redisgate_stats_backend_add(link->node->stats,
-                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
-
         ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_HANDSHAKE,
                           0, "%s before any reply: %s", what,
                           link->cert_requested
@@ -794,6 +796,13 @@ ngx_http_redisgate_link_fail(ngx_http_redisgate_link_t *link,
 
     ngx_log_error(NGX_LOG_ERR, link->log, 0, "%*s", (size_t) (p - text),
                   text);
+
+    if (failure == NGX_HTTP_REDISGATE_FAIL_HANDSHAKE
+        || failure == NGX_HTTP_REDISGATE_FAIL_VERIFY)
+    {
+        ngx_http_redisgate_stats_backend_add(link->node->stats,
+                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
+    }
 
     if (link->state == NGX_HTTP_REDISGATE_LINK_CLOSED) {
         /* failed before it was opened */
@@ -908,8 +917,6 @@ ngx_http_redisgate_link_ssl_handshaked(ngx_connection_t *c)
     tls = node->tls;
 
     if (!c->ssl->handshaked) {
-        ngx_http_redisgate_stats_backend_add(node->stats,
-                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
         ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_HANDSHAKE,
                                      0, NULL);
         return;
@@ -927,8 +934,6 @@ ngx_http_redisgate_link_ssl_handshaked(ngx_connection_t *c)
         rc = SSL_get_verify_result(c->ssl->connection);
 
         if (rc != X509_V_OK) {
-            ngx_http_redisgate_stats_backend_add(node->stats,
-                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
             ngx_http_redisgate_link_fail(link,
                                          NGX_HTTP_REDISGATE_FAIL_VERIFY, 0,
                                          "(%l: %s)", rc,
@@ -939,8 +944,6 @@ ngx_http_redisgate_link_ssl_handshaked(ngx_connection_t *c)
         if (ngx_http_redisgate_link_ssl_check_name(c, &node->tls_name)
             != NGX_OK)
         {
-            ngx_http_redisgate_stats_backend_add(node->stats,
-                            NGX_HTTP_REDISGATE_STAT_TLS_HANDSHAKE_FAILURES, 1);
             ngx_http_redisgate_link_fail(link,
                                          NGX_HTTP_REDISGATE_FAIL_VERIFY, 0,
                                          "the certificate does not match "
@@ -1032,23 +1035,6 @@ ngx_http_redisgate_link_client_cert(ngx_ssl_conn_t *ssl_conn, X509 **x509,
     }
 
     return 0;
-}
-
-
-/* the close_notify is written, or given up on: nginx's shutdown is over */
-
-static void
-ngx_http_redisgate_link_ssl_closed(ngx_connection_t *c)
-{
-    ngx_pool_t  *pool;
-
-    pool = c->pool;
-
-    ngx_close_connection(c);
-
-    if (pool) {
-        ngx_destroy_pool(pool);
-    }
 }
 
 #endif
