@@ -91,7 +91,6 @@ struct ngx_http_redisgate_pg_s {
     ngx_http_redisgate_health_t      health;
     ngx_msec_t                       backoff_min;
     ngx_msec_t                       backoff_max;
-    const char                      *error;     /* for clients, fixed */
     ngx_log_t                       *log;
 };
 
@@ -117,7 +116,7 @@ static void ngx_http_redisgate_pg_value(PGresult *res, int col,
     ngx_str_t *value);
 static void ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
     ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc,
-    ngx_http_redisgate_keyinfo_t *ki);
+    ngx_http_redisgate_keyinfo_t *ki, const char *error);
 static void ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg,
     const char *what, const char *detail);
 static void ngx_http_redisgate_pg_error(ngx_http_redisgate_pg_t *pg,
@@ -129,6 +128,13 @@ static void ngx_http_redisgate_pg_event_handler(ngx_event_t *ev);
 static void ngx_http_redisgate_pg_timer_handler(ngx_event_t *ev);
 static void ngx_http_redisgate_pg_want_write(ngx_http_redisgate_pg_conn_t *pc,
     ngx_uint_t want);
+
+
+/* what clients are told when a lookup fails */
+static const char  ngx_http_redisgate_pg_unavailable_text[] =
+    "key store unavailable";
+static const char  ngx_http_redisgate_pg_failed_text[] =
+    "key store lookup failed";
 
 
 static char  ngx_http_redisgate_pg_default_query[] =
@@ -250,10 +256,10 @@ ngx_http_redisgate_pg_init_process(ngx_http_redisgate_pg_t *pg,
     ngx_http_redisgate_pg_conn_t  *pc;
 
     pg->log = cycle->log;
-    pg->error = "key store unavailable";
 
     ngx_http_redisgate_health_init(&pg->health, pg->backoff_min,
-                                   pg->backoff_max, pg->error);
+                                   pg->backoff_max,
+                                   ngx_http_redisgate_pg_unavailable_text);
 
     ngx_queue_init(&pg->lookups);
 
@@ -489,7 +495,8 @@ ngx_http_redisgate_pg_dispatch(ngx_http_redisgate_pg_t *pg)
         while (!ngx_queue_empty(&pg->lookups)) {
             q = ngx_queue_head(&pg->lookups);
             lk = ngx_queue_data(q, ngx_http_redisgate_pg_lookup_t, queue);
-            ngx_http_redisgate_pg_finish(pg, lk, NGX_ERROR, NULL);
+            ngx_http_redisgate_pg_finish(pg, lk, NGX_ERROR, NULL,
+                                      ngx_http_redisgate_pg_unavailable_text);
         }
     }
 }
@@ -704,7 +711,8 @@ ngx_http_redisgate_pg_close(ngx_http_redisgate_pg_conn_t *pc,
     pc->lookup = NULL;
 
     if (lk) {
-        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL,
+                                     ngx_http_redisgate_pg_unavailable_text);
     }
 
     if (pc->write_done) {
@@ -906,11 +914,10 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
                                     PQresultErrorMessage(res));
 
-        if (!ngx_http_redisgate_pg_unavailable(pc, res)) {
-            pc->pg->error = "key store lookup failed";
-        }
-
-        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL,
+                                 ngx_http_redisgate_pg_unavailable(pc, res)
+                                 ? ngx_http_redisgate_pg_unavailable_text
+                                 : ngx_http_redisgate_pg_failed_text);
         return;
     }
 
@@ -918,7 +925,7 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
 
     if (PQntuples(res) == 0) {
         ki.status = NGX_HTTP_REDISGATE_KEY_UNKNOWN;
-        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki);
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki, NULL);
         return;
     }
 
@@ -926,8 +933,8 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
                                     "the query returned fewer than 12 "
                                     "columns");
-        pc->pg->error = "key store lookup failed";
-        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL);
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL,
+                                     ngx_http_redisgate_pg_failed_text);
         return;
     }
 
@@ -986,7 +993,7 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         ki.status = NGX_HTTP_REDISGATE_KEY_OK;
     }
 
-    ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki);
+    ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki, NULL);
 }
 
 
@@ -1027,7 +1034,7 @@ ngx_http_redisgate_pg_value(PGresult *res, int col, ngx_str_t *value)
 static void
 ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
     ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc,
-    ngx_http_redisgate_keyinfo_t *ki)
+    ngx_http_redisgate_keyinfo_t *ki, const char *error)
 {
     time_t                           ttl;
     ngx_queue_t                     *q;
@@ -1065,8 +1072,7 @@ ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
         (void) ngx_http_redisgate_wait_done(&w->wait);
 
         /* may finalize the request, and with it w */
-        w->handler(w->data, rc, ki,
-                   rc == NGX_OK ? NULL : pg->error);
+        w->handler(w->data, rc, ki, error);
     }
 
     ngx_free(lk);
@@ -1139,13 +1145,14 @@ ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg, const char *what,
 {
     ngx_http_redisgate_pg_error(pg, what, detail);
 
-    ngx_http_redisgate_health_down(&pg->health, pg->error);
+    ngx_http_redisgate_health_down(&pg->health,
+                                   ngx_http_redisgate_pg_unavailable_text);
 }
 
 
 /*
  * The detail (libpq's words) to the log; clients waiting on the key store
- * are told "key store unavailable", nothing of its insides.
+ * are told one of the fixed texts below, nothing of its insides.
  */
 
 static void
@@ -1173,8 +1180,6 @@ ngx_http_redisgate_pg_error(ngx_http_redisgate_pg_t *pg, const char *what,
 
     ngx_log_error(NGX_LOG_ERR, pg->log, 0, "redisgate: %*s",
                   (size_t) (p - text), text);
-
-    pg->error = "key store unavailable";
 }
 
 
