@@ -6,7 +6,8 @@
 
 /*
  * ngx_http_redisgate_parse_url(), then percent_decode() of the
- * credentials as redisgate_instance does.  Input: the URL.
+ * credentials as redisgate_instance does.  Input: the URL, any form,
+ * redis-sentinel:// included.
  */
 
 
@@ -82,7 +83,32 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(FUZZ_INSIDE(u.user, buf, size));
     FUZZ_CHECK(FUZZ_INSIDE(u.password, buf, size));
 
-    if (u.unix_socket) {
+    FUZZ_CHECK(FUZZ_INSIDE(u.name, buf, size));
+    FUZZ_CHECK(FUZZ_INSIDE(u.sentinel_user, buf, size));
+    FUZZ_CHECK(FUZZ_INSIDE(u.sentinel_password, buf, size));
+
+    if (u.sentinel) {
+        FUZZ_CHECK((size > 17 && memcmp(buf, "redis-sentinel://", 17) == 0)
+                   || (size > 18
+                       && memcmp(buf, "rediss-sentinel://", 18) == 0));
+        FUZZ_CHECK(u.tls == (buf[5] == 's'));
+        FUZZ_CHECK(!u.unix_socket && u.path.len == 0);
+
+        /* a list of hosts, none empty; then a name */
+        FUZZ_CHECK(u.host.len > 0);
+        FUZZ_CHECK(u.host.data[0] != ',');
+        FUZZ_CHECK(u.host.data[u.host.len - 1] != ',');
+        FUZZ_CHECK(memchr(u.host.data, '/', u.host.len) == NULL);
+        FUZZ_CHECK(memchr(u.host.data, '@', u.host.len) == NULL);
+        FUZZ_CHECK(u.name.len > 0);
+        FUZZ_CHECK(memchr(u.name.data, '/', u.name.len) == NULL);
+        FUZZ_CHECK(memchr(u.name.data, '?', u.name.len) == NULL);
+        FUZZ_CHECK(u.name.data > u.host.data);
+        fuzz_decode(&u.sentinel_user);
+        fuzz_decode(&u.sentinel_password);
+
+    } else if (u.unix_socket) {
+        FUZZ_CHECK(u.name.len == 0);
         FUZZ_CHECK(size > 7 && memcmp(buf, "unix://", 7) == 0);
         FUZZ_CHECK(u.host.len == 0);
         FUZZ_CHECK(u.path.len > 0 && u.path.data[0] == '/');

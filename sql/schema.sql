@@ -71,6 +71,58 @@ comment on schema redisgate is
 -- Helpers that the tables use
 -- ---------------------------------------------------------------------------
 
+create or replace function redisgate.sentinel_address_problem(
+    hosts text, name text, db text, query text)
+returns text
+language plpgsql immutable parallel safe
+as $$
+declare
+    host text;
+    param text;
+begin
+    if hosts = '' then
+        return 'a sentinel address lists the sentinels';
+    end if;
+    if position('@' in hosts) > 0 then
+        return 'the credentials are the instance''s columns, not part of '
+               'the sentinel address';
+    end if;
+    foreach host in array string_to_array(hosts, ',') loop
+        if host !~ '^([0-9.]+|\[[0-9A-Fa-f:.]+\])(:[0-9]+)?$' then
+            return format('sentinel "%s" is not address[:port] (IPv4, or '
+                          'IPv6 in brackets)', host);
+        end if;
+        if host !~ ':[0-9]+$' then
+            host := host || ':26379';
+        end if;
+        if redisgate.redis_address_problem(host) is not null then
+            return format('sentinel "%s": %s', host,
+                          redisgate.redis_address_problem(host));
+        end if;
+    end loop;
+    if name = '' then
+        return 'a sentinel address ends with the primary''s name: '
+               'redis-sentinel://address:port,.../name';
+    end if;
+    if db is not null then
+        return 'the database is the instance''s column, not part of the '
+               'sentinel address';
+    end if;
+    if query is not null then
+        foreach param in array string_to_array(substr(query, 2), '&') loop
+            if param !~ '^sentinel_(user|password)=' then
+                return 'a sentinel address takes only '
+                       '?sentinel_user=...&sentinel_password=...';
+            end if;
+        end loop;
+    end if;
+    return null;
+end
+$$;
+
+comment on function redisgate.sentinel_address_problem(text, text, text, text) is
+    'Why the parts of a redis-sentinel:// address are malformed, or NULL.';
+
 create or replace function redisgate.redis_address_problem(address text)
 returns text
 language plpgsql immutable parallel safe
@@ -84,6 +136,19 @@ begin
     end if;
     if address ~ '[[:space:][:cntrl:]]' then
         return 'it contains white space or control characters';
+    end if;
+
+    -- the primary that sentinels name: redis-sentinel:// or
+    -- rediss-sentinel:// (TLS), sentinels given by address (the module does
+    -- not resolve names at run time), the primary's name, and the
+    -- sentinels' own credentials if any; the primary's credentials and
+    -- database are the instance's columns
+    m := regexp_match(address, '^rediss?-sentinel://([^/]*)/([^/?]*)(/[^?]*)?([?].*)?$');
+    if m is not null then
+        return redisgate.sentinel_address_problem(m[1], m[2], m[3], m[4]);
+    end if;
+    if address ~ '^rediss?-sentinel:' then
+        return 'expected redis-sentinel://address[:port][,address[:port]...]/name';
     end if;
 
     -- TLS: rediss:// before host:port or [IPv6]:port, checked as those are
@@ -151,8 +216,9 @@ $$;
 
 comment on function redisgate.redis_address_problem(text) is
     'Why a Redis address is malformed, or NULL when it is fine. Accepted: '
-    'host:port, IPv4:port, [IPv6]:port, the same after rediss:// (TLS), or '
-    'an absolute unix socket path.';
+    'host:port, IPv4:port, [IPv6]:port, the same after rediss:// (TLS), '
+    'an absolute unix socket path, or redis[s]-sentinel://address[:port],'
+    '.../name[?sentinel_user=...&sentinel_password=...].';
 
 create or replace function redisgate.token_hash(token text)
 returns text

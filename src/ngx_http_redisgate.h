@@ -35,6 +35,7 @@ typedef struct ngx_http_redisgate_cache_s    ngx_http_redisgate_cache_t;
 typedef struct ngx_http_redisgate_pg_s       ngx_http_redisgate_pg_t;
 typedef struct ngx_http_redisgate_limit_s    ngx_http_redisgate_limit_t;
 typedef struct ngx_http_redisgate_usage_s    ngx_http_redisgate_usage_t;
+typedef struct ngx_http_redisgate_sentinel_s ngx_http_redisgate_sentinel_t;
 
 
 /* at the start of every zone's shared context */
@@ -120,7 +121,8 @@ void ngx_http_redisgate_health_down(ngx_http_redisgate_health_t *h,
 void ngx_http_redisgate_health_up(ngx_http_redisgate_health_t *h);
 
 
-/* where one instance's Redis is: redis://, rediss:// or unix:// */
+/* where one instance's Redis is: redis://, rediss://, unix:// or the
+ * primary of redis[s]-sentinel:// */
 typedef struct {
     ngx_str_t                       url;        /* password masked */
     ngx_str_t                       host;       /* name or address */
@@ -148,6 +150,8 @@ struct ngx_http_redisgate_backend_s {
     time_t                          resolve_retry;
     ngx_resolver_ctx_t             *resolving;
     ngx_queue_t                     waiting;    /* requests until then */
+
+    ngx_http_redisgate_sentinel_t  *sentinel;   /* names the address */
     unsigned                        resolved:1; /* node has an address */
     unsigned                        resolve_error:1;
     unsigned                        resolve_starting:1;
@@ -340,6 +344,25 @@ ngx_http_redisgate_backend_t *ngx_http_redisgate_backend_get(
 ngx_int_t ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
     ngx_http_request_t *r, ngx_http_redisgate_retry_pt retry,
     const char **error);
+void ngx_http_redisgate_backend_wake(ngx_http_redisgate_backend_t *b);
+void ngx_http_redisgate_backend_move(ngx_http_redisgate_backend_t *b,
+    ngx_sockaddr_t *sa, socklen_t socklen);
+
+/* sentinel.c: the primary the sentinels name */
+ngx_http_redisgate_sentinel_t *ngx_http_redisgate_sentinel_create(
+    ngx_pool_t *pool, ngx_http_redisgate_url_t *u, ngx_uint_t resolve,
+    const char **error);
+ngx_http_redisgate_sentinel_t *ngx_http_redisgate_sentinel_create_dynamic(
+    ngx_str_t *address, ngx_log_t *log, const char **error);
+void ngx_http_redisgate_sentinel_destroy(ngx_http_redisgate_sentinel_t *s);
+ngx_uint_t ngx_http_redisgate_sentinel_same(ngx_http_redisgate_sentinel_t *one,
+    ngx_http_redisgate_sentinel_t *two);
+void ngx_http_redisgate_sentinel_init(ngx_http_redisgate_backend_t *b,
+    ngx_http_redisgate_main_conf_t *rmcf);
+void ngx_http_redisgate_sentinel_close(ngx_http_redisgate_backend_t *b);
+ngx_int_t ngx_http_redisgate_sentinel_ready(ngx_http_redisgate_backend_t *b,
+    const char **error);
+void ngx_http_redisgate_sentinel_stale(ngx_http_redisgate_backend_t *b);
 
 /* static.c: instances and keys defined in nginx.conf */
 char *ngx_http_redisgate_instance(ngx_conf_t *cf, ngx_command_t *cmd,

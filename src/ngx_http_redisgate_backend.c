@@ -50,6 +50,9 @@ static ngx_int_t ngx_http_redisgate_backend_resolve(
     ngx_http_redisgate_backend_t *b, ngx_http_core_loc_conf_t *clcf,
     const char **error);
 static void ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx);
+static ngx_int_t ngx_http_redisgate_backend_wait(
+    ngx_http_redisgate_backend_t *b, ngx_http_request_t *r,
+    ngx_http_redisgate_retry_pt retry, const char **error);
 static void ngx_http_redisgate_backend_set_address(
     ngx_http_redisgate_backend_t *b, ngx_resolver_addr_t *ra);
 static ngx_int_t ngx_http_redisgate_backend_cmp(ngx_rbtree_node_t *one,
@@ -194,8 +197,9 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
 /*
  * One allocation: the record, the pool's slots, the key, the URL for the
  * log, the host, the user and the password.  The address is "host:port",
- * "rediss://host:port" (TLS) or a unix socket's path; a host name is
- * resolved by nginx's resolver when first used.
+ * "rediss://host:port" (TLS), a unix socket's path, or
+ * "redis[s]-sentinel://address[:port],.../name" (sentinel.c); a host name
+ * is resolved by nginx's resolver when first used.
  */
 
 static ngx_http_redisgate_dynamic_t *
@@ -213,12 +217,39 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
     in_port_t                        port;
     ngx_http_redisgate_dynamic_t    *d;
     ngx_http_redisgate_address_t    *a;
+    ngx_http_redisgate_sentinel_t   *sentinel;
     ngx_http_redisgate_backends_t   *bs = &ngx_http_redisgate_backends;
 
     address = ki->address;
     tls = 0;
     port = 0;
     socklen = 0;
+    sentinel = NULL;
+
+    if ((address.len > 17
+         && ngx_strncmp(address.data, "redis-sentinel://", 17) == 0)
+        || (address.len > 18
+            && ngx_strncmp(address.data, "rediss-sentinel://", 18) == 0))
+    {
+        tls = (address.data[5] == 's');
+
+#if !(NGX_SSL)
+        if (tls) {
+            *error = "Redis unavailable: nginx was built without TLS";
+            return NULL;
+        }
+#endif
+
+        sentinel = ngx_http_redisgate_sentinel_create_dynamic(&address,
+                                                              bs->log, error);
+        if (sentinel == NULL) {
+            return NULL;
+        }
+
+        ngx_str_set(&host, "");
+
+        goto create;
+    }
 
     if (address.len > 9 && ngx_strncmp(address.data, "rediss://", 9) == 0) {
         tls = 1;
@@ -301,6 +332,8 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
         ngx_destroy_pool(pool);
     }
 
+create:
+
     d = ngx_calloc(sizeof(ngx_http_redisgate_dynamic_t)
                    + bs->rmcf->pool_size * sizeof(ngx_http_redisgate_conn_t)
                    + key->len + host.len + 1
@@ -309,6 +342,10 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
                    + sizeof("?db=/") + NGX_INT_T_LEN,
                    bs->log);
     if (d == NULL) {
+        if (sentinel) {
+            ngx_http_redisgate_sentinel_destroy(sentinel);
+        }
+
         *error = "out of memory";
         return NULL;
     }
@@ -331,7 +368,10 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
 
     a->url.data = p;
 
-    if (port) {
+    if (sentinel) {
+        p = ngx_sprintf(p, "%V/%ui", &address, ki->db);
+
+    } else if (port) {
         p = ngx_sprintf(p, "%s://%V/%ui", tls ? "rediss" : "redis", &address,
                         ki->db);
 
@@ -355,6 +395,7 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
     d->backend.pool_size = bs->rmcf->pool_size;
     d->backend.log = bs->log;
     d->backend.port = port;
+    d->backend.sentinel = sentinel;
 
     if (socklen) {
         ngx_memcpy(&d->backend.node.sockaddr, &sa, socklen);
@@ -392,9 +433,18 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
     ngx_http_request_t *r, ngx_http_redisgate_retry_pt retry,
     const char **error)
 {
-    ngx_int_t                              rc;
-    ngx_http_core_loc_conf_t              *clcf;
-    ngx_http_redisgate_resolve_waiter_t   *w;
+    ngx_int_t                  rc;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (b->sentinel) {
+        rc = ngx_http_redisgate_sentinel_ready(b, error);
+
+        if (rc != NGX_AGAIN) {
+            return rc;
+        }
+
+        return ngx_http_redisgate_backend_wait(b, r, retry, error);
+    }
 
     if (b->resolve_name.len == 0 || b->resolved_until > ngx_time()) {
         return NGX_OK;
@@ -420,6 +470,40 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
         return NGX_DECLINED;
     }
 
+    if (b->resolving) {
+        return ngx_http_redisgate_backend_wait(b, r, retry, error);
+    }
+
+    rc = ngx_http_redisgate_backend_resolve(b, clcf, error);
+
+    if (rc != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    if (b->resolving) {
+        return ngx_http_redisgate_backend_wait(b, r, retry, error);
+    }
+
+    /* answered from the resolver's cache, right away */
+
+    if (b->resolve_error) {
+        *error = "Redis unavailable: could not resolve the host";
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* r waits for the backend's address: retry(r) when it is found, or not */
+
+static ngx_int_t
+ngx_http_redisgate_backend_wait(ngx_http_redisgate_backend_t *b,
+    ngx_http_request_t *r, ngx_http_redisgate_retry_pt retry,
+    const char **error)
+{
+    ngx_http_redisgate_resolve_waiter_t  *w;
+
     w = ngx_palloc(r->pool, sizeof(ngx_http_redisgate_resolve_waiter_t));
     if (w == NULL
         || ngx_http_redisgate_wait(r->pool, &b->waiting, &w->wait) != NGX_OK)
@@ -431,31 +515,27 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
     w->request = r;
     w->retry = retry;
 
-    if (b->resolving) {
-        return NGX_AGAIN;
-    }
+    return NGX_AGAIN;
+}
 
-    rc = ngx_http_redisgate_backend_resolve(b, clcf, error);
 
-    if (rc != NGX_OK) {
+/* the requests that waited for the address try again */
+
+void
+ngx_http_redisgate_backend_wake(ngx_http_redisgate_backend_t *b)
+{
+    ngx_queue_t                          *q;
+    ngx_http_redisgate_resolve_waiter_t  *w;
+
+    while (!ngx_queue_empty(&b->waiting)) {
+        q = ngx_queue_head(&b->waiting);
+        w = ngx_queue_data(q, ngx_http_redisgate_resolve_waiter_t,
+                           wait.queue);
+
         (void) ngx_http_redisgate_wait_done(&w->wait);
-        return NGX_DECLINED;
+
+        w->retry(w->request);
     }
-
-    if (b->resolving) {
-        return NGX_AGAIN;
-    }
-
-    /* answered from the resolver's cache, right away */
-
-    (void) ngx_http_redisgate_wait_done(&w->wait);
-
-    if (b->resolve_error) {
-        *error = "Redis unavailable: could not resolve the host";
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
 }
 
 
@@ -507,9 +587,6 @@ ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx)
 {
     ngx_http_redisgate_backend_t *b = rctx->data;
 
-    ngx_queue_t                          *q;
-    ngx_http_redisgate_resolve_waiter_t  *w;
-
     if (rctx->state || rctx->naddrs == 0) {
         ngx_log_error(NGX_LOG_ERR, b->log, 0,
                       "redisgate: could not resolve the Redis host \"%V\": "
@@ -540,23 +617,9 @@ ngx_http_redisgate_backend_resolved(ngx_resolver_ctx_t *rctx)
         return;
     }
 
-    while (!ngx_queue_empty(&b->waiting)) {
-        q = ngx_queue_head(&b->waiting);
-        w = ngx_queue_data(q, ngx_http_redisgate_resolve_waiter_t,
-                           wait.queue);
-
-        (void) ngx_http_redisgate_wait_done(&w->wait);
-
-        w->retry(w->request);
-    }
+    ngx_http_redisgate_backend_wake(b);
 }
 
-
-/*
- * The resolver's answer.  When the address moved (a managed Redis failed
- * over), the next requests go to the new one, and the connections to the
- * old one close once the replies awaited on them are in.
- */
 
 static void
 ngx_http_redisgate_backend_set_address(ngx_http_redisgate_backend_t *b,
@@ -567,8 +630,26 @@ ngx_http_redisgate_backend_set_address(ngx_http_redisgate_backend_t *b,
     ngx_memcpy(&sa, ra->sockaddr, ra->socklen);
     ngx_inet_set_port(&sa.sockaddr, b->port);
 
+    ngx_http_redisgate_backend_move(b, &sa, ra->socklen);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, b->log, 0,
+                   "redisgate: \"%V\" resolved", &b->resolve_name);
+}
+
+
+/*
+ * A new address, from the resolver or the sentinels.  When it moved (a
+ * failover), the next requests go to the new one, at once, and the
+ * connections to the old one close once the replies awaited on them are
+ * in.
+ */
+
+void
+ngx_http_redisgate_backend_move(ngx_http_redisgate_backend_t *b,
+    ngx_sockaddr_t *sa, socklen_t socklen)
+{
     if (b->resolved
-        && ngx_cmp_sockaddr(&sa.sockaddr, ra->socklen,
+        && ngx_cmp_sockaddr(&sa->sockaddr, socklen,
                             &b->node.sockaddr.sockaddr, b->node.socklen, 1)
            == NGX_OK)
     {
@@ -577,18 +658,18 @@ ngx_http_redisgate_backend_set_address(ngx_http_redisgate_backend_t *b,
 
     if (b->resolved) {
         ngx_log_error(NGX_LOG_NOTICE, b->log, 0,
-                      "redisgate: \"%V\" moved, closing the connections "
-                      "to %V", &b->resolve_name, &b->address.url);
+                      "redisgate: %V moved, closing the connections to the "
+                      "old address", &b->address.url);
 
         ngx_http_redisgate_redis_retire(b);
+
+        /* the old address's failures say nothing of the new one */
+        ngx_http_redisgate_health_up(&b->health);
     }
 
-    ngx_memcpy(&b->node.sockaddr, &sa, ra->socklen);
-    b->node.socklen = ra->socklen;
+    ngx_memcpy(&b->node.sockaddr, sa, socklen);
+    b->node.socklen = socklen;
     b->resolved = 1;
-
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, b->log, 0,
-                   "redisgate: \"%V\" resolved", &b->resolve_name);
 }
 
 

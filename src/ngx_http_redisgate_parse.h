@@ -77,13 +77,18 @@ ngx_int_t ngx_http_redisgate_percent_decode(u_char *dst, size_t *dst_len,
 
 
 typedef struct {
-    ngx_str_t               host;           /* "host[:port]", redis[s]:// */
+    ngx_str_t               host;           /* "host[:port]", redis[s]://; */
+                                            /* "h[:p],h[:p]...", sentinels */
     ngx_str_t               path;           /* the socket, unix:// */
     ngx_str_t               user;           /* still percent-encoded */
     ngx_str_t               password;       /* still percent-encoded */
+    ngx_str_t               name;           /* the sentinels' primary */
+    ngx_str_t               sentinel_user;  /* still percent-encoded */
+    ngx_str_t               sentinel_password;
     ngx_uint_t              db;
     unsigned                unix_socket:1;
-    unsigned                tls:1;          /* rediss:// */
+    unsigned                tls:1;          /* rediss://, rediss-sentinel */
+    unsigned                sentinel:1;     /* redis[s]-sentinel:// */
     unsigned                has_userinfo:1;
     const char             *error;          /* why NGX_ERROR */
 } ngx_http_redisgate_url_t;

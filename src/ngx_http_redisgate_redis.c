@@ -27,6 +27,11 @@
 #define NGX_HTTP_REDISGATE_BUSY  64
 
 
+/* asked first on a connection to what the sentinels named */
+static ngx_str_t  ngx_http_redisgate_redis_role =
+    ngx_string("*1\r\n$4\r\nROLE\r\n");
+
+
 struct ngx_http_redisgate_op_s {
     ngx_http_redisgate_wait_t      wait;      /* over when the request left */
     ngx_http_redisgate_conn_t     *conn;
@@ -47,6 +52,8 @@ static ngx_int_t ngx_http_redisgate_redis_setup(
     ngx_http_redisgate_conn_t *conn);
 static void ngx_http_redisgate_redis_setup_reply(void *data,
     redisReply *reply, const char *error);
+static void ngx_http_redisgate_redis_role_reply(void *data, redisReply *reply,
+    const char *error);
 static void ngx_http_redisgate_redis_ready(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_redis_closed(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
@@ -113,6 +120,10 @@ ngx_http_redisgate_redis_init_conns(ngx_http_redisgate_backend_t *backend,
                                                      : backend->address.host;
     }
 #endif
+
+    if (backend->sentinel) {
+        ngx_http_redisgate_sentinel_init(backend, rmcf);
+    }
 }
 
 
@@ -187,6 +198,8 @@ ngx_http_redisgate_redis_close_backend(ngx_http_redisgate_backend_t *backend)
     }
 
     ngx_http_redisgate_tls_free_session(&backend->node);
+
+    ngx_http_redisgate_sentinel_close(backend);
 }
 
 
@@ -338,7 +351,14 @@ ngx_http_redisgate_redis_connect(ngx_http_redisgate_conn_t *conn)
 
     /* queued first, sent first once connected */
 
-    if (ngx_http_redisgate_redis_setup(conn) != NGX_OK) {
+    if (ngx_http_redisgate_redis_setup(conn) != NGX_OK
+        || (backend->sentinel
+            && ngx_http_redisgate_link_send(&conn->link,
+                                            &ngx_http_redisgate_redis_role, 1,
+                                            ngx_http_redisgate_redis_role_reply,
+                                            conn)
+               != NGX_OK))
+    {
         ngx_http_redisgate_link_close(&conn->link,
                                       NGX_HTTP_REDISGATE_FAIL_CLOSED,
                                       "out of memory");
@@ -459,6 +479,65 @@ ngx_http_redisgate_redis_setup_reply(void *data, redisReply *reply,
 }
 
 
+/*
+ * What the sentinels named may be a replica by now (a failover since):
+ * requests go to a primary only.  A user whose ACL forbids ROLE is taken
+ * at the sentinels' word.
+ */
+
+static void
+ngx_http_redisgate_redis_role_reply(void *data, redisReply *reply,
+    const char *error)
+{
+    ngx_http_redisgate_conn_t  *conn = data;
+
+    ngx_http_redisgate_backend_t  *backend;
+
+    if (reply == NULL) {
+        return;
+    }
+
+    backend = conn->backend;
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0
+        && reply->element[0]->type == REDIS_REPLY_STRING
+        && reply->element[0]->len == sizeof("master") - 1
+        && ngx_strncmp(reply->element[0]->str, "master",
+                       sizeof("master") - 1) == 0)
+    {
+        ngx_http_redisgate_redis_retire_idle(conn);
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_INFO, backend->log, 0,
+                      "redisgate: ROLE refused by %V, trusting the "
+                      "sentinels: %*s", &backend->node.name,
+                      (size_t) reply->len, reply->str);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, backend->log, 0,
+                  "redisgate: %V is not a primary any more (ROLE says "
+                  "\"%*s\"), asking the sentinels again",
+                  &backend->node.name,
+                  reply->type == REDIS_REPLY_ARRAY && reply->elements > 0
+                  && reply->element[0]->type == REDIS_REPLY_STRING
+                  ? (size_t) reply->element[0]->len : sizeof("?") - 1,
+                  reply->type == REDIS_REPLY_ARRAY && reply->elements > 0
+                  && reply->element[0]->type == REDIS_REPLY_STRING
+                  ? reply->element[0]->str : "?");
+
+    ngx_http_redisgate_sentinel_stale(backend);
+
+    ngx_http_redisgate_health_down(&backend->health,
+                  ngx_http_redisgate_link_strerror(NGX_HTTP_REDISGATE_FAIL_ROLE));
+
+    ngx_http_redisgate_link_close(&conn->link, NGX_HTTP_REDISGATE_FAIL_ROLE,
+                                  NULL);
+}
+
+
 static void
 ngx_http_redisgate_redis_ready(ngx_http_redisgate_link_t *link)
 {
@@ -491,10 +570,17 @@ ngx_http_redisgate_redis_closed(ngx_http_redisgate_link_t *link)
 
     switch (link->failure) {
 
+    case NGX_HTTP_REDISGATE_FAIL_LOST:
+        /* Sentinel closes the clients of a primary it demotes */
+        ngx_http_redisgate_sentinel_stale(backend);
+        return;
+
     case NGX_HTTP_REDISGATE_FAIL_CONNECT:
     case NGX_HTTP_REDISGATE_FAIL_TIMEOUT:
     case NGX_HTTP_REDISGATE_FAIL_HANDSHAKE:
     case NGX_HTTP_REDISGATE_FAIL_VERIFY:
+        ngx_http_redisgate_sentinel_stale(backend);
+
         /* it never worked: wait before trying again */
         ngx_http_redisgate_health_down(&backend->health, link->error);
         ngx_http_redisgate_stats_backend_add(backend->node.stats,
@@ -524,6 +610,13 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
 
     if (reply == NULL && op->error == NULL) {
         op->error = error;
+    }
+
+    if (reply && reply->type == REDIS_REPLY_ERROR && conn->backend->sentinel
+        && reply->len > 8 && ngx_strncmp(reply->str, "READONLY", 8) == 0)
+    {
+        /* a replica now: passed on, and the sentinels are asked again */
+        ngx_http_redisgate_sentinel_stale(conn->backend);
     }
 
     if (ngx_http_redisgate_waiting(&op->wait)) {

@@ -20,6 +20,9 @@
 
 static ngx_int_t ngx_http_redisgate_parse_address(ngx_conf_t *cf,
     ngx_str_t *url, ngx_http_redisgate_backend_t *b);
+static ngx_int_t ngx_http_redisgate_parse_sentinel(ngx_conf_t *cf,
+    ngx_str_t *url, ngx_http_redisgate_url_t *parts,
+    ngx_http_redisgate_backend_t *b);
 static ngx_int_t ngx_http_redisgate_decode_userinfo(ngx_conf_t *cf,
     ngx_str_t *raw, ngx_str_t *s);
 static ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
@@ -299,10 +302,10 @@ ngx_http_redisgate_static_backend(ngx_conf_t *cf,
     for (i = 0; i < rmcf->backends.nelts; i++) {
         t = bp[i];
 
-        if (t->address.tls == b->address.tls
-            && t->address.db == b->address.db
-            && t->port == b->port
-            && ngx_http_redisgate_str_eq(&t->address.host, &b->address.host)
+        /* the URL holds all but the credentials, the sentinels' too */
+        if (ngx_http_redisgate_str_eq(&t->address.url, &b->address.url)
+            && (b->sentinel == NULL
+                || ngx_http_redisgate_sentinel_same(t->sentinel, b->sentinel))
             && ngx_http_redisgate_str_eq(&t->address.user, &b->address.user)
             && ngx_http_redisgate_str_eq(&t->address.password,
                                          &b->address.password))
@@ -356,7 +359,9 @@ ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
 
         /* nginx -t output and error logs are no place for a password */
 
-        if (ngx_strlchr(url->data, url->data + url->len, '@')) {
+        if (ngx_strlchr(url->data, url->data + url->len, '@')
+            || ngx_strnstr(url->data, "password=", url->len))
+        {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "%s (the URL is not shown: it holds "
                                "credentials)", parts.error);
@@ -388,6 +393,10 @@ ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
                != NGX_OK))
     {
         return NGX_ERROR;
+    }
+
+    if (parts.sentinel) {
+        return ngx_http_redisgate_parse_sentinel(cf, url, &parts, b);
     }
 
     ngx_memzero(&u, sizeof(ngx_url_t));
@@ -466,6 +475,50 @@ ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
                         parts.tls ? "rediss" : "redis", &u.host, (int) b->port,
                         addr->db);
     }
+
+    addr->url.len = p - addr->url.data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The sentinels' host names are resolved here; the primary's address
+ * comes from them in each worker.  The URL for logs and metrics keeps
+ * everything but the credentials.
+ */
+
+static ngx_int_t
+ngx_http_redisgate_parse_sentinel(ngx_conf_t *cf, ngx_str_t *url,
+    ngx_http_redisgate_url_t *parts, ngx_http_redisgate_backend_t *b)
+{
+    u_char                        *p;
+    const char                    *error;
+    ngx_http_redisgate_address_t  *addr;
+
+    addr = &b->address;
+
+    b->sentinel = ngx_http_redisgate_sentinel_create(cf->pool, parts, 1,
+                                                     &error);
+    if (b->sentinel == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in Redis URL \"%V\"",
+                           error, &parts->host);
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&addr->host, "");
+
+    addr->url.data = ngx_pnalloc(cf->pool, sizeof("rediss-sentinel:///")
+                                           + parts->host.len
+                                           + parts->name.len
+                                           + NGX_INT_T_LEN);
+    if (addr->url.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(addr->url.data, "%s://%V/%V/%ui",
+                    parts->tls ? "rediss-sentinel" : "redis-sentinel",
+                    &parts->host, &parts->name, addr->db);
 
     addr->url.len = p - addr->url.data;
 

@@ -68,6 +68,8 @@ static const char  *ngx_http_redisgate_link_errors[] = {
     "Redis unavailable: protocol error",
     "Redis unavailable: authentication failed",
     "Redis unavailable: connection closed",
+    "Redis unavailable: the primary is changing",
+    "Redis unavailable: no sentinel knows the primary",
 };
 
 
@@ -82,6 +84,8 @@ static const char  *ngx_http_redisgate_link_log_what[] = {
     "protocol error from",
     "authentication failed at",
     "closed the connection to",
+    "not a primary:",
+    "no primary for",
 };
 
 
@@ -92,7 +96,7 @@ static u_char  ngx_http_redisgate_link_buffer[64 * 1024];
 const char *
 ngx_http_redisgate_link_strerror(ngx_uint_t failure)
 {
-    if (failure > NGX_HTTP_REDISGATE_FAIL_CLOSED) {
+    if (failure > NGX_HTTP_REDISGATE_FAIL_NO_PRIMARY) {
         failure = NGX_HTTP_REDISGATE_FAIL_NONE;
     }
 
@@ -680,20 +684,26 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
                 break;
             }
 
-            if (link->nwaits == 0) {
+            if (link->nwaits) {
+                w = link->waits[link->wait_head];
+                link->wait_head = (link->wait_head + 1)
+                                  & (link->wait_size - 1);
+                link->nwaits--;
+                link->replied = 1;
+
+                w.handler(w.data, r, NULL);
+
+            } else if (link->on_push) {
+                /* subscribe mode: messages nobody asked for, one by one */
+                link->on_push(link, r);
+
+            } else {
                 freeReplyObject(r);
                 ngx_http_redisgate_link_fail(link,
                                              NGX_HTTP_REDISGATE_FAIL_PROTOCOL,
                                              0, "a reply nobody asked for");
                 return;
             }
-
-            w = link->waits[link->wait_head];
-            link->wait_head = (link->wait_head + 1) & (link->wait_size - 1);
-            link->nwaits--;
-            link->replied = 1;
-
-            w.handler(w.data, r, NULL);
 
             freeReplyObject(r);
 

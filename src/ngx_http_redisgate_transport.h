@@ -67,6 +67,8 @@ typedef struct {
 #define NGX_HTTP_REDISGATE_FAIL_PROTOCOL    6
 #define NGX_HTTP_REDISGATE_FAIL_AUTH        7   /* the owner's verdict */
 #define NGX_HTTP_REDISGATE_FAIL_CLOSED      8   /* the owner closed it */
+#define NGX_HTTP_REDISGATE_FAIL_ROLE        9   /* a replica, not primary */
+#define NGX_HTTP_REDISGATE_FAIL_NO_PRIMARY  10  /* no sentinel knew it */
 
 
 /*
@@ -79,6 +81,10 @@ typedef void (*ngx_http_redisgate_link_reply_pt)(void *data,
 /* the owner hears that a link became ready, or closed */
 typedef void (*ngx_http_redisgate_link_event_pt)(
     ngx_http_redisgate_link_t *link);
+
+/* a reply with none awaited: a message in subscribe mode */
+typedef void (*ngx_http_redisgate_link_push_pt)(
+    ngx_http_redisgate_link_t *link, redisReply *reply);
 
 
 typedef struct {
@@ -112,6 +118,7 @@ struct ngx_http_redisgate_link_s {
 
     ngx_http_redisgate_link_event_pt  on_ready;
     ngx_http_redisgate_link_event_pt  on_close;
+    ngx_http_redisgate_link_push_pt   on_push;  /* NULL: a protocol error */
     void                           *data;       /* the owner's */
     ngx_log_t                      *log;
 

@@ -12,6 +12,12 @@
  *   redis://[[user]:password@]host[:port][/db]
  *   rediss://[[user]:password@]host[:port][/db]      (TLS)
  *   unix://[[user]:password@]/path/to/redis.sock[?db=N]
+ *   redis-sentinel://[[user]:password@]host[:port][,host[:port]...]
+ *       /master-name[/db][?sentinel_user=...&sentinel_password=...]
+ *   rediss-sentinel://...                            (TLS)
+ *
+ * The credentials before '@' are the primary's, as in every other form;
+ * the sentinels' own, when they have any, are query parameters.
  */
 
 
@@ -23,7 +29,15 @@
 
 static ngx_int_t ngx_http_redisgate_url_db(ngx_http_redisgate_url_t *u,
     u_char *p, u_char *last);
+static u_char *ngx_http_redisgate_url_credentials(
+    ngx_http_redisgate_url_t *u, u_char *p, u_char *last);
 static void ngx_http_redisgate_url_userinfo(ngx_http_redisgate_url_t *u,
+    u_char *p, u_char *last);
+static ngx_int_t ngx_http_redisgate_url_sentinel(ngx_http_redisgate_url_t *u,
+    u_char *p, u_char *last);
+static ngx_int_t ngx_http_redisgate_url_hosts(ngx_http_redisgate_url_t *u,
+    u_char *p, u_char *last);
+static ngx_int_t ngx_http_redisgate_url_query(ngx_http_redisgate_url_t *u,
     u_char *p, u_char *last);
 
 
@@ -38,6 +52,15 @@ ngx_http_redisgate_parse_url(ngx_http_redisgate_url_t *u, u_char *url,
     p = url;
     last = url + len;
 
+    if (len > 18 && ngx_strncmp(p, "rediss-sentinel://", 18) == 0) {
+        u->tls = 1;
+        return ngx_http_redisgate_url_sentinel(u, p + 18, last);
+    }
+
+    if (len > 17 && ngx_strncmp(p, "redis-sentinel://", 17) == 0) {
+        return ngx_http_redisgate_url_sentinel(u, p + 17, last);
+    }
+
     if (len > 9 && ngx_strncmp(p, "rediss://", 9) == 0) {
         u->tls = 1;
         p += 9;
@@ -48,20 +71,7 @@ ngx_http_redisgate_parse_url(ngx_http_redisgate_url_t *u, u_char *url,
 
     if (p != url) {
 
-        /* the last '@' before the path: a password may hold '@' */
-
-        at = NULL;
-
-        for (q = p; q < last && *q != '/'; q++) {
-            if (*q == '@') {
-                at = q;
-            }
-        }
-
-        if (at) {
-            ngx_http_redisgate_url_userinfo(u, p, at);
-            p = at + 1;
-        }
+        p = ngx_http_redisgate_url_credentials(u, p, last);
 
         q = ngx_strlchr(p, last, '/');
 
@@ -139,7 +149,149 @@ ngx_http_redisgate_parse_url(ngx_http_redisgate_url_t *u, u_char *url,
         return NGX_OK;
     }
 
-    u->error = "invalid Redis URL: expected redis://, rediss:// or unix://";
+    u->error = "invalid Redis URL: expected redis://, rediss://, unix:// "
+               "or redis-sentinel://";
+
+    return NGX_ERROR;
+}
+
+
+/* after "redis-sentinel://": the sentinels, the primary's name, the rest */
+
+static ngx_int_t
+ngx_http_redisgate_url_sentinel(ngx_http_redisgate_url_t *u, u_char *p,
+    u_char *last)
+{
+    u_char  *q, *slash;
+
+    u->sentinel = 1;
+
+    p = ngx_http_redisgate_url_credentials(u, p, last);
+
+    slash = ngx_strlchr(p, last, '/');
+
+    if (slash == NULL || slash + 1 == last || slash[1] == '/'
+        || slash[1] == '?')
+    {
+        u->error = "invalid Redis URL: a sentinel URL names the primary: "
+                   "redis-sentinel://host:port[,host:port...]/name[/db]";
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_redisgate_url_hosts(u, p, slash) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    p = slash + 1;
+
+    q = ngx_strlchr(p, last, '?');
+
+    if (q) {
+        if (ngx_http_redisgate_url_query(u, q + 1, last) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        last = q;
+    }
+
+    slash = ngx_strlchr(p, last, '/');
+
+    if (slash) {
+        if (slash + 1 == last) {
+            u->error = "invalid Redis URL: an empty database number";
+            return NGX_ERROR;
+        }
+
+        if (ngx_http_redisgate_url_db(u, slash + 1, last) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        last = slash;
+    }
+
+    u->name.data = p;
+    u->name.len = last - p;
+
+    return NGX_OK;
+}
+
+
+/* "host[:port][,host[:port]...]": no empty one */
+
+static ngx_int_t
+ngx_http_redisgate_url_hosts(ngx_http_redisgate_url_t *u, u_char *p,
+    u_char *last)
+{
+    u_char  *q;
+
+    u->host.data = p;
+    u->host.len = last - p;
+
+    for ( ;; ) {
+        q = ngx_strlchr(p, last, ',');
+
+        if ((q ? q : last) == p) {
+            u->error = "invalid Redis URL: an empty host in the list";
+            return NGX_ERROR;
+        }
+
+        if (q == NULL) {
+            return NGX_OK;
+        }
+
+        p = q + 1;
+    }
+}
+
+
+/* "sentinel_user=...&sentinel_password=...", still percent-encoded */
+
+static ngx_int_t
+ngx_http_redisgate_url_query(ngx_http_redisgate_url_t *u, u_char *p,
+    u_char *last)
+{
+    u_char     *amp, *eq;
+    ngx_str_t  *value;
+
+    while (p < last) {
+        amp = ngx_strlchr(p, last, '&');
+
+        if (amp == NULL) {
+            amp = last;
+        }
+
+        eq = ngx_strlchr(p, amp, '=');
+
+        if (eq == NULL) {
+            goto invalid;
+        }
+
+        if (eq - p == sizeof("sentinel_user") - 1
+            && ngx_strncmp(p, "sentinel_user", eq - p) == 0)
+        {
+            value = &u->sentinel_user;
+
+        } else if (eq - p == sizeof("sentinel_password") - 1
+                   && ngx_strncmp(p, "sentinel_password", eq - p) == 0)
+        {
+            value = &u->sentinel_password;
+
+        } else {
+            goto invalid;
+        }
+
+        value->data = eq + 1;
+        value->len = amp - eq - 1;
+
+        p = amp + 1;
+    }
+
+    return NGX_OK;
+
+invalid:
+
+    u->error = "invalid Redis URL: a sentinel URL takes only "
+               "?sentinel_user=...&sentinel_password=...";
 
     return NGX_ERROR;
 }
@@ -177,6 +329,34 @@ invalid:
                "2147483647";
 
     return NGX_ERROR;
+}
+
+
+/* "[[user]:password@]host...": past the credentials, if any */
+
+static u_char *
+ngx_http_redisgate_url_credentials(ngx_http_redisgate_url_t *u, u_char *p,
+    u_char *last)
+{
+    u_char  *q, *at;
+
+    /* the last '@' before the path: a password may hold '@' */
+
+    at = NULL;
+
+    for (q = p; q < last && *q != '/'; q++) {
+        if (*q == '@') {
+            at = q;
+        }
+    }
+
+    if (at == NULL) {
+        return p;
+    }
+
+    ngx_http_redisgate_url_userinfo(u, p, at);
+
+    return at + 1;
 }
 
 

@@ -50,6 +50,11 @@ test('valid Redis URLs pass nginx -t', async () => {
     'rediss://127.0.0.1',
     'rediss://[::1]:6380/15',
     'rediss://user:p%40ss@localhost:6380/4',
+    'redis-sentinel://127.0.0.1:26379/mymaster',
+    'redis-sentinel://127.0.0.1:26379,127.0.0.2,[::1]:26380/mymaster/3',
+    'redis-sentinel://localhost:26379/main',     // names resolved at load
+    'redis-sentinel://:p%40ss@127.0.0.1/main?sentinel_password=s%40p',
+    'rediss-sentinel://u:p@127.0.0.1:26380/main/1?sentinel_user=su&sentinel_password=sp',
   ]) {
     const r = await instance(url);
     assert.equal(r.code, 0, `${url}: ${r.out}`);
@@ -59,9 +64,20 @@ test('valid Redis URLs pass nginx -t', async () => {
 
 test('invalid Redis URLs are refused, each with its reason', async () => {
   const cases = [
-    ['http://127.0.0.1:6379', /expected redis:\/\/, rediss:\/\/ or unix:\/\/: "http:\/\/127\.0\.0\.1:6379"/],
-    ['redis://', /expected redis:\/\/, rediss:\/\/ or unix:\/\//],
-    ['rediss://', /expected redis:\/\/, rediss:\/\/ or unix:\/\//],
+    ['http://127.0.0.1:6379', /expected redis:\/\/, rediss:\/\/, unix:\/\/ or redis-sentinel:\/\/: "http:\/\/127\.0\.0\.1:6379"/],
+    ['redis://', /expected redis:\/\/, rediss:\/\/, unix:\/\/ or redis-sentinel:\/\//],
+    ['rediss://', /expected redis:\/\/, rediss:\/\/, unix:\/\/ or redis-sentinel:\/\//],
+    ['redis-sentinel://', /expected redis:\/\/, rediss:\/\/, unix:\/\/ or redis-sentinel:\/\//],
+    ['redis-sentinel://127.0.0.1:26379', /a sentinel URL names the primary/],
+    ['redis-sentinel://127.0.0.1:26379/', /a sentinel URL names the primary/],
+    ['rediss-sentinel://127.0.0.1:26379//0', /a sentinel URL names the primary/],
+    ['redis-sentinel:///main', /an empty host in the list/],
+    ['redis-sentinel://127.0.0.1,/main', /an empty host in the list/],
+    ['redis-sentinel://127.0.0.1/main/', /an empty database number/],
+    ['redis-sentinel://127.0.0.1/main/x', /the database number must be 0 to 2147483647/],
+    ['redis-sentinel://127.0.0.1/main?db=2', /takes only \?sentinel_user=\.\.\.&sentinel_password=\.\.\./],
+    ['redis-sentinel://127.0.0.1:99999/main', /a sentinel's host is not host\[:port\] or not found in Redis URL "127\.0\.0\.1:99999"/],
+    ['redis-sentinel://unix:/main', /a sentinel's host is not host\[:port\] or not found/],
     ['rediss:///3', /invalid Redis URL: no host/],
     ['rediss://127.0.0.1/x', /the database number must be 0 to 2147483647/],
     ['rediss://127.0.0.1:99999', /invalid port in Redis URL "127\.0\.0\.1:99999"/],
@@ -92,6 +108,9 @@ test('a refused URL with credentials is not echoed', async () => {
     `redis://:${password}@127.0.0.1/notadb`,
     `unix://:${password}@relative.sock`,
     `redis://:${password}%zz@127.0.0.1`,
+    `redis-sentinel://127.0.0.1/main?sentinel_password=${password}&x=1`,
+    `redis-sentinel://127.0.0.1:99999/main?sentinel_password=${password}`,
+    `redis-sentinel://:${password}@127.0.0.1/main/x`,
   ]) {
     const r = await instance(url);
     assert.notEqual(r.code, 0, url);

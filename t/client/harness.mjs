@@ -219,14 +219,20 @@ export class RedisServer {
   get pid() { return this.child?.pid; }
   get running() { return !!this.child && !exited(this.child); }
 
-  async start(timeoutMs = 10000) {
-    if (this.running) return;
-    const logFd = openSync(path.join(this.dir, 'redis.log'), 'a');
-    const child = spawn(REDIS_SERVER_BIN, [
+  // redis-server's command line
+  args() {
+    return [
       ...this.listenArgs(), '--bind', '127.0.0.1',
       '--save', '', '--appendonly', 'no', '--dir', this.dir,
       '--daemonize', 'no', ...this.extraArgs,
-    ], { cwd: this.dir, stdio: ['ignore', logFd, logFd] });
+    ];
+  }
+
+  async start(timeoutMs = 10000) {
+    if (this.running) return;
+    const logFd = openSync(path.join(this.dir, 'redis.log'), 'a');
+    const child = spawn(REDIS_SERVER_BIN, this.args(),
+      { cwd: this.dir, stdio: ['ignore', logFd, logFd] });
     closeSync(logFd);
     track(child, `redis:${this.port}`);
     this.child = child;
@@ -266,6 +272,12 @@ export class RedisServer {
   // Run one inline command directly against Redis (test setup/inspection).
   command(line) { return rawCommand(this.port, line, 2000, this.tlsOptions()); }
 
+  // One command (an array of words) with its whole reply parsed (redisCall);
+  // opts.auth defaults to this.auth ({ password, user? }, or null).
+  call(args, opts = {}) {
+    return redisCall(this.port, args, { auth: this.auth ?? null, tlsOptions: this.tlsOptions(), ...opts });
+  }
+
   log() {
     try { return readFileSync(path.join(this.dir, 'redis.log'), 'utf8'); } catch { return ''; }
   }
@@ -285,6 +297,153 @@ export async function startRedis(extraArgs = [], tls = null) {
 // unless extraArgs say --tls-auth-clients yes.
 export function startRedisTls(extraArgs = [], { cert = 'server' } = {}) {
   return startRedis(extraArgs, { cert });
+}
+
+// ---------------------------------------------------------------------------
+// RESP: whole replies, for commands that answer more than one line
+
+// An error reply of Redis (its text is the message).
+export class RedisReplyError extends Error {}
+
+// One RESP2 reply at buf[i]: { value, next }, or null while incomplete.
+// Errors become RedisReplyError values; bulk strings are latin1 strings.
+// (A command a client sends is an array of bulk strings: parsed the same.)
+export function parseResp(buf, i) {
+  const eol = buf.indexOf('\r\n', i, 'latin1');
+  if (eol < 0) return null;
+  const type = String.fromCharCode(buf[i]);
+  const line = buf.toString('latin1', i + 1, eol);
+  const next = eol + 2;
+  switch (type) {
+    case '+': return { value: line, next };
+    case '-': return { value: new RedisReplyError(line), next };
+    case ':': return { value: Number(line), next };
+    case '$': {
+      const n = Number(line);
+      if (n < 0) return { value: null, next };
+      if (buf.length < next + n + 2) return null;
+      return { value: buf.toString('latin1', next, next + n), next: next + n + 2 };
+    }
+    case '*': {
+      const n = Number(line);
+      if (n < 0) return { value: null, next };
+      const items = [];
+      let at = next;
+      for (let k = 0; k < n; k++) {
+        const r = parseResp(buf, at);
+        if (!r) return null;
+        items.push(r.value);
+        at = r.next;
+      }
+      return { value: items, next: at };
+    }
+    default: throw new Error(`not RESP: ${JSON.stringify(buf.toString('latin1', i, i + 40))}`);
+  }
+}
+
+function encodeCommand(args) {
+  return `*${args.length}\r\n` + args.map((a) => {
+    const b = Buffer.from(String(a));
+    return `$${b.length}\r\n${b.toString('latin1')}\r\n`;
+  }).join('');
+}
+
+/**
+ * Send commands (each an array of words) on one fresh connection to
+ * 127.0.0.1:port and resolve with their replies, in order (error replies as
+ * RedisReplyError values).  auth: { password, user? } sends AUTH first (its
+ * reply is checked, not returned).  Rejects on a refused connection, a
+ * closed one, or after ms.
+ */
+export function redisCommands(port, commands, { auth = null, ms = 2000, tlsOptions = null } = {}) {
+  const all = auth
+    ? [auth.user ? ['AUTH', auth.user, auth.password] : ['AUTH', auth.password], ...commands]
+    : commands;
+  return new Promise((resolve, reject) => {
+    const sock = tlsOptions
+      ? tls.connect({ port, host: '127.0.0.1', ...tlsOptions })
+      : net.connect({ port, host: '127.0.0.1' });
+    let buf = Buffer.alloc(0);
+    const replies = [];
+    let at = 0;
+    const done = (err, val) => {
+      clearTimeout(t);
+      sock.destroy();
+      if (err) reject(err); else resolve(val);
+    };
+    const t = setTimeout(() => done(new Error(`timeout: ${all.map((c) => c[0]).join(',')} on ${port}`)), ms);
+    sock.on(tlsOptions ? 'secureConnect' : 'connect', () => sock.write(all.map(encodeCommand).join(''), 'latin1'));
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      try {
+        for (;;) {
+          const r = parseResp(buf, at);
+          if (!r) break;
+          replies.push(r.value);
+          at = r.next;
+        }
+      } catch (e) { done(e); return; }
+      if (replies.length === all.length) {
+        if (auth) {
+          const a = replies.shift();
+          if (a instanceof RedisReplyError) { done(new RedisReplyError(`AUTH: ${a.message}`)); return; }
+        }
+        done(null, replies);
+      }
+    });
+    sock.on('error', (e) => done(e));
+    sock.on('close', () => done(new Error(`connection to ${port} closed after ${replies.length} replies`)));
+  });
+}
+
+/** One command: resolves its reply, rejects with a RedisReplyError for an error reply. */
+export async function redisCall(port, args, opts = {}) {
+  const [r] = await redisCommands(port, [args], opts);
+  if (r instanceof RedisReplyError) throw r;
+  return r;
+}
+
+// ---------------------------------------------------------------------------
+// redis sentinel
+
+/**
+ * A Redis Sentinel: `redis-server <dir>/sentinel.conf --sentinel`, with a
+ * configuration file of its own (Sentinel rewrites it).  lines: the file
+ * (port, bind and dir are added here).  stop/start/restart as RedisServer;
+ * its log is redis.log in dir.
+ */
+export class Sentinel extends RedisServer {
+  constructor(port, dir, lines) {
+    super(port, dir);
+    this.confFile = path.join(dir, 'sentinel.conf');
+    writeFileSync(this.confFile, [
+      `port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, ...lines,
+    ].join('\n') + '\n');
+  }
+
+  args() { return [this.confFile, '--sentinel']; }
+
+  get address() { return `127.0.0.1:${this.port}`; }
+}
+
+/**
+ * A Sentinel on a free port watching the primary 127.0.0.1:masterPort as
+ * `name`.  conf: more lines for its file (requirepass, sentinel auth-pass
+ * NAME pw, ...).  auth: how our own commands authenticate to it.
+ */
+export async function startSentinel({ masterPort, name = 'mymaster', quorum = 2,
+  downAfterMs = 1000, failoverTimeoutMs = 3000, conf = [], auth = null }) {
+  const dir = makeTmpDir('rg-sentinel-');
+  const s = new Sentinel(await freePort(), dir, [
+    `sentinel monitor ${name} 127.0.0.1 ${masterPort} ${quorum}`,
+    `sentinel down-after-milliseconds ${name} ${downAfterMs}`,
+    `sentinel failover-timeout ${name} ${failoverTimeoutMs}`,
+    `sentinel parallel-syncs ${name} 1`,
+    ...conf,
+  ]);
+  s.auth = auth;
+  await s.start();
+  return s;
 }
 
 // The http-level directive that makes nginx trust the test CA.

@@ -226,16 +226,43 @@ for bad in nohost 'h:0' 'h:65536' '[1.2.3.4]:1' '[zz]:1' 'a b:1' \
            'rediss://[1.2.3.4]:1' 'rediss://256.0.0.1:6379' \
            rediss:///var/run/redis.sock 'rediss://rediss://h:1' \
            redis://127.0.0.1:6379 'REDISS://h:1' 'rediss:/h:1' \
-           'rediss://h:1/0'; do
+           'rediss://h:1/0' \
+           redis-sentinel:// redis-sentinel:///m 'redis-sentinel://1.2.3.4' \
+           'redis-sentinel://1.2.3.4/' 'redis-sentinel://,1.2.3.4/m' \
+           'redis-sentinel://sentinel-1:26379/m' \
+           'redis-sentinel://:pw@1.2.3.4/m' 'redis-sentinel://1.2.3.4/m/0' \
+           'redis-sentinel://1.2.3.4:0/m' 'redis-sentinel://1.2.3.4/m?db=1' \
+           'redis-sentinel:/1.2.3.4/m' 'redis-sentinel://[1.2.3.4]/m'; do
     refused "instance create refuses address '$bad'" 'malformed redis_address' \
         "$admin" instance create acme bad "$bad"
 done
-is "$(q -c "select redisgate.redis_address_problem('rediss:///tmp/r.sock')")" \
-   "rediss:// takes host:port or [IPv6 address]:port" \
-   "redis_address_problem: no TLS to a unix socket"
-is "$(q -c "select redisgate.redis_address_problem('rediss://h:99999')")" \
-   "the port must be a number from 1 to 65535" \
-   "redis_address_problem: a rediss:// port is checked as any"
+# address_problem ADDRESS WHY NAME: what redis_address_problem() says
+address_problem() {
+    is "$(q -c "select redisgate.redis_address_problem('$1')")" "$2" \
+       "redis_address_problem: $3"
+}
+address_problem 'rediss:///tmp/r.sock' \
+    "rediss:// takes host:port or [IPv6 address]:port" \
+    "no TLS to a unix socket"
+address_problem 'rediss://h:99999' \
+    "the port must be a number from 1 to 65535" \
+    "a rediss:// port is checked as any"
+sent=$("$admin" -q instance create acme sent \
+          'redis-sentinel://127.0.0.1:26379,127.0.0.2,[::1]:26380/mymaster')
+like "$sent" '^[0-9a-f-]{36}$' "instance create on redis-sentinel://"
+is "$(q -c "select redis_address from redisgate.instances where id = '$sent'")" \
+   'redis-sentinel://127.0.0.1:26379,127.0.0.2,[::1]:26380/mymaster' \
+   "a sentinel address is stored as given"
+sents=$("$admin" -q instance create acme sents \
+          'rediss-sentinel://10.0.0.1:26379/main?sentinel_password=p%40ss')
+like "$sents" '^[0-9a-f-]{36}$' \
+     "instance create on rediss-sentinel:// with the sentinels' password"
+address_problem 'redis-sentinel://s1:26379/m' \
+    'sentinel "s1:26379" is not address[:port] (IPv4, or IPv6 in brackets)' \
+    "sentinels by address only"
+address_problem 'redis-sentinel://1.2.3.4/m/2' \
+    "the database is the instance's column, not part of the sentinel address" \
+    "no database in a sentinel address"
 refused "instance create: duplicate name" 'already has an instance named "cache"' \
     "$admin" instance create acme cache 127.0.0.1:1
 refused "instance create: user without password" 'redis_user needs a redis_password' \
