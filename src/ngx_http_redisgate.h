@@ -36,6 +36,7 @@ typedef struct ngx_http_redisgate_pg_s       ngx_http_redisgate_pg_t;
 typedef struct ngx_http_redisgate_limit_s    ngx_http_redisgate_limit_t;
 typedef struct ngx_http_redisgate_usage_s    ngx_http_redisgate_usage_t;
 typedef struct ngx_http_redisgate_sentinel_s ngx_http_redisgate_sentinel_t;
+typedef struct ngx_http_redisgate_cluster_s  ngx_http_redisgate_cluster_t;
 
 
 /* at the start of every zone's shared context */
@@ -121,8 +122,8 @@ void ngx_http_redisgate_health_down(ngx_http_redisgate_health_t *h,
 void ngx_http_redisgate_health_up(ngx_http_redisgate_health_t *h);
 
 
-/* where one instance's Redis is: redis://, rediss://, unix:// or the
- * primary of redis[s]-sentinel:// */
+/* where one instance's Redis is: redis://, rediss://, unix://, the
+ * primary of redis[s]-sentinel://, or redis[s]-cluster:// */
 typedef struct {
     ngx_str_t                       url;        /* password masked */
     ngx_str_t                       host;       /* name or address */
@@ -152,6 +153,8 @@ struct ngx_http_redisgate_backend_s {
     ngx_queue_t                     waiting;    /* requests until then */
 
     ngx_http_redisgate_sentinel_t  *sentinel;   /* names the address */
+    ngx_http_redisgate_cluster_t   *cluster;    /* its primaries' pools */
+    ngx_uint_t                      refs;       /* clusters that use it */
     unsigned                        resolved:1; /* node has an address */
     unsigned                        resolve_error:1;
     unsigned                        resolve_starting:1;
@@ -347,6 +350,77 @@ ngx_int_t ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
 void ngx_http_redisgate_backend_wake(ngx_http_redisgate_backend_t *b);
 void ngx_http_redisgate_backend_move(ngx_http_redisgate_backend_t *b,
     ngx_sockaddr_t *sa, socklen_t socklen);
+
+/* ask.c: one of several nodes asked a question, in turn */
+
+typedef struct ngx_http_redisgate_ask_s  ngx_http_redisgate_ask_t;
+
+/* NGX_OK: the answer is taken; NGX_DECLINED: the next node (logged why) */
+typedef ngx_int_t (*ngx_http_redisgate_ask_answer_pt)(
+    ngx_http_redisgate_ask_t *ask, redisReply *reply);
+/* every node was asked, none answered */
+typedef void (*ngx_http_redisgate_ask_over_pt)(ngx_http_redisgate_ask_t *ask);
+
+struct ngx_http_redisgate_ask_s {
+    ngx_http_redisgate_node_t      *nodes;
+    ngx_uint_t                      nnodes;
+    ngx_str_t                       user;       /* AUTH first when set */
+    ngx_str_t                       password;
+    ngx_str_t                      *argv;       /* the question */
+    ngx_uint_t                      argc;
+    ngx_http_redisgate_ask_answer_pt  answer;
+    ngx_http_redisgate_ask_over_pt    over;
+    void                           *data;       /* the owner's */
+    ngx_msec_t                      timeout;    /* for an answer */
+    ngx_log_t                      *log;
+
+    ngx_http_redisgate_link_t       link;
+    ngx_event_t                     deadline;
+    ngx_event_t                     step;       /* the next node */
+    ngx_http_redisgate_node_t      *node;       /* asked, or answered */
+    ngx_uint_t                      next;
+    ngx_uint_t                      asked;      /* in this round */
+    unsigned                        asking:1;
+    unsigned                        answered:1; /* this node, this round */
+};
+
+ngx_http_redisgate_node_t *ngx_http_redisgate_ask_nodes(ngx_pool_t *pool,
+    ngx_str_t *hosts, in_port_t port, ngx_uint_t resolve, const char *what,
+    ngx_uint_t *n, const char **error);
+void ngx_http_redisgate_ask_init(ngx_http_redisgate_ask_t *ask);
+void ngx_http_redisgate_ask_start(ngx_http_redisgate_ask_t *ask);
+void ngx_http_redisgate_ask_close(ngx_http_redisgate_ask_t *ask);
+ngx_int_t ngx_http_redisgate_ask_send(ngx_http_redisgate_link_t *link,
+    ngx_str_t *user, ngx_str_t *password, ngx_str_t *argv, ngx_uint_t argc,
+    ngx_http_redisgate_link_reply_pt handler, void *data);
+
+/* cluster.c: the slot map of a Redis Cluster */
+ngx_http_redisgate_cluster_t *ngx_http_redisgate_cluster_create(
+    ngx_pool_t *pool, ngx_http_redisgate_url_t *u, ngx_uint_t resolve,
+    const char **error);
+ngx_http_redisgate_cluster_t *ngx_http_redisgate_cluster_create_dynamic(
+    ngx_str_t *address, ngx_uint_t db, ngx_log_t *log, const char **error);
+void ngx_http_redisgate_cluster_destroy(ngx_http_redisgate_cluster_t *cl);
+void ngx_http_redisgate_cluster_init(ngx_http_redisgate_backend_t *b,
+    ngx_http_redisgate_main_conf_t *rmcf);
+void ngx_http_redisgate_cluster_close(ngx_http_redisgate_backend_t *b);
+ngx_int_t ngx_http_redisgate_cluster_ready(ngx_http_redisgate_backend_t *b,
+    const char **error);
+void ngx_http_redisgate_cluster_stale(ngx_http_redisgate_cluster_t *cl);
+ngx_http_redisgate_backend_t *ngx_http_redisgate_cluster_node(
+    ngx_http_redisgate_cluster_t *cl, ngx_uint_t slot);
+ngx_http_redisgate_backend_t **ngx_http_redisgate_cluster_nodes(
+    ngx_http_redisgate_cluster_t *cl, ngx_uint_t *n);
+ngx_http_redisgate_backend_t *ngx_http_redisgate_cluster_at(
+    ngx_http_redisgate_cluster_t *cl, u_char *addr, size_t len);
+void ngx_http_redisgate_cluster_moved(ngx_http_redisgate_cluster_t *cl,
+    ngx_uint_t slot, ngx_http_redisgate_backend_t *node);
+
+/* scatter.c: a request's commands to a cluster's nodes, and back */
+ngx_int_t ngx_http_redisgate_scatter(ngx_http_redisgate_backend_t *b,
+    ngx_http_request_t *r, ngx_http_redisgate_cmd_t *cmds, ngx_str_t *resp,
+    ngx_uint_t n, ngx_uint_t multi, ngx_msec_t timeout,
+    ngx_http_redisgate_reply_pt handler, void *data, const char **error);
 
 /* sentinel.c: the primary the sentinels name */
 ngx_http_redisgate_sentinel_t *ngx_http_redisgate_sentinel_create(

@@ -134,7 +134,9 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
         key.data = buf;
 
     } else {
-        key.data = ngx_pnalloc(pool, key.len);
+        /* without a pool (a cluster's primaries): long credentials */
+        key.data = pool ? ngx_pnalloc(pool, key.len)
+                        : ngx_alloc(key.len, bs->log);
         if (key.data == NULL) {
             *error = "out of memory";
             return NULL;
@@ -169,7 +171,7 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
 
         if (rc == 0) {
             d->backend.last_used = ngx_current_msec;
-            return &d->backend;
+            goto found;
         }
 
         node = (rc < 0) ? node->left : node->right;
@@ -177,7 +179,7 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
 
     d = ngx_http_redisgate_backend_create(&key, ki, error);
     if (d == NULL) {
-        return NULL;
+        goto failed;
     }
 
     d->node.key = hash;
@@ -190,7 +192,21 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
         ngx_add_timer(&bs->sweep, bs->rmcf->idle_timeout);
     }
 
+found:
+
+    if (pool == NULL && key.data != buf) {
+        ngx_free(key.data);
+    }
+
     return &d->backend;
+
+failed:
+
+    if (pool == NULL && key.data != buf) {
+        ngx_free(key.data);
+    }
+
+    return NULL;
 }
 
 
@@ -206,7 +222,7 @@ static ngx_http_redisgate_dynamic_t *
 ngx_http_redisgate_backend_create(ngx_str_t *key,
     ngx_http_redisgate_keyinfo_t *ki, const char **error)
 {
-    u_char                          *p, *colon;
+    u_char                          *p, *q, *colon;
     ngx_int_t                        rc;
     ngx_str_t                        address, host;
     ngx_uint_t                       tls;
@@ -217,6 +233,7 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
     in_port_t                        port;
     ngx_http_redisgate_dynamic_t    *d;
     ngx_http_redisgate_address_t    *a;
+    ngx_http_redisgate_cluster_t    *cluster;
     ngx_http_redisgate_sentinel_t   *sentinel;
     ngx_http_redisgate_backends_t   *bs = &ngx_http_redisgate_backends;
 
@@ -225,6 +242,7 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
     port = 0;
     socklen = 0;
     sentinel = NULL;
+    cluster = NULL;
 
     if ((address.len > 17
          && ngx_strncmp(address.data, "redis-sentinel://", 17) == 0)
@@ -243,6 +261,31 @@ ngx_http_redisgate_backend_create(ngx_str_t *key,
         sentinel = ngx_http_redisgate_sentinel_create_dynamic(&address,
                                                               bs->log, error);
         if (sentinel == NULL) {
+            return NULL;
+        }
+
+        ngx_str_set(&host, "");
+
+        goto create;
+    }
+
+    if ((address.len > 16
+         && ngx_strncmp(address.data, "redis-cluster://", 16) == 0)
+        || (address.len > 17
+            && ngx_strncmp(address.data, "rediss-cluster://", 17) == 0))
+    {
+        tls = (address.data[5] == 's');
+
+#if !(NGX_SSL)
+        if (tls) {
+            *error = "Redis unavailable: nginx was built without TLS";
+            return NULL;
+        }
+#endif
+
+        cluster = ngx_http_redisgate_cluster_create_dynamic(&address, ki->db,
+                                                            bs->log, error);
+        if (cluster == NULL) {
             return NULL;
         }
 
@@ -346,6 +389,10 @@ create:
             ngx_http_redisgate_sentinel_destroy(sentinel);
         }
 
+        if (cluster) {
+            ngx_http_redisgate_cluster_destroy(cluster);
+        }
+
         *error = "out of memory";
         return NULL;
     }
@@ -368,7 +415,17 @@ create:
 
     a->url.data = p;
 
-    if (sentinel) {
+    if (cluster) {
+        p = ngx_sprintf(p, "%V/0", &address);
+
+    } else if (sentinel) {
+        /* the sentinels' credentials stay out of logs and metrics */
+        q = ngx_strlchr(address.data, address.data + address.len, '?');
+
+        if (q) {
+            address.len = q - address.data;
+        }
+
         p = ngx_sprintf(p, "%V/%ui", &address, ki->db);
 
     } else if (port) {
@@ -396,6 +453,7 @@ create:
     d->backend.log = bs->log;
     d->backend.port = port;
     d->backend.sentinel = sentinel;
+    d->backend.cluster = cluster;
 
     if (socklen) {
         ngx_memcpy(&d->backend.node.sockaddr, &sa, socklen);
@@ -436,8 +494,9 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
     ngx_int_t                  rc;
     ngx_http_core_loc_conf_t  *clcf;
 
-    if (b->sentinel) {
-        rc = ngx_http_redisgate_sentinel_ready(b, error);
+    if (b->sentinel || b->cluster) {
+        rc = b->sentinel ? ngx_http_redisgate_sentinel_ready(b, error)
+                         : ngx_http_redisgate_cluster_ready(b, error);
 
         if (rc != NGX_AGAIN) {
             return rc;
@@ -712,6 +771,7 @@ ngx_http_redisgate_backend_sweep(ngx_event_t *ev)
         d = ngx_queue_data(q, ngx_http_redisgate_dynamic_t, queue);
 
         if (ngx_current_msec - d->backend.last_used < bs->rmcf->idle_timeout
+            || d->backend.refs
             || ngx_http_redisgate_redis_busy(&d->backend)
             || d->backend.resolving
             || !ngx_queue_empty(&d->backend.waiting))

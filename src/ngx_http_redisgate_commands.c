@@ -53,6 +53,39 @@ ngx_http_redisgate_command_find(u_char *name, size_t len)
 
 
 /*
+ * The table's entry for a command: "client|kill" for a command with
+ * subcommands, else its name; NULL when Redis knows no such command.
+ * name (NGX_HTTP_REDISGATE_NAME_MAX bytes) gets the name looked up, *len
+ * its length, *sub_len the length with the subcommand (0 without one).
+ */
+
+const ngx_http_redisgate_command_t *
+ngx_http_redisgate_command_lookup(u_char *name, size_t size,
+    ngx_http_redisgate_cmd_t *cmd, size_t *len, size_t *sub_len)
+{
+    size_t                               n;
+    const ngx_http_redisgate_command_t  *c;
+
+    *sub_len = 0;
+    *len = ngx_http_redisgate_command_name(name, size, cmd, 0);
+
+    c = *len ? ngx_http_redisgate_command_find(name, *len) : NULL;
+
+    if (c && (c->flags & NGX_HTTP_REDISGATE_CMD_CONTAINER)) {
+        n = ngx_http_redisgate_command_name(name, size, cmd, 1);
+
+        if (n > *len) {
+            c = ngx_http_redisgate_command_find(name, n);
+            *len = n;
+            *sub_len = n;
+        }
+    }
+
+    return c;
+}
+
+
+/*
  * "get", or "client|kill" when the command has subcommands: lower case,
  * into buf; 0 when it does not fit (then it is no command Redis knows).
  */

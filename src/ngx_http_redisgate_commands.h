@@ -71,6 +71,9 @@ extern const ngx_http_redisgate_key_spec_t  ngx_http_redisgate_key_specs[];
 
 const ngx_http_redisgate_command_t *ngx_http_redisgate_command_find(
     u_char *name, size_t len);
+const ngx_http_redisgate_command_t *ngx_http_redisgate_command_lookup(
+    u_char *name, size_t size, ngx_http_redisgate_cmd_t *cmd, size_t *len,
+    size_t *sub_len);
 size_t ngx_http_redisgate_command_name(u_char *buf, size_t size,
     ngx_http_redisgate_cmd_t *cmd, ngx_uint_t with_sub);
 ngx_int_t ngx_http_redisgate_command_fix_script(ngx_str_t *script,

@@ -866,16 +866,33 @@ ngx_http_redisgate_dispatch(ngx_http_request_t *r,
                                           &error);
 
     if (rc == NGX_OK) {
-        rc = ngx_http_redisgate_redis_send(ctx->auth.backend, r, ctx->resp,
-                                           ctx->nresp, rlcf->timeout,
-                                           ngx_http_redisgate_on_reply, ctx,
-                                           &error);
+
+        if (ctx->auth.backend->cluster) {
+            rc = ngx_http_redisgate_scatter(ctx->auth.backend, r, ctx->cmds,
+                         ctx->resp, ctx->ncmds,
+                         ctx->route.kind == NGX_HTTP_REDISGATE_ROUTE_MULTI,
+                         rlcf->timeout, ngx_http_redisgate_on_reply, ctx,
+                         &error);
+
+        } else {
+            rc = ngx_http_redisgate_redis_send(ctx->auth.backend, r,
+                                               ctx->resp, ctx->nresp,
+                                               rlcf->timeout,
+                                               ngx_http_redisgate_on_reply,
+                                               ctx, &error);
+        }
 
         if (rc == NGX_OK) {
             ctx->redis_start = ngx_current_msec;
             ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_COMMANDS,
                                            ctx->ncmds);
         }
+    }
+
+    if (rc == NGX_ABORT) {
+        /* a transaction whose keys are in several slots of a cluster */
+        return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST, "%s",
+                                             error);
     }
 
     if (rc == NGX_DECLINED) {

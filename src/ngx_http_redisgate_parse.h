@@ -79,6 +79,7 @@ ngx_int_t ngx_http_redisgate_percent_decode(u_char *dst, size_t *dst_len,
 typedef struct {
     ngx_str_t               host;           /* "host[:port]", redis[s]://; */
                                             /* "h[:p],h[:p]...", sentinels */
+                                            /* or a cluster's seeds */
     ngx_str_t               path;           /* the socket, unix:// */
     ngx_str_t               user;           /* still percent-encoded */
     ngx_str_t               password;       /* still percent-encoded */
@@ -89,6 +90,7 @@ typedef struct {
     unsigned                unix_socket:1;
     unsigned                tls:1;          /* rediss://, rediss-sentinel */
     unsigned                sentinel:1;     /* redis[s]-sentinel:// */
+    unsigned                cluster:1;      /* redis[s]-cluster:// */
     unsigned                has_userinfo:1;
     const char             *error;          /* why NGX_ERROR */
 } ngx_http_redisgate_url_t;

@@ -271,24 +271,10 @@ ngx_http_redisgate_policy_check(ngx_http_redisgate_loc_conf_t *rlcf,
     /* the caller's buffer of NGX_HTTP_REDISGATE_NAME_MAX bytes */
     name = reason->data;
 
-    len = ngx_http_redisgate_command_name(name, NGX_HTTP_REDISGATE_NAME_MAX,
-                                          cmd, 0);
-
-    c = len ? ngx_http_redisgate_command_find(name, len) : NULL;
+    c = ngx_http_redisgate_command_lookup(name, NGX_HTTP_REDISGATE_NAME_MAX,
+                                          cmd, &len, &sub_len);
 
     flags = c ? c->flags : 0;
-    sub_len = 0;
-
-    if (flags & NGX_HTTP_REDISGATE_CMD_CONTAINER) {
-        sub_len = ngx_http_redisgate_command_name(name,
-                                          NGX_HTTP_REDISGATE_NAME_MAX, cmd, 1);
-
-        if (sub_len > len) {
-            c = ngx_http_redisgate_command_find(name, sub_len);
-            flags = c ? c->flags : 0;
-            len = sub_len;
-        }
-    }
 
     reason->len = len;
 

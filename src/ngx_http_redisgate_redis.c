@@ -124,6 +124,10 @@ ngx_http_redisgate_redis_init_conns(ngx_http_redisgate_backend_t *backend,
     if (backend->sentinel) {
         ngx_http_redisgate_sentinel_init(backend, rmcf);
     }
+
+    if (backend->cluster) {
+        ngx_http_redisgate_cluster_init(backend, rmcf);
+    }
 }
 
 
@@ -200,6 +204,7 @@ ngx_http_redisgate_redis_close_backend(ngx_http_redisgate_backend_t *backend)
     ngx_http_redisgate_tls_free_session(&backend->node);
 
     ngx_http_redisgate_sentinel_close(backend);
+    ngx_http_redisgate_cluster_close(backend);
 }
 
 

@@ -37,20 +37,12 @@
 struct ngx_http_redisgate_sentinel_s {
     ngx_http_redisgate_backend_t   *backend;
     ngx_str_t                       name;       /* the primary's */
-    ngx_str_t                       user;       /* the sentinels' */
-    ngx_str_t                       password;
 
-    ngx_http_redisgate_node_t      *nodes;      /* the sentinels */
-    ngx_uint_t                      nnodes;
-    ngx_uint_t                      next;       /* the one to ask next */
-    ngx_uint_t                      asked;      /* in this round */
+    /* SENTINEL get-master-addr-by-name <name>, to the sentinels */
+    ngx_http_redisgate_ask_t        ask;
+    ngx_str_t                       question[3];
 
-    ngx_http_redisgate_link_t       ask;
     ngx_http_redisgate_link_t       watch;      /* +switch-master */
-    ngx_uint_t                      watched;    /* the node watch is on */
-    ngx_event_t                     deadline;   /* for an answer */
-    ngx_event_t                     step;       /* ask the next one */
-    ngx_msec_t                      timeout;
 
     time_t                          retry;      /* none knew: not before */
 
@@ -65,32 +57,18 @@ struct ngx_http_redisgate_sentinel_s {
 
     unsigned                        known:1;    /* the node has it */
     unsigned                        stale:1;    /* ask again */
-    unsigned                        asking:1;
-    unsigned                        answered:1; /* this attempt */
     unsigned                        subscribed:1;  /* watch is on */
 };
 
 
-static void ngx_http_redisgate_sentinel_ask(
-    ngx_http_redisgate_sentinel_t *s);
-static void ngx_http_redisgate_sentinel_ask_next(ngx_event_t *ev);
-static ngx_int_t ngx_http_redisgate_sentinel_send(
-    ngx_http_redisgate_sentinel_t *s, ngx_http_redisgate_link_t *link,
-    ngx_str_t *argv, ngx_uint_t argc, ngx_http_redisgate_link_reply_pt handler);
-static void ngx_http_redisgate_sentinel_auth_reply(void *data,
-    redisReply *reply, const char *error);
-static void ngx_http_redisgate_sentinel_answer(void *data, redisReply *reply,
-    const char *error);
-static void ngx_http_redisgate_sentinel_failed(
-    ngx_http_redisgate_sentinel_t *s, const char *fmt, ngx_str_t *detail);
-static void ngx_http_redisgate_sentinel_deadline(ngx_event_t *ev);
-static void ngx_http_redisgate_sentinel_round_over(
-    ngx_http_redisgate_sentinel_t *s);
+static ngx_int_t ngx_http_redisgate_sentinel_answer(
+    ngx_http_redisgate_ask_t *ask, redisReply *reply);
+static void ngx_http_redisgate_sentinel_over(ngx_http_redisgate_ask_t *ask);
 static ngx_int_t ngx_http_redisgate_sentinel_move(
     ngx_http_redisgate_sentinel_t *s, u_char *ip, size_t ip_len,
     u_char *port, size_t port_len);
 static void ngx_http_redisgate_sentinel_watch(
-    ngx_http_redisgate_sentinel_t *s, ngx_uint_t node);
+    ngx_http_redisgate_sentinel_t *s, ngx_http_redisgate_node_t *node);
 static void ngx_http_redisgate_sentinel_watching(void *data,
     redisReply *reply, const char *error);
 static void ngx_http_redisgate_sentinel_switch(
@@ -111,10 +89,7 @@ ngx_http_redisgate_sentinel_t *
 ngx_http_redisgate_sentinel_create(ngx_pool_t *pool,
     ngx_http_redisgate_url_t *u, ngx_uint_t resolve, const char **error)
 {
-    u_char                         *p, *last, *comma;
-    ngx_url_t                       url;
-    ngx_uint_t                      n;
-    ngx_http_redisgate_node_t      *node;
+    ngx_http_redisgate_ask_t       *ask;
     ngx_http_redisgate_sentinel_t  *s;
 
     s = ngx_pcalloc(pool, sizeof(ngx_http_redisgate_sentinel_t));
@@ -122,6 +97,8 @@ ngx_http_redisgate_sentinel_create(ngx_pool_t *pool,
         *error = "out of memory";
         return NULL;
     }
+
+    ask = &s->ask;
 
     s->name.data = ngx_pstrdup(pool, &u->name);
     if (s->name.data == NULL) {
@@ -131,10 +108,11 @@ ngx_http_redisgate_sentinel_create(ngx_pool_t *pool,
 
     s->name.len = u->name.len;
 
-    if (ngx_http_redisgate_sentinel_decode(pool, &u->sentinel_user, &s->user)
+    if (ngx_http_redisgate_sentinel_decode(pool, &u->sentinel_user,
+                                           &ask->user)
         != NGX_OK
         || ngx_http_redisgate_sentinel_decode(pool, &u->sentinel_password,
-                                              &s->password)
+                                              &ask->password)
            != NGX_OK)
     {
         *error = "invalid Redis URL: bad percent-encoding in the sentinels' "
@@ -142,77 +120,23 @@ ngx_http_redisgate_sentinel_create(ngx_pool_t *pool,
         return NULL;
     }
 
-    n = 1;
-    last = u->host.data + u->host.len;
-
-    for (p = u->host.data; p < last; p++) {
-        if (*p == ',') {
-            n++;
-        }
-    }
-
-    s->nodes = ngx_pcalloc(pool, n * sizeof(ngx_http_redisgate_node_t));
-    if (s->nodes == NULL) {
-        *error = "out of memory";
+    ask->nodes = ngx_http_redisgate_ask_nodes(pool, &u->host,
+                                     NGX_HTTP_REDISGATE_SENTINEL_PORT,
+                                     resolve, "sentinel", &ask->nnodes,
+                                     error);
+    if (ask->nodes == NULL) {
         return NULL;
     }
 
-    for (p = u->host.data; p < last; p = comma + 1) {
-        comma = ngx_strlchr(p, last, ',');
+    ngx_str_set(&s->question[0], "SENTINEL");
+    ngx_str_set(&s->question[1], "get-master-addr-by-name");
+    s->question[2] = s->name;
 
-        if (comma == NULL) {
-            comma = last;
-        }
-
-        node = &s->nodes[s->nnodes++];
-
-        ngx_memzero(&url, sizeof(ngx_url_t));
-
-        url.url.data = p;
-        url.url.len = comma - p;
-        url.default_port = NGX_HTTP_REDISGATE_SENTINEL_PORT;
-        url.no_resolve = !resolve;
-
-        if (ngx_parse_url(pool, &url) != NGX_OK
-            || url.naddrs == 0 || url.family == AF_UNIX)
-        {
-            *error = resolve ? "invalid Redis URL: a sentinel's host is not "
-                               "host[:port] or not found"
-                             : "invalid Redis URL: a sentinel must be given "
-                               "as address[:port]";
-            return NULL;
-        }
-
-        ngx_memcpy(&node->sockaddr, url.addrs[0].sockaddr,
-                   url.addrs[0].socklen);
-        node->socklen = url.addrs[0].socklen;
-
-        /* "sentinel host:port" for the log; the host, NUL-terminated, as
-         * the TLS name */
-
-        node->name.len = sizeof("sentinel ") - 1 + url.url.len;
-        node->name.data = ngx_pnalloc(pool, node->name.len);
-        node->tls_name.len = url.host.len;
-        node->tls_name.data = ngx_pnalloc(pool, url.host.len + 1);
-
-        if (node->name.data == NULL || node->tls_name.data == NULL) {
-            *error = "out of memory";
-            return NULL;
-        }
-
-        ngx_sprintf(node->name.data, "sentinel %V", &url.url);
-        *ngx_cpymem(node->tls_name.data, url.host.data, url.host.len) = '\0';
-
-        if (url.host.len > 2 && url.host.data[0] == '[') {
-            node->tls_name.data++;
-            node->tls_name.len -= 2;
-            node->tls_name.data[node->tls_name.len] = '\0';
-        }
-
-        if (comma == last) {
-            break;
-        }
-    }
+    ask->argv = s->question;
+    ask->argc = 3;
+    ask->answer = ngx_http_redisgate_sentinel_answer;
+    ask->over = ngx_http_redisgate_sentinel_over;
+    ask->data = s;
 
     return s;
 }
@@ -267,11 +191,16 @@ ngx_uint_t
 ngx_http_redisgate_sentinel_same(ngx_http_redisgate_sentinel_t *one,
     ngx_http_redisgate_sentinel_t *two)
 {
-    return one->user.len == two->user.len
-           && one->password.len == two->password.len
-           && ngx_memcmp(one->user.data, two->user.data, one->user.len) == 0
-           && ngx_memcmp(one->password.data, two->password.data,
-                         one->password.len) == 0;
+    ngx_str_t  *u1, *u2, *p1, *p2;
+
+    u1 = &one->ask.user;
+    u2 = &two->ask.user;
+    p1 = &one->ask.password;
+    p2 = &two->ask.password;
+
+    return u1->len == u2->len && p1->len == p2->len
+           && ngx_memcmp(u1->data, u2->data, u1->len) == 0
+           && ngx_memcmp(p1->data, p2->data, p1->len) == 0;
 }
 
 
@@ -306,33 +235,24 @@ ngx_http_redisgate_sentinel_init(ngx_http_redisgate_backend_t *b,
     s = b->sentinel;
 
     s->backend = b;
-    s->timeout = rmcf->connect_timeout;
 
-    for (i = 0; i < s->nnodes; i++) {
-        s->nodes[i].connect_timeout = rmcf->connect_timeout;
+    for (i = 0; i < s->ask.nnodes; i++) {
+        s->ask.nodes[i].connect_timeout = rmcf->connect_timeout;
 #if (NGX_SSL)
         if (b->address.tls) {
-            s->nodes[i].tls = rmcf->tls;
+            s->ask.nodes[i].tls = rmcf->tls;
         }
 #endif
     }
 
-    s->ask.data = s;
     s->ask.log = b->log;
+    s->ask.timeout = rmcf->connect_timeout;
+    ngx_http_redisgate_ask_init(&s->ask);
 
     s->watch.data = s;
     s->watch.log = b->log;
     s->watch.on_push = ngx_http_redisgate_sentinel_switch;
     s->watch.on_close = ngx_http_redisgate_sentinel_watch_closed;
-
-    s->deadline.handler = ngx_http_redisgate_sentinel_deadline;
-    s->deadline.data = s;
-    s->deadline.log = b->log;
-    s->deadline.cancelable = 1;     /* no reason to delay an exit */
-
-    s->step.handler = ngx_http_redisgate_sentinel_ask_next;
-    s->step.data = s;
-    s->step.log = b->log;
 
     s->label_size = sizeof("rediss:// (primary of )") - 1
                     + NGX_SOCKADDR_STRLEN + b->address.url.len;
@@ -346,7 +266,6 @@ ngx_http_redisgate_sentinel_init(ngx_http_redisgate_backend_t *b,
 void
 ngx_http_redisgate_sentinel_close(ngx_http_redisgate_backend_t *b)
 {
-    ngx_uint_t                      i;
     ngx_http_redisgate_sentinel_t  *s;
 
     s = b->sentinel;
@@ -355,23 +274,8 @@ ngx_http_redisgate_sentinel_close(ngx_http_redisgate_backend_t *b)
         return;
     }
 
-    if (s->deadline.timer_set) {
-        ngx_del_timer(&s->deadline);
-    }
-
-    if (s->step.posted) {
-        ngx_delete_posted_event(&s->step);
-    }
-
-    /* what the links' closes call finds nothing to go on with */
-    s->asking = 0;
-
-    ngx_http_redisgate_link_free(&s->ask);
+    ngx_http_redisgate_ask_close(&s->ask);
     ngx_http_redisgate_link_free(&s->watch);
-
-    for (i = 0; i < s->nnodes; i++) {
-        ngx_http_redisgate_tls_free_session(&s->nodes[i]);
-    }
 
     if (s->label.data) {
         ngx_free(s->label.data);
@@ -410,21 +314,21 @@ ngx_http_redisgate_sentinel_ready(ngx_http_redisgate_backend_t *b,
 
     if (s->known) {
         if (s->stale && s->retry <= ngx_time()) {
-            ngx_http_redisgate_sentinel_ask(s);
+            ngx_http_redisgate_ask_start(&s->ask);
         }
 
         return NGX_OK;
     }
 
-    if (!s->asking && s->retry > ngx_time()) {
+    if (!s->ask.asking && s->retry > ngx_time()) {
         *error = ngx_http_redisgate_link_strerror(
                                           NGX_HTTP_REDISGATE_FAIL_NO_PRIMARY);
         return NGX_DECLINED;
     }
 
-    ngx_http_redisgate_sentinel_ask(s);
+    ngx_http_redisgate_ask_start(&s->ask);
 
-    if (s->asking) {
+    if (s->ask.asking) {
         return NGX_AGAIN;
     }
 
@@ -446,201 +350,38 @@ ngx_http_redisgate_sentinel_stale(ngx_http_redisgate_backend_t *b)
 }
 
 
-static void
-ngx_http_redisgate_sentinel_ask(ngx_http_redisgate_sentinel_t *s)
-{
-    if (s->asking) {
-        return;
-    }
-
-    s->asking = 1;
-    s->asked = 0;
-
-    ngx_http_redisgate_sentinel_ask_next(&s->step);
-}
-
-
-/* the next sentinel of the round, until one answers or all were asked */
-
-static void
-ngx_http_redisgate_sentinel_ask_next(ngx_event_t *ev)
-{
-    ngx_http_redisgate_sentinel_t *s = ev->data;
-
-    ngx_str_t                   argv[3];
-    ngx_http_redisgate_node_t  *node;
-
-    while (s->asked < s->nnodes) {
-        node = &s->nodes[s->next];
-        s->next = (s->next + 1) % s->nnodes;
-        s->asked++;
-        s->answered = 0;
-
-        if (ngx_http_redisgate_link_connect(&s->ask, node, s->backend->log)
-            != NGX_OK)
-        {
-            /* the transport logged why */
-            continue;
-        }
-
-        ngx_str_set(&argv[0], "SENTINEL");
-        ngx_str_set(&argv[1], "get-master-addr-by-name");
-        argv[2] = s->name;
-
-        if (ngx_http_redisgate_sentinel_send(s, &s->ask, argv, 3,
-                                       ngx_http_redisgate_sentinel_answer)
-            != NGX_OK)
-        {
-            ngx_http_redisgate_link_close(&s->ask,
-                                          NGX_HTTP_REDISGATE_FAIL_CLOSED,
-                                          NULL);
-            continue;
-        }
-
-        ngx_add_timer(&s->deadline, s->timeout);
-
-        return;
-    }
-
-    ngx_http_redisgate_sentinel_round_over(s);
-}
-
-
-/* [AUTH [user] password,] the command: queued, sent once connected */
+/* NGX_OK: the primary's address; NGX_DECLINED: ask the next sentinel */
 
 static ngx_int_t
-ngx_http_redisgate_sentinel_send(ngx_http_redisgate_sentinel_t *s,
-    ngx_http_redisgate_link_t *link, ngx_str_t *argv, ngx_uint_t argc,
-    ngx_http_redisgate_link_reply_pt handler)
+ngx_http_redisgate_sentinel_answer(ngx_http_redisgate_ask_t *ask,
+    redisReply *reply)
 {
-    u_char                    *p, *buf;
-    size_t                     len;
-    ngx_int_t                  rc;
-    ngx_str_t                  auth[3], cmd;
-    ngx_http_redisgate_cmd_t   c;
+    ngx_http_redisgate_sentinel_t *s = ask->data;
 
-    if (s->password.len) {
-        ngx_str_set(&auth[0], "AUTH");
-        c.argv = auth;
-        c.argc = 1;
-
-        if (s->user.len) {
-            auth[c.argc++] = s->user;
-        }
-
-        auth[c.argc++] = s->password;
-
-        len = ngx_http_redisgate_resp_command_len(&c);
-
-        buf = ngx_alloc(len, s->backend->log);
-        if (buf == NULL) {
-            return NGX_ERROR;
-        }
-
-        cmd.data = buf;
-        cmd.len = ngx_http_redisgate_resp_command(buf, &c) - buf;
-
-        /* the link copies it */
-        rc = ngx_http_redisgate_link_send(link, &cmd, 1,
-                                       ngx_http_redisgate_sentinel_auth_reply,
-                                       link);
-        ngx_free(buf);
-
-        if (rc != NGX_OK) {
-            return NGX_ERROR;
-        }
-    }
-
-    c.argv = argv;
-    c.argc = argc;
-
-    len = ngx_http_redisgate_resp_command_len(&c);
-
-    buf = ngx_alloc(len, s->backend->log);
-    if (buf == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_http_redisgate_resp_command(buf, &c);
-
-    cmd.data = buf;
-    cmd.len = p - buf;
-
-    rc = ngx_http_redisgate_link_send(link, &cmd, 1, handler, s);
-
-    ngx_free(buf);
-
-    return rc == NGX_OK ? NGX_OK : NGX_ERROR;
-}
-
-
-/* a refused AUTH closes the link: what follows it hears that */
-
-static void
-ngx_http_redisgate_sentinel_auth_reply(void *data, redisReply *reply,
-    const char *error)
-{
-    ngx_http_redisgate_link_t *link = data;
-
-    if (reply == NULL || reply->type != REDIS_REPLY_ERROR) {
-        return;
-    }
-
-    ngx_log_error(NGX_LOG_ERR, link->log, 0,
-                  "redisgate: authentication failed at %V: %*s",
-                  &link->node->name, (size_t) reply->len, reply->str);
-
-    ngx_http_redisgate_link_close(link, NGX_HTTP_REDISGATE_FAIL_AUTH, NULL);
-}
-
-
-static void
-ngx_http_redisgate_sentinel_answer(void *data, redisReply *reply,
-    const char *error)
-{
-    ngx_http_redisgate_sentinel_t *s = data;
-
-    redisReply                 *ip, *port;
-    ngx_str_t                   text;
-    ngx_http_redisgate_node_t  *node;
-
-    if (s->deadline.timer_set) {
-        ngx_del_timer(&s->deadline);
-    }
-
-    node = s->ask.node;
-
-    if (reply == NULL) {
-        /* the transport logged why, unless the deadline passed */
-        ngx_http_redisgate_sentinel_failed(s, NULL, NULL);
-        return;
-    }
+    redisReply  *ip, *port;
 
     if (reply->type == REDIS_REPLY_NIL) {
-        ngx_http_redisgate_sentinel_failed(s,
-                                 "redisgate: %V does not know a primary "
-                                 "named \"%V\"", &s->name);
-        return;
+        ngx_log_error(NGX_LOG_ERR, ask->log, 0,
+                      "redisgate: %V does not know a primary named \"%V\"",
+                      &ask->node->name, &s->name);
+        return NGX_DECLINED;
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
-        text.data = (u_char *) reply->str;
-        text.len = reply->len;
-        ngx_http_redisgate_sentinel_failed(s,
-                                 "redisgate: %V refused to name the "
-                                 "primary: %V", &text);
-        return;
+        ngx_log_error(NGX_LOG_ERR, ask->log, 0,
+                      "redisgate: %V refused to name the primary: %*s",
+                      &ask->node->name, (size_t) reply->len, reply->str);
+        return NGX_DECLINED;
     }
 
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
         || reply->element[0]->type != REDIS_REPLY_STRING
         || reply->element[1]->type != REDIS_REPLY_STRING)
     {
-        ngx_http_redisgate_sentinel_failed(s,
-                                 "redisgate: %V answered "
-                                 "get-master-addr-by-name with no address%V",
-                                 NULL);
-        return;
+        ngx_log_error(NGX_LOG_ERR, ask->log, 0,
+                      "redisgate: %V answered get-master-addr-by-name with "
+                      "no address", &ask->node->name);
+        return NGX_DECLINED;
     }
 
     ip = reply->element[0];
@@ -650,83 +391,33 @@ ngx_http_redisgate_sentinel_answer(void *data, redisReply *reply,
                                          (u_char *) port->str, port->len)
         != NGX_OK)
     {
-        ngx_http_redisgate_sentinel_failed(s,
-                                 "redisgate: %V named a primary at an "
-                                 "address that is not one%V", NULL);
-        return;
+        ngx_log_error(NGX_LOG_ERR, ask->log, 0,
+                      "redisgate: %V named a primary at \"%*s\", which is "
+                      "not an address", &ask->node->name, (size_t) ip->len,
+                      ip->str);
+        return NGX_DECLINED;
     }
 
-    s->answered = 1;
-    s->asking = 0;
     s->stale = 0;
 
-    /* the next round starts with the one that answered */
-    s->next = node - s->nodes;
-
-    ngx_http_redisgate_link_close(&s->ask, NGX_HTTP_REDISGATE_FAIL_CLOSED,
-                                  NULL);
-
     if (s->watch.state == NGX_HTTP_REDISGATE_LINK_CLOSED) {
-        ngx_http_redisgate_sentinel_watch(s, node - s->nodes);
+        ngx_http_redisgate_sentinel_watch(s, ask->node);
     }
 
     ngx_http_redisgate_backend_wake(s->backend);
-}
 
-
-/*
- * This sentinel gave no answer: the next one, from the event loop (this
- * may run inside the link's close, which cannot reopen it).  fmt takes
- * the sentinel's name and one ngx_str_t.
- */
-
-static void
-ngx_http_redisgate_sentinel_failed(ngx_http_redisgate_sentinel_t *s,
-    const char *fmt, ngx_str_t *detail)
-{
-    ngx_str_t  none = ngx_null_string;
-
-    if (s->answered || !s->asking) {
-        /* the replies after the one that counted */
-        return;
-    }
-
-    s->answered = 1;
-
-    if (fmt) {
-        ngx_log_error(NGX_LOG_ERR, s->backend->log, 0, fmt,
-                      &s->ask.node->name, detail ? detail : &none);
-
-        ngx_http_redisgate_link_close(&s->ask,
-                                      NGX_HTTP_REDISGATE_FAIL_CLOSED, NULL);
-    }
-
-    ngx_post_event(&s->step, &ngx_posted_events);
-}
-
-
-static void
-ngx_http_redisgate_sentinel_deadline(ngx_event_t *ev)
-{
-    ngx_http_redisgate_sentinel_t *s = ev->data;
-
-    ngx_log_error(NGX_LOG_ERR, ev->log, 0,
-                  "redisgate: %V did not name the primary \"%V\" in time",
-                  &s->ask.node->name, &s->name);
-
-    ngx_http_redisgate_link_close(&s->ask, NGX_HTTP_REDISGATE_FAIL_TIMEOUT,
-                                  NULL);
+    return NGX_OK;
 }
 
 
 /* every sentinel was asked, none answered */
 
 static void
-ngx_http_redisgate_sentinel_round_over(ngx_http_redisgate_sentinel_t *s)
+ngx_http_redisgate_sentinel_over(ngx_http_redisgate_ask_t *ask)
 {
-    s->asking = 0;
+    ngx_http_redisgate_sentinel_t *s = ask->data;
 
-    ngx_log_error(NGX_LOG_ERR, s->backend->log, 0,
+    ngx_log_error(NGX_LOG_ERR, ask->log, 0,
                   "redisgate: no sentinel of %V named the primary \"%V\"%s",
                   &s->backend->address.url, &s->name,
                   s->known ? ", the last answer stays" : "");
@@ -817,25 +508,23 @@ ngx_http_redisgate_sentinel_move(ngx_http_redisgate_sentinel_t *s,
 
 static void
 ngx_http_redisgate_sentinel_watch(ngx_http_redisgate_sentinel_t *s,
-    ngx_uint_t node)
+    ngx_http_redisgate_node_t *node)
 {
     ngx_str_t  argv[2];
 
-    if (ngx_http_redisgate_link_connect(&s->watch, &s->nodes[node],
-                                        s->backend->log)
+    if (ngx_http_redisgate_link_connect(&s->watch, node, s->backend->log)
         != NGX_OK)
     {
         /* the next stale answer tries again */
         return;
     }
 
-    s->watched = node;
-
     ngx_str_set(&argv[0], "SUBSCRIBE");
     ngx_str_set(&argv[1], "+switch-master");
 
-    if (ngx_http_redisgate_sentinel_send(s, &s->watch, argv, 2,
-                                     ngx_http_redisgate_sentinel_watching)
+    if (ngx_http_redisgate_ask_send(&s->watch, &s->ask.user,
+                                    &s->ask.password, argv, 2,
+                                    ngx_http_redisgate_sentinel_watching, s)
         != NGX_OK)
     {
         ngx_http_redisgate_link_close(&s->watch,

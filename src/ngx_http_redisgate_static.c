@@ -20,9 +20,8 @@
 
 static ngx_int_t ngx_http_redisgate_parse_address(ngx_conf_t *cf,
     ngx_str_t *url, ngx_http_redisgate_backend_t *b);
-static ngx_int_t ngx_http_redisgate_parse_sentinel(ngx_conf_t *cf,
-    ngx_str_t *url, ngx_http_redisgate_url_t *parts,
-    ngx_http_redisgate_backend_t *b);
+static ngx_int_t ngx_http_redisgate_parse_discovered(ngx_conf_t *cf,
+    ngx_http_redisgate_url_t *parts, ngx_http_redisgate_backend_t *b);
 static ngx_int_t ngx_http_redisgate_decode_userinfo(ngx_conf_t *cf,
     ngx_str_t *raw, ngx_str_t *s);
 static ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
@@ -395,8 +394,8 @@ ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
         return NGX_ERROR;
     }
 
-    if (parts.sentinel) {
-        return ngx_http_redisgate_parse_sentinel(cf, url, &parts, b);
+    if (parts.sentinel || parts.cluster) {
+        return ngx_http_redisgate_parse_discovered(cf, &parts, b);
     }
 
     ngx_memzero(&u, sizeof(ngx_url_t));
@@ -483,13 +482,13 @@ ngx_http_redisgate_parse_address(ngx_conf_t *cf, ngx_str_t *url,
 
 
 /*
- * The sentinels' host names are resolved here; the primary's address
- * comes from them in each worker.  The URL for logs and metrics keeps
- * everything but the credentials.
+ * Sentinels and cluster seeds: their host names are resolved here; the
+ * primaries' addresses come from them in each worker.  The URL for logs
+ * and metrics keeps everything but the credentials.
  */
 
 static ngx_int_t
-ngx_http_redisgate_parse_sentinel(ngx_conf_t *cf, ngx_str_t *url,
+ngx_http_redisgate_parse_discovered(ngx_conf_t *cf,
     ngx_http_redisgate_url_t *parts, ngx_http_redisgate_backend_t *b)
 {
     u_char                        *p;
@@ -498,9 +497,16 @@ ngx_http_redisgate_parse_sentinel(ngx_conf_t *cf, ngx_str_t *url,
 
     addr = &b->address;
 
-    b->sentinel = ngx_http_redisgate_sentinel_create(cf->pool, parts, 1,
-                                                     &error);
-    if (b->sentinel == NULL) {
+    if (parts->sentinel) {
+        b->sentinel = ngx_http_redisgate_sentinel_create(cf->pool, parts, 1,
+                                                         &error);
+
+    } else {
+        b->cluster = ngx_http_redisgate_cluster_create(cf->pool, parts, 1,
+                                                       &error);
+    }
+
+    if (b->sentinel == NULL && b->cluster == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in Redis URL \"%V\"",
                            error, &parts->host);
         return NGX_ERROR;
@@ -516,9 +522,16 @@ ngx_http_redisgate_parse_sentinel(ngx_conf_t *cf, ngx_str_t *url,
         return NGX_ERROR;
     }
 
-    p = ngx_sprintf(addr->url.data, "%s://%V/%V/%ui",
-                    parts->tls ? "rediss-sentinel" : "redis-sentinel",
-                    &parts->host, &parts->name, addr->db);
+    if (parts->sentinel) {
+        p = ngx_sprintf(addr->url.data, "%s://%V/%V/%ui",
+                        parts->tls ? "rediss-sentinel" : "redis-sentinel",
+                        &parts->host, &parts->name, addr->db);
+
+    } else {
+        p = ngx_sprintf(addr->url.data, "%s://%V/0",
+                        parts->tls ? "rediss-cluster" : "redis-cluster",
+                        &parts->host);
+    }
 
     addr->url.len = p - addr->url.data;
 

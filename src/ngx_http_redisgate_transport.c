@@ -70,6 +70,7 @@ static const char  *ngx_http_redisgate_link_errors[] = {
     "Redis unavailable: connection closed",
     "Redis unavailable: the primary is changing",
     "Redis unavailable: no sentinel knows the primary",
+    "Redis unavailable: no cluster node gave the slot map",
 };
 
 
@@ -86,6 +87,7 @@ static const char  *ngx_http_redisgate_link_log_what[] = {
     "closed the connection to",
     "not a primary:",
     "no primary for",
+    "no slot map from",
 };
 
 
@@ -96,7 +98,7 @@ static u_char  ngx_http_redisgate_link_buffer[64 * 1024];
 const char *
 ngx_http_redisgate_link_strerror(ngx_uint_t failure)
 {
-    if (failure > NGX_HTTP_REDISGATE_FAIL_NO_PRIMARY) {
+    if (failure > NGX_HTTP_REDISGATE_FAIL_NO_MAP) {
         failure = NGX_HTTP_REDISGATE_FAIL_NONE;
     }
 

@@ -69,6 +69,7 @@ typedef struct {
 #define NGX_HTTP_REDISGATE_FAIL_CLOSED      8   /* the owner closed it */
 #define NGX_HTTP_REDISGATE_FAIL_ROLE        9   /* a replica, not primary */
 #define NGX_HTTP_REDISGATE_FAIL_NO_PRIMARY  10  /* no sentinel knew it */
+#define NGX_HTTP_REDISGATE_FAIL_NO_MAP      11  /* no seed gave the slots */
 
 
 /*

@@ -15,6 +15,8 @@
  *   redis-sentinel://[[user]:password@]host[:port][,host[:port]...]
  *       /master-name[/db][?sentinel_user=...&sentinel_password=...]
  *   rediss-sentinel://...                            (TLS)
+ *   redis-cluster://[[user]:password@]host[:port][,host[:port]...][/0]
+ *   rediss-cluster://...                             (TLS)
  *
  * The credentials before '@' are the primary's, as in every other form;
  * the sentinels' own, when they have any, are query parameters.
@@ -32,6 +34,8 @@ static ngx_int_t ngx_http_redisgate_url_db(ngx_http_redisgate_url_t *u,
 static u_char *ngx_http_redisgate_url_credentials(
     ngx_http_redisgate_url_t *u, u_char *p, u_char *last);
 static void ngx_http_redisgate_url_userinfo(ngx_http_redisgate_url_t *u,
+    u_char *p, u_char *last);
+static ngx_int_t ngx_http_redisgate_url_cluster(ngx_http_redisgate_url_t *u,
     u_char *p, u_char *last);
 static ngx_int_t ngx_http_redisgate_url_sentinel(ngx_http_redisgate_url_t *u,
     u_char *p, u_char *last);
@@ -59,6 +63,15 @@ ngx_http_redisgate_parse_url(ngx_http_redisgate_url_t *u, u_char *url,
 
     if (len > 17 && ngx_strncmp(p, "redis-sentinel://", 17) == 0) {
         return ngx_http_redisgate_url_sentinel(u, p + 17, last);
+    }
+
+    if (len > 17 && ngx_strncmp(p, "rediss-cluster://", 17) == 0) {
+        u->tls = 1;
+        return ngx_http_redisgate_url_cluster(u, p + 17, last);
+    }
+
+    if (len > 16 && ngx_strncmp(p, "redis-cluster://", 16) == 0) {
+        return ngx_http_redisgate_url_cluster(u, p + 16, last);
     }
 
     if (len > 9 && ngx_strncmp(p, "rediss://", 9) == 0) {
@@ -149,10 +162,42 @@ ngx_http_redisgate_parse_url(ngx_http_redisgate_url_t *u, u_char *url,
         return NGX_OK;
     }
 
-    u->error = "invalid Redis URL: expected redis://, rediss://, unix:// "
-               "or redis-sentinel://";
+    u->error = "invalid Redis URL: expected redis://, rediss://, unix://, "
+               "redis-sentinel:// or redis-cluster://";
 
     return NGX_ERROR;
+}
+
+
+/* after "redis-cluster://": seed nodes; a cluster has database 0 only */
+
+static ngx_int_t
+ngx_http_redisgate_url_cluster(ngx_http_redisgate_url_t *u, u_char *p,
+    u_char *last)
+{
+    u_char  *slash;
+
+    u->cluster = 1;
+
+    p = ngx_http_redisgate_url_credentials(u, p, last);
+
+    slash = ngx_strlchr(p, last, '/');
+
+    if (slash) {
+        if (last - slash > 2 || (slash + 1 < last && slash[1] != '0')) {
+            u->error = "invalid Redis URL: a cluster has database 0 only";
+            return NGX_ERROR;
+        }
+
+        last = slash;
+    }
+
+    if (p == last) {
+        u->error = "invalid Redis URL: no host";
+        return NGX_ERROR;
+    }
+
+    return ngx_http_redisgate_url_hosts(u, p, last);
 }
 
 

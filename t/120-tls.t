@@ -77,13 +77,7 @@ my %inst = (
     REFUSED   => 'rediss://127.0.0.1:$TEST_NGINX_SPARE_PORT',
 );
 
-my $n = 0;
-for my $name (sort keys %inst) {
-    my $id = sprintf 'a1a1a1a1-0000-4000-8000-%012d', ++$n;
-    $ENV{"TEST_NGINX_${name}_INSTANCE"} = $id;
-    $RedisGate::Test::ExtraHttpConfig .=
-        "    redisgate_instance $id $inst{$name} organization=acme;\n";
-}
+RedisGate::Test::add_instances('a1a1a1a1', %inst);
 
 $RedisGate::Test::ExtraHttpConfig .= <<'_EOC_';
     log_format tlstest 'TLSTEST $request_uri $status $request_time';

@@ -59,6 +59,27 @@ redisgate_start_redis_tls() {
     redisgate_wait_port "$port"
 }
 
+# redisgate_start_sentinel DIR PORT NAME MASTER_PORT: a private Redis
+# Sentinel on 127.0.0.1:PORT watching the primary 127.0.0.1:MASTER_PORT as
+# NAME, alone (quorum 1; a primary down for a minute before it would try a
+# failover), with a configuration file of its own, DIR/sentinel.conf
+# (Sentinel rewrites it); its pid in DIR/redis.pid
+redisgate_start_sentinel() {
+    mkdir -p "$1" || return 1
+    cat >"$1/sentinel.conf" <<EOF || return 1
+port $2
+bind 127.0.0.1
+dir "$1"
+daemonize yes
+pidfile "$1/redis.pid"
+logfile "$1/redis.log"
+sentinel monitor $3 127.0.0.1 $4 1
+sentinel down-after-milliseconds $3 60000
+EOF
+    redis-server "$1/sentinel.conf" --sentinel || return 1
+    redisgate_wait_port "$2"
+}
+
 # redisgate_pid_alive PID: the process runs (a zombie does not: where
 # process 1 does not reap orphans, a daemon that exited stays one a while)
 redisgate_pid_alive() {

@@ -2,36 +2,11 @@
 // never echoes a secret: Redis URLs, clear-text keys.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
-import path from 'node:path';
-import {
-  NGINX_BIN, REDISGATE_MODULE, makeTmpDir, runProgram, sha256Hex, randomUUID,
-  testCerts,
-} from './harness.mjs';
+import { nginxTest, sha256Hex, randomUUID, testCerts } from './harness.mjs';
 
 const ID = randomUUID();
 
-// nginx -t of a configuration with these lines in http {}
-async function nginxT(httpLines) {
-  const dir = makeTmpDir('rg-conf-');
-  const conf = path.join(dir, 'nginx.conf');
-  writeFileSync(conf, [
-    `load_module ${REDISGATE_MODULE};`,
-    `pid ${dir}/nginx.pid;`,
-    `error_log ${dir}/error.log;`,
-    'events { worker_connections 64; }',
-    'http {',
-    `  access_log off;`,
-    ...httpLines.map((l) => '  ' + l),
-    '  server { listen 127.0.0.1:1; location /redis/ { redisgate; } }',
-    '}',
-  ].join('\n') + '\n');
-  const r = await runProgram(NGINX_BIN, ['-t', '-p', dir + '/', '-c', conf],
-    { timeoutMs: 20000 });
-  return { code: r.code, out: r.stdout + r.stderr };
-}
-
-const instance = (url) => nginxT([`redisgate_instance ${ID} ${url};`]);
+const instance = (url) => nginxTest([`redisgate_instance ${ID} ${url};`]);
 
 test('valid Redis URLs pass nginx -t', async () => {
   for (const url of [
@@ -64,10 +39,10 @@ test('valid Redis URLs pass nginx -t', async () => {
 
 test('invalid Redis URLs are refused, each with its reason', async () => {
   const cases = [
-    ['http://127.0.0.1:6379', /expected redis:\/\/, rediss:\/\/, unix:\/\/ or redis-sentinel:\/\/: "http:\/\/127\.0\.0\.1:6379"/],
-    ['redis://', /expected redis:\/\/, rediss:\/\/, unix:\/\/ or redis-sentinel:\/\//],
-    ['rediss://', /expected redis:\/\/, rediss:\/\/, unix:\/\/ or redis-sentinel:\/\//],
-    ['redis-sentinel://', /expected redis:\/\/, rediss:\/\/, unix:\/\/ or redis-sentinel:\/\//],
+    ['http://127.0.0.1:6379', /expected redis:\/\/, rediss:\/\/, unix:\/\/, redis-sentinel:\/\/ or redis-cluster:\/\/: "http:\/\/127\.0\.0\.1:6379"/],
+    ['redis://', /expected redis:\/\/, rediss:\/\/, unix:\/\/, redis-sentinel:\/\/ or redis-cluster:\/\//],
+    ['rediss://', /expected redis:\/\/, rediss:\/\/, unix:\/\/, redis-sentinel:\/\/ or redis-cluster:\/\//],
+    ['redis-sentinel://', /expected redis:\/\/, rediss:\/\/, unix:\/\/, redis-sentinel:\/\/ or redis-cluster:\/\//],
     ['redis-sentinel://127.0.0.1:26379', /a sentinel URL names the primary/],
     ['redis-sentinel://127.0.0.1:26379/', /a sentinel URL names the primary/],
     ['rediss-sentinel://127.0.0.1:26379//0', /a sentinel URL names the primary/],
@@ -76,8 +51,8 @@ test('invalid Redis URLs are refused, each with its reason', async () => {
     ['redis-sentinel://127.0.0.1/main/', /an empty database number/],
     ['redis-sentinel://127.0.0.1/main/x', /the database number must be 0 to 2147483647/],
     ['redis-sentinel://127.0.0.1/main?db=2', /takes only \?sentinel_user=\.\.\.&sentinel_password=\.\.\./],
-    ['redis-sentinel://127.0.0.1:99999/main', /a sentinel's host is not host\[:port\] or not found in Redis URL "127\.0\.0\.1:99999"/],
-    ['redis-sentinel://unix:/main', /a sentinel's host is not host\[:port\] or not found/],
+    ['redis-sentinel://127.0.0.1:99999/main', /a host is not host\[:port\] or not found in Redis URL "127\.0\.0\.1:99999"/],
+    ['redis-sentinel://unix:/main', /a host is not host\[:port\] or not found/],
     ['rediss:///3', /invalid Redis URL: no host/],
     ['rediss://127.0.0.1/x', /the database number must be 0 to 2147483647/],
     ['rediss://127.0.0.1:99999', /invalid port in Redis URL "127\.0\.0\.1:99999"/],
@@ -123,7 +98,7 @@ test('a refused URL with credentials is not echoed', async () => {
 
 test('the TLS directives pass nginx -t, at http level', async () => {
   const c = testCerts();
-  const r = await nginxT([
+  const r = await nginxTest([
     `redisgate_instance ${ID} rediss://127.0.0.1:6380/1;`,
     `redisgate_ssl_trusted_certificate ${c.file('ca.crt')};`,
     'redisgate_ssl_verify on;',
@@ -152,7 +127,7 @@ test('TLS directives with bad values are refused', async () => {
     [`redisgate_ssl_certificate ${c.file('no-such.crt')};\n  redisgate_ssl_certificate_key ${c.file('client.key')};`,
       /no-such\.crt/],
   ]) {
-    const r = await nginxT([tlsInstance, ...line.split('\n  ')]);
+    const r = await nginxTest([tlsInstance, ...line.split('\n  ')]);
     assert.notEqual(r.code, 0, `${line} passed nginx -t`);
     assert.match(r.out, /\[emerg\]/, line);
     assert.match(r.out, why, `${line}: ${r.out}`);
@@ -162,23 +137,23 @@ test('TLS directives with bad values are refused', async () => {
 test('redisgate_key takes only a SHA-256, and never echoes what it got', async () => {
   const token = 'rg_' + sha256Hex(ID);          // a token pasted by mistake
   for (const arg of [token, `sha256:${token}`, `sha256:${sha256Hex(token).slice(1)}`]) {
-    const r = await nginxT([`redisgate_key ${arg};`]);
+    const r = await nginxTest([`redisgate_key ${arg};`]);
     assert.notEqual(r.code, 0, arg);
     assert.match(r.out, /key is not "sha256:<64 hex digits>": keys are configured by the SHA-256 of the token, never the token itself/);
     assert.ok(!r.out.includes(token) && !r.out.includes(arg), r.out);
   }
-  const nothex = await nginxT([`redisgate_key sha256:${'g'.repeat(64)};`]);
+  const nothex = await nginxTest([`redisgate_key sha256:${'g'.repeat(64)};`]);
   assert.notEqual(nothex.code, 0);
   assert.match(nothex.out, /invalid hex digits in key hash/);
 
   const hash = sha256Hex(token);
-  const twice = await nginxT([
+  const twice = await nginxTest([
     `redisgate_key sha256:${hash} id=one;`,
     `redisgate_key sha256:${hash.toUpperCase()} id=two;`,
   ]);
   assert.notEqual(twice.code, 0);
   assert.match(twice.out, /key "(one|two)" has the same hash as key "(one|two)"/);
 
-  const ok = await nginxT([`redisgate_key sha256:${hash} id=one scopes=read;`]);
+  const ok = await nginxTest([`redisgate_key sha256:${hash} id=one scopes=read;`]);
   assert.equal(ok.code, 0, ok.out);
 });

@@ -409,15 +409,22 @@ export async function redisCall(port, args, opts = {}) {
 /**
  * A Redis Sentinel: `redis-server <dir>/sentinel.conf --sentinel`, with a
  * configuration file of its own (Sentinel rewrites it).  lines: the file
- * (port, bind and dir are added here).  stop/start/restart as RedisServer;
- * its log is redis.log in dir.
+ * (where it listens, bind and dir are added here).  tls: as RedisServer's
+ * (it then speaks only TLS, and TLS to the servers it watches too:
+ * tls-replication yes).  stop/start/restart as RedisServer; its log is
+ * redis.log in dir.
  */
 export class Sentinel extends RedisServer {
-  constructor(port, dir, lines) {
-    super(port, dir);
+  constructor(port, dir, lines, tls = null) {
+    super(port, dir, [], tls);
     this.confFile = path.join(dir, 'sentinel.conf');
+    // RedisServer's options for where it listens, as lines of the file
+    const listen = this.listenArgs();
+    const listenLines = [];
+    for (let i = 0; i < listen.length; i += 2) listenLines.push(`${listen[i].slice(2)} ${listen[i + 1]}`);
+    if (tls) listenLines.push('tls-replication yes');
     writeFileSync(this.confFile, [
-      `port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, ...lines,
+      ...listenLines, 'bind 127.0.0.1', `dir ${dir}`, ...lines,
     ].join('\n') + '\n');
   }
 
@@ -429,10 +436,12 @@ export class Sentinel extends RedisServer {
 /**
  * A Sentinel on a free port watching the primary 127.0.0.1:masterPort as
  * `name`.  conf: more lines for its file (requirepass, sentinel auth-pass
- * NAME pw, ...).  auth: how our own commands authenticate to it.
+ * NAME pw, ...).  auth: how our own commands authenticate to it.  tls:
+ * true for a sentinel that speaks only TLS, to its clients and to the
+ * servers it watches (the test certificates: see startRedisTls).
  */
 export async function startSentinel({ masterPort, name = 'mymaster', quorum = 2,
-  downAfterMs = 1000, failoverTimeoutMs = 3000, conf = [], auth = null }) {
+  downAfterMs = 1000, failoverTimeoutMs = 3000, conf = [], auth = null, tls = false }) {
   const dir = makeTmpDir('rg-sentinel-');
   const s = new Sentinel(await freePort(), dir, [
     `sentinel monitor ${name} 127.0.0.1 ${masterPort} ${quorum}`,
@@ -440,7 +449,7 @@ export async function startSentinel({ masterPort, name = 'mymaster', quorum = 2,
     `sentinel failover-timeout ${name} ${failoverTimeoutMs}`,
     `sentinel parallel-syncs ${name} 1`,
     ...conf,
-  ]);
+  ], tls ? { cert: 'server' } : null);
   s.auth = auth;
   await s.start();
   return s;
@@ -574,6 +583,29 @@ export class Nginx {
   async stop() {
     await stopChild(this.child, 'SIGQUIT', 5000);
   }
+}
+
+/**
+ * nginx -t of a configuration with these lines (an array of strings) in
+ * http {}, next to one server with `location /redis/ { redisgate; }`.
+ * Resolves { code, out } (out: nginx's standard output and error).
+ */
+export async function nginxTest(httpLines) {
+  const dir = makeTmpDir('rg-conf-');
+  const conf = path.join(dir, 'nginx.conf');
+  writeFileSync(conf, [
+    `load_module ${REDISGATE_MODULE};`,
+    `pid ${dir}/nginx.pid;`,
+    `error_log ${dir}/error.log;`,
+    'events { worker_connections 64; }',
+    'http {',
+    '  access_log off;',
+    ...httpLines.map((l) => '  ' + l),
+    '  server { listen 127.0.0.1:1; location /redis/ { redisgate; } }',
+    '}',
+  ].join('\n') + '\n');
+  const r = await runProgram(NGINX_BIN, ['-t', '-p', dir + '/', '-c', conf], { timeoutMs: 20000 });
+  return { code: r.code, out: r.stdout + r.stderr };
 }
 
 // Lines of error.log at or above `notice`, i.e. without the debug/info chatter.

@@ -15,6 +15,10 @@
 // A fake sentinel (a few lines of node) for what real ones do not do on
 // demand: send +switch-master while the old primary is still up, and name
 // a replica as the primary.
+// A PostgreSQL key store (redisgate_pg) with instances on the same
+// sentinels (the dynamic backends): the primary's password and database
+// are the instance's columns; the one on the main topology goes through
+// both failovers.
 //
 // The tests run in order: the ones that need P0 as the primary first, then
 // the forced failover (P0 -> P1), then P1 SIGKILLed under load (-> P2, or
@@ -22,13 +26,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
 import net from 'node:net';
-import path from 'node:path';
 import {
-  startRedis, startSentinel, startNginx, stopAll, newToken, randomUUID, rg,
+  startRedis, startSentinel, startNginx, startPg, stopAll, newToken, randomUUID, rg,
   freePort, sleep, untilOk, significantLogLines, assertCleanErrorLog,
-  makeTmpDir, runProgram, redisCommands, parseResp, NGINX_BIN, REDISGATE_MODULE,
+  redisCommands, parseResp, nginxTest,
 } from './harness.mjs';
 
 const NAME = 'mymaster';
@@ -78,6 +80,7 @@ let a0; let a1;                    // auth topology
 let authSentinels = [];
 let nginx;
 let closed = [];                   // three ports nothing listens on
+let pg;                            // the key store
 
 const M = randomUUID();            // S1,S2,S3/mymaster          (db 0)
 const M3 = randomUUID();           // S1,S2,S3/mymaster/3        (db 3)
@@ -101,6 +104,18 @@ const SAME_BUT_WRONG = randomUUID();      // AUTH's URL with a wrong sentinel pa
 const FAKE = randomUUID();         // <fake sentinel>/mymaster
 let fake;
 let x; let y;                      // two standalone Redis the fake names
+
+// Instances of the key store (their ids are the key store's), all in one
+// organization whose key is ksToken.
+let ksToken;
+const ks = {
+  MAIN: null,          // redis-sentinel://S1,S2,S3/mymaster, db 6
+  AUTH: null,          // redis-sentinel://AS1,AS2/mymaster?sentinel_password=SENTINEL_PW,
+                       // password PRIMARY_PW, db 7
+  UNKNOWN: null,       // redis-sentinel://S1,S2,S3/nosuchmaster
+  BAD_SENTINEL: null,  // the auth sentinels, a wrong sentinel password (KS_WRONG_PW)
+};
+const KS_WRONG_PW = `kswrong-${hex}`;
 
 async function startFakeSentinel() {
   const f = { primary: null, subscribers: new Set(), sockets: new Set() };
@@ -188,6 +203,8 @@ async function waitSwitch(pred, ms) {
 const dataArgs = ['--repl-diskless-sync-delay', '0'];
 
 before(async () => {
+  const pgStarted = startPg();
+  pgStarted.catch(() => {});     // awaited below
   closed = await Promise.all([freePort(), freePort(), freePort()]);
   fake = await startFakeSentinel();
   [x, y] = await Promise.all([startRedis(), startRedis()]);
@@ -224,6 +241,18 @@ before(async () => {
   const main = sentinelList(sentinels);
   const auth = sentinelList(authSentinels);
   const pw = encodeURIComponent(PRIMARY_PW);
+
+  pg = await pgStarted;
+  await pg.admin('org', 'create', 'sentinel');
+  const instance = async (name, address, ...opts) =>
+    (await pg.admin('instance', 'create', 'sentinel', name, address, ...opts)).instance_id;
+  ks.MAIN = await instance('main', `redis-sentinel://${main}/${NAME}`, '--db', '6');
+  ks.AUTH = await instance('auth', `redis-sentinel://${auth}/${NAME}?sentinel_password=${SENTINEL_PW}`,
+    '--db', '7', '--password', PRIMARY_PW);
+  ks.UNKNOWN = await instance('unknown', `redis-sentinel://${main}/nosuchmaster`);
+  ks.BAD_SENTINEL = await instance('bad-sentinel', `redis-sentinel://${auth}/${NAME}?sentinel_password=${KS_WRONG_PW}`,
+    '--db', '8', '--password', PRIMARY_PW);
+  ksToken = (await pg.admin('key', 'create', 'sentinel', 'app')).token;
   nginx = await startNginx({
     instances: [
       { uuid: M, url: `redis-sentinel://${main}/${NAME}` },
@@ -247,6 +276,9 @@ before(async () => {
       `redisgate_connect_timeout ${CONNECT_TIMEOUT_MS}ms;`,
       `redisgate_reconnect_backoff 50ms ${BACKOFF_MAX_MS}ms;`,
       `redisgate_pool_size ${POOL};`,
+      `redisgate_pg "${pg.conninfo()}";`,
+      'redisgate_pg_timeout 5s;',
+      'redisgate_cache zone=sentinel_keys:1m;',
     ].join('\n'),
   });
 
@@ -259,13 +291,15 @@ before(async () => {
 
 after(async () => {
   try {
-    await stopAll(nginx, ...sentinels, ...authSentinels, p0, p1, p2, a0, a1, x, y);
+    await stopAll(nginx, ...sentinels, ...authSentinels, p0, p1, p2, a0, a1, x, y, pg);
   } finally {
     await fake?.close();
   }
 });
 
-const call = (id, rest, init = {}) => rg(nginx, id, token, rest, { timeoutMs: REQ_MS, ...init });
+// with the key of nginx.conf, or the key store's for its instances
+const call = (id, rest, init = {}) => rg(nginx, id, Object.values(ks).includes(id) ? ksToken : token,
+  rest, { timeoutMs: REQ_MS, ...init });
 
 // significant error.log lines since offset `from`
 const logSince = (from) => significantLogLines(nginx.errorLog().slice(from));
@@ -359,20 +393,22 @@ async function nginxConnections(srv) {
   return { byDb, lines };
 }
 
+// SET key=value through instance id, GET it back, and find it in database
+// db of srv (a RedisServer: the primary)
+async function assertSetGet(id, key, value, srv, db = 0) {
+  const set = await call(id, `/set/${key}/${value}`);
+  assert.equal(set.status, 200, set.text);
+  assert.deepEqual(set.json, { result: 'OK' });
+  assert.deepEqual((await call(id, `/get/${key}`)).json, { result: value });
+  assert.equal(await rawGet(srv, key, db), value, `in database ${db} of the primary`);
+}
+
 // ---------------------------------------------------------------------------
 
 test('SET/GET through the sentinels: the key is on the primary; /db selects the database', async () => {
   const v = `v-${hex}`;
-  const set = await call(M, `/set/sentinel:basic/${v}`);
-  assert.equal(set.status, 200, set.text);
-  assert.deepEqual(set.json, { result: 'OK' });
-  assert.deepEqual((await call(M, '/get/sentinel:basic')).json, { result: v });
-  assert.equal(await rawGet(p0, 'sentinel:basic'), v, 'on the primary P0, database 0');
-
-  const set3 = await call(M3, `/set/sentinel:db3/${v}`);
-  assert.equal(set3.status, 200, set3.text);
-  assert.deepEqual((await call(M3, '/get/sentinel:db3')).json, { result: v });
-  assert.equal(await rawGet(p0, 'sentinel:db3', 3), v, 'on the primary P0, database 3');
+  await assertSetGet(M, 'sentinel:basic', v, p0, 0);
+  await assertSetGet(M3, 'sentinel:db3', v, p0, 3);
   assert.equal(await rawGet(p0, 'sentinel:db3', 0), null, 'not in database 0');
   assert.deepEqual((await call(M, '/get/sentinel:db3')).json, { result: null });
 
@@ -415,12 +451,7 @@ test('a master name the sentinels do not know: the same 500', async () => {
 });
 
 test('the first sentinel of the list down, the second up: served normally', async () => {
-  const v = `fd-${hex}`;
-  const set = await call(FIRST_DOWN, `/set/sentinel:firstdown/${v}`);
-  assert.equal(set.status, 200, set.text);
-  assert.deepEqual(set.json, { result: 'OK' });
-  assert.deepEqual((await call(FIRST_DOWN, '/get/sentinel:firstdown')).json, { result: v });
-  assert.equal(await rawGet(p0, 'sentinel:firstdown', 1), v, 'on P0, database 1');
+  await assertSetGet(FIRST_DOWN, 'sentinel:firstdown', `fd-${hex}`, p0, 1);
   // every request, not only the first
   const rs = await Promise.all(Array.from({ length: 20 }, () => call(FIRST_DOWN, '/incr/sentinel:firstdown:n')));
   assert.deepEqual(rs.map((r) => r.status), Array(20).fill(200), rs.map((r) => r.text).join('\n'));
@@ -429,17 +460,10 @@ test('the first sentinel of the list down, the second up: served normally', asyn
 test('passwords: the primary\'s from the userinfo, the sentinels\' from the query; wrong ones refused', async () => {
   const from = nginx.errorLog().length;
   const v = `auth-${hex}`;
-  const set = await call(AUTH, `/set/sentinel:auth/${v}`);
-  assert.equal(set.status, 200, set.text);
-  assert.deepEqual(set.json, { result: 'OK' });
-  assert.deepEqual((await call(AUTH, '/get/sentinel:auth')).json, { result: v });
-  assert.equal(await rawGet(a0, 'sentinel:auth'), v, 'on the primary A0');
+  await assertSetGet(AUTH, 'sentinel:auth', v, a0, 0);
 
   // an ACL user on the sentinels, a password that needs percent-encoding
-  const u = await call(AUTH_USER, `/set/sentinel:auth:user/${v}`);
-  assert.equal(u.status, 200, u.text);
-  assert.deepEqual(u.json, { result: 'OK' });
-  assert.equal(await rawGet(a0, 'sentinel:auth:user', 2), v, 'on A0, database 2');
+  await assertSetGet(AUTH_USER, 'sentinel:auth:user', v, a0, 2);
 
   for (const [name, id] of [['wrong sentinel password', AUTH_BAD_SENTINEL], ['no sentinel password', AUTH_NO_SENTINEL]]) {
     const r = await call(id, '/get/sentinel:auth');
@@ -527,26 +551,47 @@ test('a sentinel that names a replica: 500 "the primary is changing", then serve
 });
 
 // ---------------------------------------------------------------------------
-// nginx.conf
+// the key store's instances (dynamic backends)
 
-// nginx -t of a configuration with these lines in http {}
-async function nginxT(httpLines) {
-  const dir = makeTmpDir('rg-conf-');
-  const conf = path.join(dir, 'nginx.conf');
-  writeFileSync(conf, [
-    `load_module ${REDISGATE_MODULE};`,
-    `pid ${dir}/nginx.pid;`,
-    `error_log ${dir}/error.log;`,
-    'events { worker_connections 64; }',
-    'http {',
-    '  access_log off;',
-    ...httpLines.map((l) => '  ' + l),
-    '  server { listen 127.0.0.1:1; location /redis/ { redisgate; } }',
-    '}',
-  ].join('\n') + '\n');
-  const r = await runProgram(NGINX_BIN, ['-t', '-p', dir + '/', '-c', conf], { timeoutMs: 20000 });
-  return { code: r.code, out: r.stdout + r.stderr };
-}
+test('key store: a sentinel address is served; password and database from the instance\'s columns', async () => {
+  const from = nginx.errorLog().length;
+  const v = `ks-${hex}`;
+  await assertSetGet(ks.MAIN, 'sentinel:ks', v, p0, 6);
+  assert.equal(await rawGet(p0, 'sentinel:ks', 0), null, 'not in database 0');
+  // the sentinels' password from the address, the primary's from the column
+  await assertSetGet(ks.AUTH, 'sentinel:ks:auth', v, a0, 7);
+  // every request, not only the first
+  const rs = await Promise.all(Array.from({ length: 20 }, (_, i) => call(i % 2 ? ks.AUTH : ks.MAIN, '/incr/sentinel:ks:n')));
+  assert.deepEqual(rs.map((r) => r.status), Array(20).fill(200), rs.map((r) => r.text).join('\n'));
+  assertCleanErrorLog(nginx.errorLog().slice(from));
+});
+
+test('key store: a master name the sentinels do not know, a wrong sentinel password: 500 "no sentinel knows the primary"', async () => {
+  const from = nginx.errorLog().length;
+  for (const [name, id, why] of [
+    ['unknown name', ks.UNKNOWN, /redisgate: sentinel 127\.0\.0\.1:\d+ does not know a primary named "nosuchmaster"/],
+    ['wrong sentinel password', ks.BAD_SENTINEL, /redisgate: authentication failed at sentinel 127\.0\.0\.1:\d+/],
+  ]) {
+    const r = await call(id, '/get/x');
+    assert.equal(r.status, 500, `${name}: ${r.text}`);
+    assert.deepEqual(r.json, { error: NO_SENTINEL }, name);
+    const lines = logSince(from);
+    assert.ok(lines.some((l) => why.test(l)), `${name}: ${why} in error.log:\n${lines.join('\n')}`);
+  }
+  // the instances on the same sentinels are unaffected
+  assert.equal((await call(ks.MAIN, '/ping')).status, 200);
+  assert.equal((await call(ks.AUTH, '/ping')).status, 200);
+  // no password of the key store's addresses or columns in what nginx wrote
+  const log = nginx.errorLog().slice(from);
+  for (const secret of [SENTINEL_PW, KS_WRONG_PW, PRIMARY_PW]) {
+    assert.ok(!log.includes(secret), `error.log shows a password: ${secret}\n` +
+      log.split('\n').filter((l) => l.includes(secret)).slice(0, 3).join('\n'));
+  }
+  assertCleanErrorLog(log);
+});
+
+// ---------------------------------------------------------------------------
+// nginx.conf
 
 test('sentinel URLs in nginx.conf: valid ones pass nginx -t, bad ones are refused with "invalid Redis URL"', async () => {
   const id = randomUUID();
@@ -559,7 +604,7 @@ test('sentinel URLs in nginx.conf: valid ones pass nginx -t, bad ones are refuse
     'redis-sentinel://127.0.0.1:26379/mymaster?sentinel_password=s%26p',
     'redis-sentinel://127.0.0.1:26379/mymaster/1?sentinel_user=u&sentinel_password=p',
   ]) {
-    const r = await nginxT([`redisgate_instance ${id} ${url};`]);
+    const r = await nginxTest([`redisgate_instance ${id} ${url};`]);
     assert.equal(r.code, 0, `${url}: ${r.out}`);
     assert.match(r.out, /test is successful/);
   }
@@ -573,7 +618,7 @@ test('sentinel URLs in nginx.conf: valid ones pass nginx -t, bad ones are refuse
     'redis-sentinel://127.0.0.1:1/mymaster?sentinel_pass=x', // not one of the parameters
     'redis-sentinel://127.0.0.1:99999/mymaster',             // not a port
   ]) {
-    const r = await nginxT([`redisgate_instance ${id} ${url};`]);
+    const r = await nginxTest([`redisgate_instance ${id} ${url};`]);
     assert.notEqual(r.code, 0, `${url} passed nginx -t`);
     assert.match(r.out, /\[emerg\].*invalid (Redis URL|port in Redis URL)/, `${url}: ${r.out}`);
   }
@@ -583,7 +628,7 @@ test('sentinel URLs in nginx.conf: valid ones pass nginx -t, bad ones are refuse
     `redis-sentinel://:${secret}@127.0.0.1:1`,
     `redis-sentinel://127.0.0.1:1/mymaster/x?sentinel_password=${secret}`,
   ]) {
-    const r = await nginxT([`redisgate_instance ${id} ${url};`]);
+    const r = await nginxTest([`redisgate_instance ${id} ${url};`]);
     assert.notEqual(r.code, 0, url);
     assert.ok(!r.out.includes(secret), `password echoed: ${r.out}`);
   }
@@ -598,67 +643,96 @@ test('nginx does not start with a sentinel URL without a master name', async () 
 // ---------------------------------------------------------------------------
 // failovers (they change the primary: keep them last)
 
-test('SENTINEL FAILOVER under load: errors only inside the failover window, then every write on the new primary', async (t) => {
-  assert.ok(await untilOk(() => sentinelsReady(sentinels, p1.port, 3), 300, 50), 'ready to fail over');
-  const from = nginx.errorLog().length;
-  let requested = 0;
-  let switched = null;
+// INCRs on M and M3 (CLIENTS loops) while fault() runs.  fault() resolves
+// { began, switched, ... }: when it made the fault, and waitSwitch()'s
+// answer once every sentinel names the new primary.  The load goes on for
+// at least minMs and until 3 s after the grace window.  Resolves fault()'s
+// answer with the results, those not 200 (errors) and those that started
+// after the window (late).
+async function loadAcross(fault, { counter, minMs }) {
   let stopAt = Infinity;
   const t0 = Date.now();
-
-  const failover = (async () => {
-    await sleep(1500);
-    requested = Date.now();
-    assert.equal(await sentinels[0].call(['SENTINEL', 'FAILOVER', NAME]), 'OK');
-    switched = await waitSwitch((p) => p === p1.port, 20000);
-    // 3 s of requests after the window
-    stopAt = Math.max(t0 + 8000, switched.at + GRACE_MS + 3000);
-  })();
-  failover.catch(() => { stopAt = 0; });
-
+  const faulted = fault().then((f) => {
+    stopAt = Math.max(t0 + minMs, f.switched.at + GRACE_MS + 3000);
+    return f;
+  }, (e) => { stopAt = 0; throw e; });
+  faulted.catch(() => {});       // awaited after the load
   const results = await timedLoad({
     clients: CLIENTS,
-    send: (w) => call(w % 2 ? M3 : M, '/incr/sentinel:failover:ctr'),
+    send: (w) => call(w % 2 ? M3 : M, `/incr/${counter}`),
     stop: () => Date.now() >= stopAt,
   });
-  await failover;
+  const f = await faulted;
+  return {
+    ...f,
+    results,
+    errors: results.filter((r) => r.status !== 200),
+    late: results.filter((r) => r.start > f.switched.at + GRACE_MS),
+  };
+}
 
-  const errors = results.filter((r) => r.status !== 200);
-  const late = results.filter((r) => r.start > switched.at + GRACE_MS);
-  t.diagnostic(`failover: ${results.length} requests, ${JSON.stringify(tally(results))}; ` +
-    `all sentinels switched ${switched.at - requested} ms after the request; ` +
-    `${repeatedIncrs(results)} INCR answers repeated a value (writes lost with the old primary)` +
-    (errors.length ? `; errors from +${Math.min(...errors.map((r) => r.end)) - requested} ms after the request ` +
-      `to +${Math.max(...errors.map((r) => r.start)) - switched.at} ms after the switch` : '; no errors'));
-
+// loadAcross()'s answers: errors are fixed texts, READONLY or LOADING, only
+// from the fault (`what`) to GRACE_MS after the switch; then all served
+function assertFailoverWindow({ began, switched, errors, late }, what) {
   assert.deepEqual(errors.filter((r) => !transient({ status: r.status, json: { error: r.error } }))
     .map((r) => `${r.status} ${r.text}`), [], 'only fixed "Redis unavailable: ..." texts, READONLY or LOADING');
-  const outside = errors.filter((r) => r.end < requested || r.start > switched.at + GRACE_MS);
-  assert.deepEqual(outside.map((r) => `${r.status} ${r.text} at ${r.start - switched.at} ms after the switch`), [],
-    'errors only between the failover request and 5 s after the switch');
+  assert.deepEqual(errors.filter((r) => r.end < began || r.start > switched.at + GRACE_MS)
+    .map((r) => `${r.status} ${r.text} at ${r.start - switched.at} ms after the switch`), [],
+  `errors only between ${what} and 5 s after the switch`);
   assert.ok(late.length > 0, 'requests after the window');
   assert.deepEqual(late.filter((r) => r.status !== 200).map((r) => r.text), [], 'after the window: 100 % served');
+}
 
-  // P1 is the primary now, and the gateway writes there
-  await assertStill(p1.port);
-  assert.equal((await p1.call(['ROLE']))[0], 'master');
-  const marker = `after-failover-${hex}`;
-  assert.deepEqual((await call(M, `/set/sentinel:marker/${marker}`)).json, { result: 'OK' });
-  assert.equal(await rawGet(p1, 'sentinel:marker'), marker, 'the write is on P1');
-  assert.deepEqual((await call(M3, `/set/sentinel:marker3/${marker}`)).json, { result: 'OK' });
-  assert.equal(await rawGet(p1, 'sentinel:marker3', 3), marker, 'database 3 on P1');
-  // an instance idle during the failover (its connections to P0 date from
-  // an earlier test) follows too
-  assert.deepEqual((await call(FIRST_DOWN, `/set/sentinel:marker1/${marker}`)).json, { result: 'OK' });
-  assert.equal(await rawGet(p1, 'sentinel:marker1', 1), marker, 'database 1 on P1');
-  // nothing of nginx's is left on the old primary
-  const stale = await nginxConnections(p0);
-  assert.deepEqual(stale.byDb, {}, `connections from nginx on the old primary P0:\n${stale.lines.join('\n')}`);
+// the sentinels still name `primary`, it is a primary, and a SET through
+// each instance ([id, db]) lands in that database of it
+async function assertWritesOn(primary, marker, instances) {
+  await assertStill(primary.port);
+  assert.equal((await primary.call(['ROLE']))[0], 'master');
+  for (const [id, db] of instances) {
+    const key = `sentinel:marker${db || ''}`;
+    assert.deepEqual((await call(id, `/set/${key}/${marker}`)).json, { result: 'OK' });
+    assert.equal(await rawGet(primary, key, db), marker,
+      `database ${db} of the new primary (${await whereIs(key, marker, db)})`);
+  }
+}
 
+// nginx still runs; since error.log offset `from`: no alert/crit/emerg, no
+// worker that exited or was ended by a signal
+function assertNoCrash(from) {
   assert.ok(nginx.running);
   const log = nginx.errorLog().slice(from);
   assertCleanErrorLog(log);
   assert.ok(!/worker process \d+ exited/.test(log), 'no worker exited');
+  const crash = significantLogLines(log).filter((l) => /signal|segfault/i.test(l));
+  assert.deepEqual(crash, [], 'no worker crashed');
+}
+
+test('SENTINEL FAILOVER under load: errors only inside the failover window, then every write on the new primary', async (t) => {
+  assert.ok(await untilOk(() => sentinelsReady(sentinels, p1.port, 3), 300, 50), 'ready to fail over');
+  const from = nginx.errorLog().length;
+
+  const run = await loadAcross(async () => {
+    await sleep(1500);
+    const began = Date.now();
+    assert.equal(await sentinels[0].call(['SENTINEL', 'FAILOVER', NAME]), 'OK');
+    return { began, switched: await waitSwitch((p) => p === p1.port, 20000) };
+  }, { counter: 'sentinel:failover:ctr', minMs: 8000 });
+  const { results, errors, began, switched } = run;
+  t.diagnostic(`failover: ${results.length} requests, ${JSON.stringify(tally(results))}; ` +
+    `all sentinels switched ${switched.at - began} ms after the request; ` +
+    `${repeatedIncrs(results)} INCR answers repeated a value (writes lost with the old primary)` +
+    (errors.length ? `; errors from +${Math.min(...errors.map((r) => r.end)) - began} ms after the request ` +
+      `to +${Math.max(...errors.map((r) => r.start)) - switched.at} ms after the switch` : '; no errors'));
+  assertFailoverWindow(run, 'the failover request');
+
+  // P1 is the primary now, and the gateway writes there; FIRST_DOWN and the
+  // key store's instance were idle during the failover (their connections
+  // to P0 date from earlier tests) and follow too
+  await assertWritesOn(p1, `after-failover-${hex}`, [[M, 0], [M3, 3], [FIRST_DOWN, 1], [ks.MAIN, 6]]);
+  // nothing of nginx's is left on the old primary
+  const stale = await nginxConnections(p0);
+  assert.deepEqual(stale.byDb, {}, `connections from nginx on the old primary P0:\n${stale.lines.join('\n')}`);
+  assertNoCrash(from);
 });
 
 test('the primary SIGKILLed under load: served again soon after the sentinels switch; no crash, no leaked connection', async (t) => {
@@ -667,38 +741,25 @@ test('the primary SIGKILLed under load: served again soon after the sentinels sw
     'the sentinels see P2 as a replica of P1');
   const servers = new Map([p0, p2].map((s) => [s.port, s]));
   const from = nginx.errorLog().length;
-  let killed = 0;
-  let switched = null;
-  let back = null;            // when a SET through the gateway first succeeded after the switch
-  let stopAt = Infinity;
-  const t0 = Date.now();
 
-  const fault = (async () => {
+  const run = await loadAcross(async () => {
     await sleep(1000);
-    killed = Date.now();
+    const began = Date.now();
     p1.child.kill('SIGKILL');
     await p1.stop();
-    switched = await waitSwitch((p) => servers.has(p), 30000);
+    const switched = await waitSwitch((p) => servers.has(p), 30000);
+    // when a SET through the gateway first succeeded after the switch
+    let back = null;
     for (let i = 0; !back && Date.now() < switched.at + 20000; i++) {
       const r = await call(M, `/set/sentinel:back/${i}`);
       if (r.status === 200) back = Date.now(); else await sleep(25);
     }
-    stopAt = Math.max(t0 + 6000, switched.at + GRACE_MS + 3000);
-  })();
-  fault.catch(() => { stopAt = 0; });
-
-  const results = await timedLoad({
-    clients: CLIENTS,
-    send: (w) => call(w % 2 ? M3 : M, '/incr/sentinel:kill:ctr'),
-    stop: () => Date.now() >= stopAt,
-  });
-  await fault;
+    return { began, switched, back };
+  }, { counter: 'sentinel:kill:ctr', minMs: 6000 });
+  const { results, began, switched, back } = run;
   const primary = servers.get(switched.port);
-
-  const errors = results.filter((r) => r.status !== 200);
-  const late = results.filter((r) => r.start > switched.at + GRACE_MS);
   t.diagnostic(`kill: ${results.length} requests, ${JSON.stringify(tally(results))}; ` +
-    `the sentinels switched to ${switched.port === p2.port ? 'P2' : 'P0'} ${switched.at - killed} ms after the kill; ` +
+    `the sentinels switched to ${switched.port === p2.port ? 'P2' : 'P0'} ${switched.at - began} ms after the kill; ` +
     (back ? `a SET succeeded ${back - switched.at} ms after the switch` : 'no SET succeeded') +
     `; ${repeatedIncrs(results)} INCR answers repeated a value (writes lost with the killed primary)`);
 
@@ -706,23 +767,10 @@ test('the primary SIGKILLed under load: served again soon after the sentinels sw
   assert.ok(back, 'a SET through the gateway succeeded after the switch');
   assert.ok(back - switched.at <= DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS + 1000,
     `served again ${back - switched.at} ms after the switch`);
-  assert.deepEqual(errors.filter((r) => !transient({ status: r.status, json: { error: r.error } }))
-    .map((r) => `${r.status} ${r.text}`), [], 'only fixed "Redis unavailable: ..." texts, READONLY or LOADING');
-  assert.deepEqual(errors.filter((r) => r.end < killed || r.start > switched.at + GRACE_MS)
-    .map((r) => `${r.status} ${r.text} at ${r.start - switched.at} ms after the switch`), [],
-  'errors only between the kill and 5 s after the switch');
-  assert.ok(late.length > 0, 'requests after the window');
-  assert.deepEqual(late.filter((r) => r.status !== 200).map((r) => r.text), [], 'after the window: 100 % served');
+  assertFailoverWindow(run, 'the kill');
 
   // the writes are on the new primary
-  await assertStill(switched.port);
-  assert.equal((await primary.call(['ROLE']))[0], 'master');
-  const marker = `after-kill-${hex}`;
-  assert.deepEqual((await call(M, `/set/sentinel:marker/${marker}`)).json, { result: 'OK' });
-  assert.equal(await rawGet(primary, 'sentinel:marker'), marker,
-    `the write is on the new primary (${await whereIs('sentinel:marker', marker)})`);
-  assert.deepEqual((await call(FIRST_DOWN, `/set/sentinel:marker1/${marker}`)).json, { result: 'OK' });
-  assert.equal(await rawGet(primary, 'sentinel:marker1', 1), marker, 'database 1 on the new primary');
+  await assertWritesOn(primary, `after-kill-${hex}`, [[M, 0], [FIRST_DOWN, 1], [ks.MAIN, 6]]);
 
   // a burst fills the pools: still at most POOL connections per worker and database
   const key = `sentinel:burst:${hex}`;
@@ -735,11 +783,5 @@ test('the primary SIGKILLed under load: served again soon after the sentinels sw
       `database ${db}: ${n} connections from nginx, more than ${POOL} x ${WORKERS} workers:\n${conns.lines.join('\n')}`);
   }
   assert.ok((conns.byDb['0'] ?? 0) > 0 && (conns.byDb['3'] ?? 0) > 0, `nginx is connected: ${conns.lines.join('\n')}`);
-
-  // no crash: no alert/crit/emerg, no worker ended by a signal
-  assert.ok(nginx.running);
-  const log = nginx.errorLog().slice(from);
-  assertCleanErrorLog(log);
-  const crash = significantLogLines(log).filter((l) => /signal|segfault/i.test(l));
-  assert.deepEqual(crash, [], 'no worker crashed');
+  assertNoCrash(from);
 });

@@ -94,6 +94,21 @@ our $Debug = do {
 our $DefaultConfig = "location /redis/ { redisgate; }\n";
 our $ExtraHttpConfig = '';
 
+# a test file's own nginx.conf instances: for each NAME => URL, the id
+# PREFIX-0000-4000-8000-<rank> (PREFIX: 8 hex digits; rank in the order of
+# the names) in $TEST_NGINX_<NAME>_INSTANCE, and its redisgate_instance line
+# (organization acme) in $ExtraHttpConfig
+sub add_instances {
+    my ($prefix, %inst) = @_;
+    my $n = 0;
+    for my $name (sort keys %inst) {
+        my $id = sprintf '%s-0000-4000-8000-%012d', $prefix, ++$n;
+        $ENV{"TEST_NGINX_${name}_INSTANCE"} = $id;
+        $ExtraHttpConfig .=
+            "    redisgate_instance $id $inst{$name} organization=acme;\n";
+    }
+}
+
 sub expand {
     my $text = shift;
     $text =~ s/\$(TEST_NGINX_[_A-Z0-9]+)/
