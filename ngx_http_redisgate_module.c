@@ -791,7 +791,8 @@ invalid:
 
 
 /*
- * redisgate_limit zone=name:size [rate=100r/s] [burst=200] [nodes=1];
+ * redisgate_limit zone=name:size [rate=100r/s] [burst=200] [nodes=1]
+ *                 [store=url];
  * rate and burst are for organizations without a plan (static keys).
  */
 
@@ -804,8 +805,10 @@ ngx_http_redisgate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     size_t       len;
     ssize_t      size;
     ngx_int_t    rate, burst, nodes;
-    ngx_str_t   *value, name;
+    ngx_str_t   *value, name, store;
     ngx_uint_t   i;
+
+    ngx_http_redisgate_backend_t  *backend;
 
     if (rmcf->limit) {
         return "is duplicate";
@@ -814,6 +817,7 @@ ngx_http_redisgate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
 
     ngx_str_null(&name);
+    ngx_str_null(&store);
     size = 0;
     rate = 100;
     burst = NGX_ERROR;
@@ -865,6 +869,17 @@ ngx_http_redisgate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "store=", 6) == 0) {
+            store.data = value[i].data + 6;
+            store.len = value[i].len - 6;
+
+            if (store.len == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
         goto invalid;
     }
 
@@ -880,6 +895,17 @@ ngx_http_redisgate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                                nodes);
     if (rmcf->limit == NULL) {
         return NGX_CONF_ERROR;
+    }
+
+    if (store.len) {
+        /* any Redis URL: the buckets of every server that names it */
+        backend = ngx_http_redisgate_static_backend(cf, rmcf, &store);
+        if (backend == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_http_redisgate_limit_set_store(rmcf->limit, backend,
+                                   NGX_HTTP_REDISGATE_LIMIT_STORE_TIMEOUT);
     }
 
     return NGX_CONF_OK;

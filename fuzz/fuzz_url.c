@@ -7,7 +7,7 @@
 /*
  * ngx_http_redisgate_parse_url(), then percent_decode() of the
  * credentials as redisgate_instance does.  Input: the URL, any form,
- * redis-sentinel:// included.
+ * redis-sentinel:// and redis-cluster:// included.
  */
 
 
@@ -106,6 +106,21 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(u.name.data > u.host.data);
         fuzz_decode(&u.sentinel_user);
         fuzz_decode(&u.sentinel_password);
+
+    } else if (u.cluster) {
+        FUZZ_CHECK((size > 16 && memcmp(buf, "redis-cluster://", 16) == 0)
+                   || (size > 17
+                       && memcmp(buf, "rediss-cluster://", 17) == 0));
+        FUZZ_CHECK(u.tls == (buf[5] == 's'));
+        FUZZ_CHECK(!u.unix_socket && u.path.len == 0 && u.name.len == 0);
+        FUZZ_CHECK(u.db == 0);
+
+        /* seeds, none empty */
+        FUZZ_CHECK(u.host.len > 0);
+        FUZZ_CHECK(u.host.data[0] != ',');
+        FUZZ_CHECK(u.host.data[u.host.len - 1] != ',');
+        FUZZ_CHECK(memchr(u.host.data, '/', u.host.len) == NULL);
+        FUZZ_CHECK(memchr(u.host.data, '@', u.host.len) == NULL);
 
     } else if (u.unix_socket) {
         FUZZ_CHECK(u.name.len == 0);

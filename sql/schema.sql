@@ -71,35 +71,54 @@ comment on schema redisgate is
 -- Helpers that the tables use
 -- ---------------------------------------------------------------------------
 
+create or replace function redisgate.hosts_problem(
+    hosts text, default_port integer, what text)
+returns text
+language plpgsql immutable parallel safe
+as $$
+declare
+    host text;
+begin
+    if hosts = '' then
+        return format('the address lists no %s', what);
+    end if;
+    if position('@' in hosts) > 0 then
+        return 'the credentials are the instance''s columns, not part of '
+               'the address';
+    end if;
+    foreach host in array string_to_array(hosts, ',') loop
+        if host !~ '^([0-9.]+|\[[0-9A-Fa-f:.]+\])(:[0-9]+)?$' then
+            return format('%s "%s" is not address[:port] (IPv4, or '
+                          'IPv6 in brackets)', what, host);
+        end if;
+        if host !~ ':[0-9]+$' then
+            host := host || ':' || default_port;
+        end if;
+        if redisgate.redis_address_problem(host) is not null then
+            return format('%s "%s": %s', what, host,
+                          redisgate.redis_address_problem(host));
+        end if;
+    end loop;
+    return null;
+end
+$$;
+
+comment on function redisgate.hosts_problem(text, integer, text) is
+    'Why a list of sentinels or cluster seeds is malformed, or NULL.';
+
 create or replace function redisgate.sentinel_address_problem(
     hosts text, name text, db text, query text)
 returns text
 language plpgsql immutable parallel safe
 as $$
 declare
-    host text;
+    problem text;
     param text;
 begin
-    if hosts = '' then
-        return 'a sentinel address lists the sentinels';
+    problem := redisgate.hosts_problem(hosts, 26379, 'sentinel');
+    if problem is not null then
+        return problem;
     end if;
-    if position('@' in hosts) > 0 then
-        return 'the credentials are the instance''s columns, not part of '
-               'the sentinel address';
-    end if;
-    foreach host in array string_to_array(hosts, ',') loop
-        if host !~ '^([0-9.]+|\[[0-9A-Fa-f:.]+\])(:[0-9]+)?$' then
-            return format('sentinel "%s" is not address[:port] (IPv4, or '
-                          'IPv6 in brackets)', host);
-        end if;
-        if host !~ ':[0-9]+$' then
-            host := host || ':26379';
-        end if;
-        if redisgate.redis_address_problem(host) is not null then
-            return format('sentinel "%s": %s', host,
-                          redisgate.redis_address_problem(host));
-        end if;
-    end loop;
     if name = '' then
         return 'a sentinel address ends with the primary''s name: '
                'redis-sentinel://address:port,.../name';
@@ -149,6 +168,16 @@ begin
     end if;
     if address ~ '^rediss?-sentinel:' then
         return 'expected redis-sentinel://address[:port][,address[:port]...]/name';
+    end if;
+
+    -- a Redis Cluster: seed nodes by address (port 6379 by default), the
+    -- credentials the instance's columns, database 0 only
+    m := regexp_match(address, '^rediss?-cluster://([^/?]*)$');
+    if m is not null then
+        return redisgate.hosts_problem(m[1], 6379, 'seed');
+    end if;
+    if address ~ '^rediss?-cluster:' then
+        return 'expected redis-cluster://address[:port][,address[:port]...]';
     end if;
 
     -- TLS: rediss:// before host:port or [IPv6]:port, checked as those are
@@ -217,8 +246,9 @@ $$;
 comment on function redisgate.redis_address_problem(text) is
     'Why a Redis address is malformed, or NULL when it is fine. Accepted: '
     'host:port, IPv4:port, [IPv6]:port, the same after rediss:// (TLS), '
-    'an absolute unix socket path, or redis[s]-sentinel://address[:port],'
-    '.../name[?sentinel_user=...&sentinel_password=...].';
+    'an absolute unix socket path, redis[s]-sentinel://address[:port],'
+    '.../name[?sentinel_user=...&sentinel_password=...], or '
+    'redis[s]-cluster://address[:port],....';
 
 create or replace function redisgate.token_hash(token text)
 returns text
@@ -834,6 +864,22 @@ comment on function redisgate.require_instance(uuid) is
     'Returns the id of a live (not deleted) instance, or raises '
     '"unknown instance".';
 
+create or replace function redisgate.check_cluster_db(address text,
+    db integer)
+returns void
+language plpgsql immutable
+as $$
+begin
+    if address ~ '^rediss?-cluster:' and db <> 0 then
+        raise exception 'a Redis Cluster has database 0 only'
+            using errcode = 'invalid_parameter_value';
+    end if;
+end
+$$;
+
+comment on function redisgate.check_cluster_db(text, integer) is
+    'Raises unless a cluster address goes with database 0.';
+
 create or replace function redisgate.create_instance(
     organization_id uuid,
     name text,
@@ -856,6 +902,8 @@ begin
         raise exception 'redis_db must be 0 or more'
             using errcode = 'invalid_parameter_value';
     end if;
+    perform redisgate.check_cluster_db(create_instance.redis_address,
+                                       create_instance.redis_db);
     if usr is not null and pass is null then
         raise exception 'a redis_user needs a redis_password'
             using errcode = 'invalid_parameter_value';
@@ -909,6 +957,9 @@ begin
         raise exception 'redis_db must be 0 or more'
             using errcode = 'invalid_parameter_value';
     end if;
+    perform redisgate.check_cluster_db(
+        coalesce(update_instance.redis_address, cur.redis_address),
+        coalesce(update_instance.redis_db, cur.redis_db));
     -- NULL keeps the current value, '' removes it
     usr := case when update_instance.redis_user is null then cur.redis_user
                 else nullif(update_instance.redis_user, '') end;

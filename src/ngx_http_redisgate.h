@@ -274,6 +274,10 @@ typedef void (*ngx_http_redisgate_retry_pt)(ngx_http_request_t *r);
 typedef void (*ngx_http_redisgate_resolved_pt)(ngx_http_request_t *r,
     ngx_int_t rc);
 
+/* the outcome of a rate limit that asked its store: NGX_OK or NGX_BUSY */
+typedef void (*ngx_http_redisgate_limited_pt)(ngx_http_request_t *r,
+    ngx_int_t rc);
+
 
 /* called for each reply in order, then once with reply == NULL and
  * done == 1; reply == NULL before that means the connection failed */
@@ -308,6 +312,7 @@ typedef struct {
     off_t                           length;
 
     ngx_http_redisgate_limit_state_t  limit;
+    void                           *lease;      /* limit.c's, with a store */
 
     ngx_msec_t                      redis_start;
     ngx_msec_t                      redis_time;
@@ -347,6 +352,10 @@ ngx_http_redisgate_backend_t *ngx_http_redisgate_backend_get(
 ngx_int_t ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
     ngx_http_request_t *r, ngx_http_redisgate_retry_pt retry,
     const char **error);
+ngx_int_t ngx_http_redisgate_backend_send(ngx_http_redisgate_backend_t *b,
+    ngx_http_request_t *r, ngx_http_redisgate_cmd_t *cmds, ngx_str_t *resp,
+    ngx_uint_t n, ngx_uint_t multi, ngx_msec_t timeout,
+    ngx_http_redisgate_reply_pt handler, void *data, const char **error);
 void ngx_http_redisgate_backend_wake(ngx_http_redisgate_backend_t *b);
 void ngx_http_redisgate_backend_move(ngx_http_redisgate_backend_t *b,
     ngx_sockaddr_t *sa, socklen_t socklen);
@@ -444,6 +453,8 @@ char *ngx_http_redisgate_instance(ngx_conf_t *cf, ngx_command_t *cmd,
 char *ngx_http_redisgate_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_redisgate_static_init(ngx_conf_t *cf,
     ngx_http_redisgate_main_conf_t *rmcf);
+ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
+    ngx_conf_t *cf, ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url);
 
 /* auth.c: token + instance -> organization, scopes, backend */
 void ngx_http_redisgate_auth_exit_process(void);
@@ -501,12 +512,19 @@ void ngx_http_redisgate_cache_stats(ngx_http_redisgate_cache_t *cache,
     ngx_uint_t *hits, ngx_uint_t *misses, ngx_uint_t *evictions);
 
 /* limit.c: plans' rates, per organization */
+
+/* how long a request waits for the rate limit store before this server
+ * counts instead */
+#define NGX_HTTP_REDISGATE_LIMIT_STORE_TIMEOUT  1000
 ngx_http_redisgate_limit_t *ngx_http_redisgate_limit_add(ngx_conf_t *cf,
     ngx_str_t *name, size_t size, ngx_uint_t rate, ngx_uint_t burst,
     ngx_uint_t nodes);
+void ngx_http_redisgate_limit_set_store(ngx_http_redisgate_limit_t *limit,
+    ngx_http_redisgate_backend_t *store, ngx_msec_t timeout);
 ngx_int_t ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
-    ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst, ngx_uint_t cost,
-    ngx_http_redisgate_limit_state_t *state);
+    ngx_http_request_t *r, ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst,
+    ngx_uint_t cost, ngx_http_redisgate_limit_state_t *state,
+    ngx_http_redisgate_limited_pt done);
 
 /* usage.c: what each organization used, to the key store */
 ngx_http_redisgate_usage_t *ngx_http_redisgate_usage_add(ngx_conf_t *cf,

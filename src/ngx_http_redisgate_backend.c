@@ -554,6 +554,29 @@ ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
 }
 
 
+/*
+ * n commands (in resp, formatted; MULTI and EXEC around them when multi)
+ * to a ready backend: a cluster's through scatter.c, any other's through
+ * its pool.  handler gets each reply in order, then (NULL, NULL).
+ * NGX_ABORT: a transaction across a cluster's slots, *error says so.
+ */
+
+ngx_int_t
+ngx_http_redisgate_backend_send(ngx_http_redisgate_backend_t *b,
+    ngx_http_request_t *r, ngx_http_redisgate_cmd_t *cmds, ngx_str_t *resp,
+    ngx_uint_t n, ngx_uint_t multi, ngx_msec_t timeout,
+    ngx_http_redisgate_reply_pt handler, void *data, const char **error)
+{
+    if (b->cluster) {
+        return ngx_http_redisgate_scatter(b, r, cmds, resp, n, multi,
+                                          timeout, handler, data, error);
+    }
+
+    return ngx_http_redisgate_redis_send(b, r, resp, n + (multi ? 2 : 0),
+                                         timeout, handler, data, error);
+}
+
+
 /* r waits for the backend's address: retry(r) when it is found, or not */
 
 static ngx_int_t

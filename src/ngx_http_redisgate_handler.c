@@ -29,6 +29,10 @@ static ngx_int_t ngx_http_redisgate_authorized(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx, ngx_int_t rc);
 static ngx_int_t ngx_http_redisgate_check_rate(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
+static void ngx_http_redisgate_rate_checked(ngx_http_request_t *r,
+    ngx_int_t rc);
+static ngx_int_t ngx_http_redisgate_rate_decided(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx, ngx_int_t rc);
 static ngx_int_t ngx_http_redisgate_read_headers(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
 static ngx_uint_t ngx_http_redisgate_is(ngx_str_t *s, char *text);
@@ -314,6 +318,7 @@ static ngx_int_t
 ngx_http_redisgate_check_rate(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx)
 {
+    ngx_int_t                        rc;
     ngx_http_redisgate_main_conf_t  *rmcf;
 
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
@@ -324,11 +329,55 @@ ngx_http_redisgate_check_rate(ngx_http_request_t *r,
 
     ctx->limited = 1;
 
-    if (ngx_http_redisgate_limit_take(rmcf->limit, &ctx->auth.organization,
-                                      ctx->auth.rate, ctx->auth.burst,
-                                      ctx->ncmds, &ctx->limit)
-        == NGX_OK)
-    {
+    rc = ngx_http_redisgate_limit_take(rmcf->limit, r,
+                                       &ctx->auth.organization,
+                                       ctx->auth.rate, ctx->auth.burst,
+                                       ctx->ncmds, &ctx->limit,
+                                       ngx_http_redisgate_rate_checked);
+
+    if (rc == NGX_AGAIN) {
+        /* the limit's store answers later; notice a client that leaves */
+        r->read_event_handler = ngx_http_test_reading;
+        r->write_event_handler = ngx_http_request_empty_handler;
+        return NGX_DONE;
+    }
+
+    return ngx_http_redisgate_rate_decided(r, ctx, rc);
+}
+
+
+/* the limit's store answered (or failed, and this server counted) */
+
+static void
+ngx_http_redisgate_rate_checked(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_connection_t          *c;
+    ngx_http_redisgate_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
+
+    rc = ngx_http_redisgate_rate_decided(r, ctx, rc);
+
+    if (rc == NGX_DECLINED) {
+        rc = ngx_http_redisgate_send_commands(r, ctx);
+    }
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* NGX_OK: on to Redis (NGX_DECLINED); NGX_BUSY: 429 */
+
+static ngx_int_t
+ngx_http_redisgate_rate_decided(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx, ngx_int_t rc)
+{
+    if (rc == NGX_OK) {
         return NGX_DECLINED;
     }
 
@@ -866,21 +915,11 @@ ngx_http_redisgate_dispatch(ngx_http_request_t *r,
                                           &error);
 
     if (rc == NGX_OK) {
-
-        if (ctx->auth.backend->cluster) {
-            rc = ngx_http_redisgate_scatter(ctx->auth.backend, r, ctx->cmds,
+        rc = ngx_http_redisgate_backend_send(ctx->auth.backend, r, ctx->cmds,
                          ctx->resp, ctx->ncmds,
                          ctx->route.kind == NGX_HTTP_REDISGATE_ROUTE_MULTI,
                          rlcf->timeout, ngx_http_redisgate_on_reply, ctx,
                          &error);
-
-        } else {
-            rc = ngx_http_redisgate_redis_send(ctx->auth.backend, r,
-                                               ctx->resp, ctx->nresp,
-                                               rlcf->timeout,
-                                               ngx_http_redisgate_on_reply,
-                                               ctx, &error);
-        }
 
         if (rc == NGX_OK) {
             ctx->redis_start = ngx_current_msec;

@@ -11,6 +11,15 @@
  * its cost, or is full; a request larger than the burst may so run the
  * bucket into debt, which later requests wait out.  Organizations nobody
  * called for a while leave the zone first when it is full.
+ *
+ * With store=, the bucket is in that Redis, for every nginx server that
+ * names it: a script takes tokens from it in leases of 50 ms of the rate
+ * (at least the request's cost), and the workers spend a lease from the
+ * shared zone.  Only the request that finds the lease spent waits for the
+ * store; a refusal is remembered until the store's bucket could hold the
+ * cost, so an organization over its rate does not reach the store at each
+ * request.  A store that fails or does not answer makes the worker count
+ * locally (each server its share, as nodes= says) for a second.
  */
 
 
@@ -24,6 +33,33 @@
 #define NGX_HTTP_REDISGATE_ORG_MAX  64
 
 
+/* the store's bucket, in millitokens; what it granted and what is left */
+#define NGX_HTTP_REDISGATE_LIMIT_SCRIPT                                      \
+    "local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]) "              \
+    "local want, need = tonumber(ARGV[3]), tonumber(ARGV[4]) "               \
+    "local t = redis.call('TIME') "                                          \
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000) "                     \
+    "local max = burst * 1000 "                                              \
+    "local b = redis.call('HMGET', KEYS[1], 'tokens', 'at') "                \
+    "local tokens = tonumber(b[1]) or max "                                  \
+    "local at = tonumber(b[2]) or now "                                      \
+    "if now > at then "                                                      \
+    "  tokens = math.min(max, tokens + (now - at) * rate) "                  \
+    "end "                                                                   \
+    "local granted = 0 "                                                     \
+    "if tokens >= need * 1000 or tokens >= max then "                        \
+    "  granted = math.max(need, math.min(want, math.floor(tokens / 1000))) " \
+    "  tokens = tokens - granted * 1000 "                                    \
+    "end "                                                                   \
+    "redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now) "              \
+    "redis.call('PEXPIRE', KEYS[1], "                                        \
+    "  math.ceil((max - tokens) / rate) + 1000) "                            \
+    "return {granted, tokens}"
+
+/* how long a store that failed is not asked */
+#define NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN  1000
+
+
 typedef struct {
     u_char                          color;
     u_char                          len;
@@ -31,6 +67,12 @@ typedef struct {
     ngx_queue_t                     queue;
     ngx_msec_t                      last;
     int64_t                         millitokens;
+
+    /* with a store */
+    int64_t                         lease;      /* granted, not spent */
+    int64_t                         store;      /* the store's, last seen */
+    ngx_msec_t                      denied_until;
+
     u_char                          org[1];
 } ngx_http_redisgate_bucket_t;
 
@@ -40,9 +82,58 @@ struct ngx_http_redisgate_limit_s {
     ngx_uint_t                         rate;      /* default, per second */
     ngx_uint_t                         burst;
     ngx_uint_t                         nodes;     /* nginx nodes sharing */
+
+    ngx_http_redisgate_backend_t      *store;     /* NULL: this server's */
+    ngx_msec_t                         timeout;
 };
 
 
+/* one request asking the store for a lease */
+typedef struct {
+    ngx_http_redisgate_limit_t        *limit;
+    ngx_http_request_t                *request;
+    ngx_str_t                          org;
+    ngx_uint_t                         rate;
+    ngx_uint_t                         burst;
+    ngx_uint_t                         cost;
+    ngx_http_redisgate_limit_state_t  *state;
+    ngx_http_redisgate_limited_pt      done;
+    ngx_int_t                          granted;   /* -1: no answer */
+    int64_t                            tokens;
+    const char                        *error;
+    ngx_http_redisgate_cmd_t           cmd;       /* EVAL script 1 key */
+    ngx_str_t                          resp;
+} ngx_http_redisgate_lease_t;
+
+
+/* a store that failed, in this worker: counted here until then */
+static ngx_msec_t  ngx_http_redisgate_limit_store_down;
+
+
+static ngx_int_t ngx_http_redisgate_limit_local(
+    ngx_http_redisgate_limit_t *limit, ngx_str_t *org, ngx_uint_t rate,
+    ngx_uint_t burst, ngx_uint_t cost,
+    ngx_http_redisgate_limit_state_t *state);
+static ngx_http_redisgate_bucket_t *ngx_http_redisgate_limit_bucket(
+    ngx_http_redisgate_limit_t *limit, ngx_str_t *org, int64_t max,
+    ngx_msec_t now);
+static void ngx_http_redisgate_limit_uncounted(
+    ngx_http_redisgate_limit_state_t *state, ngx_uint_t burst);
+static void ngx_http_redisgate_limit_shared_state(
+    ngx_http_redisgate_bucket_t *b, ngx_uint_t rate, int64_t max,
+    ngx_msec_t now, ngx_http_redisgate_limit_state_t *state);
+static ngx_int_t ngx_http_redisgate_limit_ask(
+    ngx_http_redisgate_limit_t *limit, ngx_http_request_t *r, ngx_str_t *org,
+    ngx_uint_t rate, ngx_uint_t burst, ngx_uint_t cost,
+    ngx_http_redisgate_limit_state_t *state,
+    ngx_http_redisgate_limited_pt done);
+static ngx_int_t ngx_http_redisgate_limit_send(
+    ngx_http_redisgate_lease_t *lease);
+static void ngx_http_redisgate_limit_retry(ngx_http_request_t *r);
+static void ngx_http_redisgate_limit_reply(void *data, redisReply *reply,
+    const char *error);
+static void ngx_http_redisgate_limit_store_failed(
+    ngx_http_redisgate_limit_t *limit, const char *error);
 static ngx_http_redisgate_bucket_t *ngx_http_redisgate_limit_lookup(
     ngx_http_redisgate_limit_t *limit, uint32_t hash, ngx_str_t *org);
 static ngx_int_t ngx_http_redisgate_limit_cmp(ngx_rbtree_node_t *one,
@@ -87,24 +178,33 @@ ngx_http_redisgate_limit_add(ngx_conf_t *cf, ngx_str_t *name, size_t size,
 }
 
 
+/* what a store is, for each worker: its backend, as any instance's */
+
+void
+ngx_http_redisgate_limit_set_store(ngx_http_redisgate_limit_t *limit,
+    ngx_http_redisgate_backend_t *store, ngx_msec_t timeout)
+{
+    limit->store = store;
+    limit->timeout = timeout;
+}
+
+
 /*
  * Takes cost tokens from the organization's bucket.  NGX_OK: let in;
- * NGX_BUSY: over the rate.  state tells the headers' numbers either way.
- * rate and burst are the plan's (0: the zone's defaults).
+ * NGX_BUSY: over the rate; NGX_AGAIN: the store is asked, done(r, NGX_OK
+ * or NGX_BUSY) follows.  state tells the headers' numbers.  rate and burst
+ * are the plan's (0: the zone's defaults).
  */
 
 ngx_int_t
 ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
-    ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst, ngx_uint_t cost,
-    ngx_http_redisgate_limit_state_t *state)
+    ngx_http_request_t *r, ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst,
+    ngx_uint_t cost, ngx_http_redisgate_limit_state_t *state,
+    ngx_http_redisgate_limited_pt done)
 {
-    size_t                        size;
-    int64_t                       max, tokens, need;
-    uint32_t                      hash;
+    int64_t                       max;
     ngx_int_t                     rc;
-    ngx_msec_t                    now, elapsed;
-    ngx_queue_t                  *q;
-    ngx_rbtree_node_t            *node;
+    ngx_msec_t                    now;
     ngx_http_redisgate_bucket_t  *b;
 
     if (rate == 0) {
@@ -115,66 +215,84 @@ ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
         burst = rate;
     }
 
+    now = ngx_current_msec;
+
+    if (limit->store == NULL
+        || (ngx_msec_int_t) (ngx_http_redisgate_limit_store_down - now) > 0)
+    {
+        return ngx_http_redisgate_limit_local(limit, org, rate, burst, cost,
+                                              state);
+    }
+
+    max = (int64_t) burst * 1000;
+
+    ngx_shmtx_lock(&limit->zone.shpool->mutex);
+
+    b = ngx_http_redisgate_limit_bucket(limit, org, max, now);
+
+    if (b == NULL) {
+        /* cannot count: let it in rather than refuse everyone */
+        ngx_shmtx_unlock(&limit->zone.shpool->mutex);
+        ngx_http_redisgate_limit_uncounted(state, burst);
+        return NGX_OK;
+    }
+
+    if ((ngx_msec_int_t) (b->denied_until - now) > 0) {
+        /* the store said no: until it could say yes */
+        rc = NGX_BUSY;
+
+    } else if (b->lease >= (int64_t) cost * 1000) {
+        /* the fast path: a lease this server holds */
+        b->lease -= (int64_t) cost * 1000;
+        rc = NGX_OK;
+
+    } else {
+        rc = NGX_AGAIN;
+    }
+
+    if (rc != NGX_AGAIN) {
+        ngx_http_redisgate_limit_shared_state(b, rate, max, now, state);
+    }
+
+    ngx_shmtx_unlock(&limit->zone.shpool->mutex);
+
+    if (rc != NGX_AGAIN) {
+        return rc;
+    }
+
+    return ngx_http_redisgate_limit_ask(limit, r, org, rate, burst, cost,
+                                        state, done);
+}
+
+
+/* this server's own bucket: all of the plan, or its share of N servers */
+
+static ngx_int_t
+ngx_http_redisgate_limit_local(ngx_http_redisgate_limit_t *limit,
+    ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst, ngx_uint_t cost,
+    ngx_http_redisgate_limit_state_t *state)
+{
+    int64_t                       max, tokens, need;
+    ngx_int_t                     rc;
+    ngx_msec_t                    now, elapsed;
+    ngx_http_redisgate_bucket_t  *b;
+
     /* each of N nodes behind a balancer takes its share */
     rate = ngx_max(rate / limit->nodes, 1);
     burst = ngx_max(burst / limit->nodes, 1);
 
     max = (int64_t) burst * 1000;
-
-    hash = ngx_crc32_short(org->data, ngx_min(org->len,
-                                              NGX_HTTP_REDISGATE_ORG_MAX));
     now = ngx_current_msec;
 
     ngx_shmtx_lock(&limit->zone.shpool->mutex);
 
-    b = ngx_http_redisgate_limit_lookup(limit, hash, org);
+    b = ngx_http_redisgate_limit_bucket(limit, org, max, now);
 
     if (b == NULL) {
-        size = offsetof(ngx_rbtree_node_t, color)
-               + offsetof(ngx_http_redisgate_bucket_t, org)
-               + ngx_min(org->len, NGX_HTTP_REDISGATE_ORG_MAX);
-
-        node = ngx_slab_alloc_locked(limit->zone.shpool, size);
-
-        while (node == NULL && !ngx_queue_empty(&limit->zone.sh->queue)) {
-            /* full: the organization idle the longest goes */
-            q = ngx_queue_last(&limit->zone.sh->queue);
-            b = ngx_queue_data(q, ngx_http_redisgate_bucket_t, queue);
-
-            ngx_queue_remove(q);
-            ngx_rbtree_delete(&limit->zone.sh->rbtree,
-                              ngx_http_redisgate_bucket_node(b));
-            ngx_slab_free_locked(limit->zone.shpool,
-                                 ngx_http_redisgate_bucket_node(b));
-
-            node = ngx_slab_alloc_locked(limit->zone.shpool, size);
-        }
-
-        if (node == NULL) {
-            /* cannot count: let it in rather than refuse everyone */
-            ngx_shmtx_unlock(&limit->zone.shpool->mutex);
-            state->limit = burst;
-            state->remaining = burst;
-            state->reset = 0;
-            state->retry_after = 0;
-            return NGX_OK;
-        }
-
-        node->key = hash;
-
-        b = ngx_http_redisgate_bucket(node);
-        b->len = (u_char) ngx_min(org->len, NGX_HTTP_REDISGATE_ORG_MAX);
-        ngx_memcpy(b->org, org->data, b->len);
-        b->millitokens = max;
-        b->last = now;
-
-        ngx_rbtree_insert(&limit->zone.sh->rbtree, node);
-
-    } else {
-        ngx_queue_remove(&b->queue);
+        ngx_shmtx_unlock(&limit->zone.shpool->mutex);
+        ngx_http_redisgate_limit_uncounted(state, burst);
+        return NGX_OK;
     }
-
-    ngx_queue_insert_head(&limit->zone.sh->queue, &b->queue);
 
     elapsed = now - b->last;
     b->last = now;
@@ -210,6 +328,379 @@ ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
                              / ((int64_t) rate * 1000));
 
     return rc;
+}
+
+
+/* the organization's bucket, made when new; the zone locked.  NULL: full */
+
+static ngx_http_redisgate_bucket_t *
+ngx_http_redisgate_limit_bucket(ngx_http_redisgate_limit_t *limit,
+    ngx_str_t *org, int64_t max, ngx_msec_t now)
+{
+    size_t                        size;
+    uint32_t                      hash;
+    ngx_queue_t                  *q;
+    ngx_rbtree_node_t            *node;
+    ngx_http_redisgate_bucket_t  *b;
+
+    hash = ngx_crc32_short(org->data, ngx_min(org->len,
+                                              NGX_HTTP_REDISGATE_ORG_MAX));
+
+    b = ngx_http_redisgate_limit_lookup(limit, hash, org);
+
+    if (b) {
+        ngx_queue_remove(&b->queue);
+        ngx_queue_insert_head(&limit->zone.sh->queue, &b->queue);
+        return b;
+    }
+
+    size = offsetof(ngx_rbtree_node_t, color)
+           + offsetof(ngx_http_redisgate_bucket_t, org)
+           + ngx_min(org->len, NGX_HTTP_REDISGATE_ORG_MAX);
+
+    node = ngx_slab_alloc_locked(limit->zone.shpool, size);
+
+    while (node == NULL && !ngx_queue_empty(&limit->zone.sh->queue)) {
+        /* full: the organization idle the longest goes */
+        q = ngx_queue_last(&limit->zone.sh->queue);
+        b = ngx_queue_data(q, ngx_http_redisgate_bucket_t, queue);
+
+        ngx_queue_remove(q);
+        ngx_rbtree_delete(&limit->zone.sh->rbtree,
+                          ngx_http_redisgate_bucket_node(b));
+        ngx_slab_free_locked(limit->zone.shpool,
+                             ngx_http_redisgate_bucket_node(b));
+
+        node = ngx_slab_alloc_locked(limit->zone.shpool, size);
+    }
+
+    if (node == NULL) {
+        return NULL;
+    }
+
+    node->key = hash;
+
+    b = ngx_http_redisgate_bucket(node);
+    ngx_memzero(b, offsetof(ngx_http_redisgate_bucket_t, org));
+
+    b->len = (u_char) ngx_min(org->len, NGX_HTTP_REDISGATE_ORG_MAX);
+    ngx_memcpy(b->org, org->data, b->len);
+    b->millitokens = max;
+    b->store = max;
+    b->last = now;
+
+    ngx_rbtree_insert(&limit->zone.sh->rbtree, node);
+    ngx_queue_insert_head(&limit->zone.sh->queue, &b->queue);
+
+    return b;
+}
+
+
+/* a zone too full to count in: the request goes in */
+
+static void
+ngx_http_redisgate_limit_uncounted(ngx_http_redisgate_limit_state_t *state,
+    ngx_uint_t burst)
+{
+    state->limit = burst;
+    state->remaining = burst;
+    state->reset = 0;
+    state->retry_after = 0;
+}
+
+
+/* the headers with a store: its bucket as last seen, and the lease */
+
+static void
+ngx_http_redisgate_limit_shared_state(ngx_http_redisgate_bucket_t *b,
+    ngx_uint_t rate, int64_t max, ngx_msec_t now,
+    ngx_http_redisgate_limit_state_t *state)
+{
+    int64_t  left, per_second;
+
+    per_second = (int64_t) rate * 1000;
+    left = b->store + b->lease;
+
+    state->limit = (ngx_uint_t) (max / 1000);
+    state->remaining = (left > 0) ? (ngx_uint_t) (left / 1000) : 0;
+    state->reset = (time_t) ((max - b->store + per_second - 1) / per_second);
+
+    state->retry_after = ((ngx_msec_int_t) (b->denied_until - now) > 0)
+                         ? (time_t) ((b->denied_until - now + 999) / 1000)
+                         : 0;
+}
+
+
+/*
+ * The store, for a lease: EVAL of the script with the bucket's key, the
+ * plan, what a lease is (50 ms of the rate, within the burst, at least
+ * the cost) and the cost.  Not asked: the local count answers.
+ */
+
+static ngx_int_t
+ngx_http_redisgate_limit_ask(ngx_http_redisgate_limit_t *limit,
+    ngx_http_request_t *r, ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst,
+    ngx_uint_t cost, ngx_http_redisgate_limit_state_t *state,
+    ngx_http_redisgate_limited_pt done)
+{
+    u_char                      *p;
+    u_char                       nums[4][NGX_INT_T_LEN];
+    ngx_str_t                    argv[8];
+    ngx_uint_t                   want, i;
+    ngx_http_redisgate_cmd_t     cmd;
+    ngx_http_redisgate_ctx_t    *ctx;
+    ngx_http_redisgate_lease_t  *lease;
+
+    lease = ngx_pcalloc(r->pool, sizeof(ngx_http_redisgate_lease_t));
+    if (lease == NULL) {
+        return ngx_http_redisgate_limit_local(limit, org, rate, burst, cost,
+                                              state);
+    }
+
+    lease->limit = limit;
+    lease->request = r;
+    lease->org = *org;
+    lease->rate = rate;
+    lease->burst = burst;
+    lease->cost = cost;
+    lease->state = state;
+    lease->done = done;
+    lease->granted = -1;
+
+    want = ngx_max(cost, ngx_min(burst, ngx_max(rate / 20, 1)));
+
+    ngx_str_set(&argv[0], "EVAL");
+    ngx_str_set(&argv[1], NGX_HTTP_REDISGATE_LIMIT_SCRIPT);
+    ngx_str_set(&argv[2], "1");
+
+    /* one key, in one slot of a cluster whatever the name holds */
+    argv[3].len = sizeof("redisgate:limit:{}") - 1 + org->len;
+    argv[3].data = ngx_pnalloc(r->pool, argv[3].len);
+    if (argv[3].data == NULL) {
+        return ngx_http_redisgate_limit_local(limit, org, rate, burst, cost,
+                                              state);
+    }
+
+    ngx_sprintf(argv[3].data, "redisgate:limit:{%V}", org);
+
+    argv[4].data = nums[0];
+    argv[4].len = ngx_sprintf(nums[0], "%ui", rate) - nums[0];
+    argv[5].data = nums[1];
+    argv[5].len = ngx_sprintf(nums[1], "%ui", burst) - nums[1];
+    argv[6].data = nums[2];
+    argv[6].len = ngx_sprintf(nums[2], "%ui", want) - nums[2];
+    argv[7].data = nums[3];
+    argv[7].len = ngx_sprintf(nums[3], "%ui", cost) - nums[3];
+
+    cmd.argv = argv;
+    cmd.argc = 8;
+
+    lease->resp.data = ngx_pnalloc(r->pool,
+                                   ngx_http_redisgate_resp_command_len(&cmd));
+    if (lease->resp.data == NULL) {
+        return ngx_http_redisgate_limit_local(limit, org, rate, burst, cost,
+                                              state);
+    }
+
+    p = ngx_http_redisgate_resp_command(lease->resp.data, &cmd);
+    lease->resp.len = p - lease->resp.data;
+
+    /* the command, for a cluster's routing: its key after the rest */
+    lease->cmd.argv = ngx_palloc(r->pool, 4 * sizeof(ngx_str_t));
+    if (lease->cmd.argv == NULL) {
+        return ngx_http_redisgate_limit_local(limit, org, rate, burst, cost,
+                                              state);
+    }
+
+    for (i = 0; i < 4; i++) {
+        lease->cmd.argv[i] = argv[i];
+    }
+
+    lease->cmd.argc = 4;
+
+    /* for the retry, when the store's address is not known yet */
+    ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
+    ctx->lease = lease;
+
+    return ngx_http_redisgate_limit_send(lease);
+}
+
+
+/* to the store once it has an address (asked again when it had none) */
+
+static ngx_int_t
+ngx_http_redisgate_limit_send(ngx_http_redisgate_lease_t *lease)
+{
+    ngx_int_t                    rc;
+    const char                  *error;
+    ngx_http_redisgate_limit_t  *limit;
+
+    limit = lease->limit;
+
+    rc = ngx_http_redisgate_backend_ready(limit->store, lease->request,
+                                          ngx_http_redisgate_limit_retry,
+                                          &error);
+
+    if (rc == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_redisgate_backend_send(limit->store, lease->request,
+                                             &lease->cmd, &lease->resp, 1, 0,
+                                             limit->timeout,
+                                             ngx_http_redisgate_limit_reply,
+                                             lease, &error);
+        if (rc == NGX_OK) {
+            return NGX_AGAIN;
+        }
+    }
+
+    ngx_http_redisgate_limit_store_failed(limit, error);
+
+    return ngx_http_redisgate_limit_local(limit, &lease->org, lease->rate,
+                                          lease->burst, lease->cost,
+                                          lease->state);
+}
+
+
+static void
+ngx_http_redisgate_limit_retry(ngx_http_request_t *r)
+{
+    ngx_int_t                    rc;
+    ngx_http_redisgate_ctx_t    *ctx;
+    ngx_http_redisgate_lease_t  *lease;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
+    lease = ctx->lease;
+
+    rc = ngx_http_redisgate_limit_send(lease);
+
+    if (rc != NGX_AGAIN) {
+        lease->done(r, rc);
+    }
+}
+
+
+/* [granted, the store's millitokens], then the end */
+
+static void
+ngx_http_redisgate_limit_reply(void *data, redisReply *reply,
+    const char *error)
+{
+    ngx_http_redisgate_lease_t *lease = data;
+
+    int64_t                       max, need;
+    ngx_int_t                     rc;
+    ngx_msec_t                    now;
+    ngx_http_redisgate_bucket_t  *b;
+    ngx_http_redisgate_limit_t   *limit;
+
+    limit = lease->limit;
+
+    if (reply) {
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+            && reply->element[0]->type == REDIS_REPLY_INTEGER
+            && reply->element[1]->type == REDIS_REPLY_INTEGER
+            && reply->element[0]->integer >= 0)
+        {
+            lease->granted = (ngx_int_t) reply->element[0]->integer;
+            lease->tokens = reply->element[1]->integer;
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, lease->request->connection->log, 0,
+                          "redisgate: the rate limit store %V answered "
+                          "%*s", &limit->store->address.url,
+                          reply->type == REDIS_REPLY_ERROR
+                          ? (size_t) reply->len : sizeof("something else")
+                                                  - 1,
+                          reply->type == REDIS_REPLY_ERROR
+                          ? reply->str : "something else");
+        }
+
+        return;
+    }
+
+    if (error) {
+        /* the link logged why; the end follows */
+        lease->granted = -1;
+        lease->error = error;
+        return;
+    }
+
+    if (lease->granted < 0) {
+        ngx_http_redisgate_limit_store_failed(limit, lease->error
+                                                     ? lease->error
+                                                     : "a wrong answer");
+
+        rc = ngx_http_redisgate_limit_local(limit, &lease->org, lease->rate,
+                                            lease->burst, lease->cost,
+                                            lease->state);
+        lease->done(lease->request, rc);
+        return;
+    }
+
+    max = (int64_t) lease->burst * 1000;
+    need = (int64_t) lease->cost * 1000;
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&limit->zone.shpool->mutex);
+
+    b = ngx_http_redisgate_limit_bucket(limit, &lease->org, max, now);
+
+    if (b == NULL) {
+        ngx_shmtx_unlock(&limit->zone.shpool->mutex);
+        ngx_http_redisgate_limit_uncounted(lease->state, lease->burst);
+        lease->done(lease->request, NGX_OK);
+        return;
+    }
+
+    b->store = lease->tokens;
+
+    if (lease->granted > 0) {
+        /* the cost now, the rest for the next requests of any worker */
+        b->lease += (int64_t) lease->granted * 1000 - need;
+        b->denied_until = now;
+        rc = NGX_OK;
+
+    } else {
+        /* until the store's bucket holds the cost (or is full) */
+        need = ngx_min(need, max) - lease->tokens;
+        b->denied_until = now + (ngx_msec_t)
+                          ((need + (int64_t) lease->rate - 1)
+                           / (int64_t) lease->rate);
+        rc = NGX_BUSY;
+    }
+
+    ngx_http_redisgate_limit_shared_state(b, lease->rate, max, now,
+                                          lease->state);
+
+    ngx_shmtx_unlock(&limit->zone.shpool->mutex);
+
+    lease->done(lease->request, rc);
+}
+
+
+/* counted here for a second, and said once */
+
+static void
+ngx_http_redisgate_limit_store_failed(ngx_http_redisgate_limit_t *limit,
+    const char *error)
+{
+    if ((ngx_msec_int_t) (ngx_http_redisgate_limit_store_down
+                          - ngx_current_msec) > 0)
+    {
+        return;
+    }
+
+    ngx_http_redisgate_limit_store_down = ngx_current_msec
+                                          + NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN;
+
+    ngx_log_error(NGX_LOG_WARN, limit->store->log, 0,
+                  "redisgate: the rate limit store %V failed (%s): this "
+                  "server counts its share of each plan for %ui ms",
+                  &limit->store->address.url, error ? error : "no answer",
+                  (ngx_uint_t) NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN);
 }
 
 

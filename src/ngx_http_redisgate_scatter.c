@@ -92,6 +92,7 @@ typedef struct {
 
     ngx_http_redisgate_part_t      *parts;
     ngx_uint_t                      nparts;
+    ngx_uint_t                      parts_size;
     ngx_http_redisgate_command_state_t  *commands;
 
     ngx_http_redisgate_reply_pt     handler;
@@ -246,11 +247,7 @@ ngx_http_redisgate_scatter(ngx_http_redisgate_backend_t *b,
         return NGX_DECLINED;
     }
 
-    /* parts of one command to one node, for most: the handler's RESP */
-
-    for (i = 0; i < n; i++) {
-        sc->commands[i].first = i;
-    }
+    sc->parts_size = n;
 
     rc = ngx_http_redisgate_scatter_plan(sc, error);
     if (rc != NGX_OK) {
@@ -439,37 +436,33 @@ ngx_http_redisgate_scatter_plan(ngx_http_redisgate_scatter_t *sc,
 }
 
 
-/* a part of command i, at the end of the parts (grown when split) */
+/* a part of command i, at the end of the parts */
 
 static ngx_http_redisgate_part_t *
 ngx_http_redisgate_scatter_part(ngx_http_redisgate_scatter_t *sc,
     ngx_uint_t i, ngx_uint_t slot)
 {
-    ngx_uint_t                           size;
     ngx_http_redisgate_part_t           *p, *parts;
     ngx_http_redisgate_command_state_t  *c;
 
-    c = &sc->commands[i];
-
-    /* one part per command fits in the first allocation */
-
-    size = sc->n + (sc->nparts >= sc->n ? sc->nparts - sc->n + 1 : 0);
-
-    if (sc->nparts >= sc->n
-        && (sc->nparts == sc->n || (sc->nparts & (sc->nparts - 1)) == 0))
-    {
-        size = sc->nparts * 2;
+    if (sc->nparts == sc->parts_size) {
+        /* split commands: twice the room (one part per command fits) */
 
         parts = ngx_palloc(sc->request->pool,
-                           size * sizeof(ngx_http_redisgate_part_t));
+                           2 * sc->parts_size
+                           * sizeof(ngx_http_redisgate_part_t));
         if (parts == NULL) {
             return NULL;
         }
 
         ngx_memcpy(parts, sc->parts,
                    sc->nparts * sizeof(ngx_http_redisgate_part_t));
+
         sc->parts = parts;
+        sc->parts_size *= 2;
     }
+
+    c = &sc->commands[i];
 
     if (c->nparts == 0) {
         c->first = sc->nparts;

@@ -24,8 +24,6 @@ static ngx_int_t ngx_http_redisgate_parse_discovered(ngx_conf_t *cf,
     ngx_http_redisgate_url_t *parts, ngx_http_redisgate_backend_t *b);
 static ngx_int_t ngx_http_redisgate_decode_userinfo(ngx_conf_t *cf,
     ngx_str_t *raw, ngx_str_t *s);
-static ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
-    ngx_conf_t *cf, ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url);
 static ngx_uint_t ngx_http_redisgate_str_eq(ngx_str_t *one, ngx_str_t *two);
 static int ngx_libc_cdecl ngx_http_redisgate_instance_cmp(const void *one,
     const void *two);
@@ -278,9 +276,12 @@ ngx_http_redisgate_parse_scopes(ngx_str_t *value, ngx_uint_t *scopes)
 }
 
 
-/* instances sharing a URL share a backend, and so a pool */
+/*
+ * The backend of a Redis URL in nginx.conf (an instance's, the rate limit
+ * store's): the same URL and credentials share one, and so a pool.
+ */
 
-static ngx_http_redisgate_backend_t *
+ngx_http_redisgate_backend_t *
 ngx_http_redisgate_static_backend(ngx_conf_t *cf,
     ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url)
 {

@@ -232,7 +232,10 @@ for bad in nohost 'h:0' 'h:65536' '[1.2.3.4]:1' '[zz]:1' 'a b:1' \
            'redis-sentinel://sentinel-1:26379/m' \
            'redis-sentinel://:pw@1.2.3.4/m' 'redis-sentinel://1.2.3.4/m/0' \
            'redis-sentinel://1.2.3.4:0/m' 'redis-sentinel://1.2.3.4/m?db=1' \
-           'redis-sentinel:/1.2.3.4/m' 'redis-sentinel://[1.2.3.4]/m'; do
+           'redis-sentinel:/1.2.3.4/m' 'redis-sentinel://[1.2.3.4]/m' \
+           redis-cluster:// 'redis-cluster://n1:7000' \
+           'redis-cluster://1.2.3.4:7000,' 'redis-cluster://1.2.3.4:7000/0' \
+           'redis-cluster://:pw@1.2.3.4:7000' 'redis-cluster:/1.2.3.4'; do
     refused "instance create refuses address '$bad'" 'malformed redis_address' \
         "$admin" instance create acme bad "$bad"
 done
@@ -257,6 +260,20 @@ sents=$("$admin" -q instance create acme sents \
           'rediss-sentinel://10.0.0.1:26379/main?sentinel_password=p%40ss')
 like "$sents" '^[0-9a-f-]{36}$' \
      "instance create on rediss-sentinel:// with the sentinels' password"
+clus=$("$admin" -q instance create acme clus \
+          'redis-cluster://127.0.0.1:7000,127.0.0.1:7001,[::1]')
+like "$clus" '^[0-9a-f-]{36}$' "instance create on redis-cluster://"
+cluss=$("$admin" -q instance create acme cluss 'rediss-cluster://10.0.0.1:7000')
+like "$cluss" '^[0-9a-f-]{36}$' "instance create on rediss-cluster://"
+refused "instance create: a cluster with a database" \
+    'a Redis Cluster has database 0 only' \
+    "$admin" instance create acme clusdb 'redis-cluster://10.0.0.1' --db 2
+refused "instance update: a database for a cluster" \
+    'a Redis Cluster has database 0 only' \
+    "$admin" instance update "$clus" --db 1
+address_problem 'redis-cluster://seed-1:7000' \
+    'seed "seed-1:7000" is not address[:port] (IPv4, or IPv6 in brackets)' \
+    "cluster seeds by address only"
 address_problem 'redis-sentinel://s1:26379/m' \
     'sentinel "s1:26379" is not address[:port] (IPv4, or IPv6 in brackets)' \
     "sentinels by address only"
