@@ -757,12 +757,20 @@ ngx_http_redisgate_scatter_go(ngx_http_redisgate_scatter_t *sc,
         nodes[i] = p->node ? p->node
                            : ngx_http_redisgate_cluster_node(sc->cluster,
                                                              p->slot);
+
+        if (nodes[i] == NULL) {
+            /* a map with no primary in it */
+            ngx_http_redisgate_scatter_fail(sc, "Redis unavailable: no "
+                                            "cluster node serves the keys");
+            return NGX_OK;
+        }
     }
 
     for (i = 0; i < n; i++) {
         node = nodes[i];
 
         if (node == NULL) {
+            /* sent with another part of its node's */
             continue;
         }
 

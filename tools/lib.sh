@@ -80,6 +80,38 @@ EOF
     redisgate_wait_port "$2"
 }
 
+# redisgate_start_cluster DIR PORT...: a private Redis Cluster of one
+# primary per PORT (no replicas), unpersisted, each in DIR/PORT with its
+# pid in DIR/PORT/redis.pid, the slots spread by redis-cli --cluster
+# create; returns once every node says cluster_state:ok
+redisgate_start_cluster() {
+    local dir=$1 p i nodes=()
+    shift
+    for p in "$@"; do
+        mkdir -p "$dir/$p" || return 1
+        redis-server --port "$p" --bind 127.0.0.1 --save '' \
+            --appendonly no --cluster-enabled yes \
+            --cluster-config-file "$dir/$p/nodes.conf" \
+            --cluster-node-timeout 2000 --dir "$dir/$p" --daemonize yes \
+            --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log" \
+            || return 1
+        redisgate_wait_port "$p" || return 1
+        nodes+=("127.0.0.1:$p")
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-yes \
+        >"$dir/create.log" 2>&1 || { cat "$dir/create.log" >&2; return 1; }
+    for i in $(seq 1 100); do
+        [ "$i" -gt 1 ] && sleep 0.1
+        for p in "$@"; do
+            redis-cli -h 127.0.0.1 -p "$p" CLUSTER INFO 2>/dev/null \
+                | grep -q '^cluster_state:ok' || continue 2
+        done
+        return 0
+    done
+    echo "the cluster on $* did not get ready" >&2
+    return 1
+}
+
 # redisgate_pid_alive PID: the process runs (a zombie does not: where
 # process 1 does not reap orphans, a daemon that exited stays one a while)
 redisgate_pid_alive() {
