@@ -5,9 +5,10 @@
 
 
 /*
- * ngx_http_redisgate_command_keys() and _key_slot().  Input: a command as
- * NUL-separated arguments, the first one its name (as a client sends it);
- * the table entry is found as the policy finds it ("name|sub" first).
+ * ngx_http_redisgate_command_keys(), _key_slot() and the SCAN cursors of
+ * a cluster.  Input: a command as NUL-separated arguments, the first one
+ * its name (as a client sends it), the entry found as the policy finds it
+ * ("name|sub" first); the whole input again as a node's SCAN cursor.
  */
 
 
@@ -19,6 +20,7 @@
 
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+static void fuzz_cursor(u_char *in, size_t size);
 
 
 #define FUZZ_ARGS  64
@@ -121,8 +123,56 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
 
+    /* SCAN cursors: the input as a node's cursor, carried and back */
+
+    fuzz_cursor(in, size);
+
     free(in);
     fuzz_free_all();
 
     return 0;
+}
+
+
+static void
+fuzz_cursor(u_char *in, size_t size)
+{
+    u_char      buf[NGX_INT64_LEN];
+    size_t      len, n;
+    uint64_t    inner, back;
+    ngx_uint_t  node, nodes, at;
+
+    nodes = size ? (in[0] % NGX_HTTP_REDISGATE_SCAN_NODES) + 1 : 1;
+    node = size > 1 ? in[1] % nodes : 0;
+
+    len = ngx_http_redisgate_scan_cursor_next(buf, in, size, node, nodes);
+
+    FUZZ_CHECK(len <= NGX_INT64_LEN);
+
+    if (len == 0) {
+        return;
+    }
+
+    FUZZ_CHECK(ngx_http_redisgate_scan_cursor_parse(buf, len, &back, &at)
+               == NGX_OK);
+
+    /* the node's own cursor, as a number */
+    inner = 0;
+    for (n = 0; n < size; n++) {
+        inner = inner * 10 + (in[n] - '0');
+    }
+
+    if (inner) {
+        /* the same node, further on */
+        FUZZ_CHECK(at == node && back == inner);
+
+    } else if (node + 1 < nodes) {
+        /* the next node, from its start */
+        FUZZ_CHECK(at == node + 1 && back == 0);
+
+    } else {
+        /* the end */
+        FUZZ_CHECK(len == 1 && buf[0] == '0');
+    }
+
 }

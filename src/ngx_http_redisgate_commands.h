@@ -85,5 +85,14 @@ ngx_int_t ngx_http_redisgate_command_keys(
     ngx_uint_t *keys, ngx_uint_t *n);
 ngx_uint_t ngx_http_redisgate_key_slot(u_char *key, size_t len);
 
+/* a SCAN cursor over a cluster: the node's cursor, times this, plus the
+ * node's index */
+#define NGX_HTTP_REDISGATE_SCAN_NODES       1024
+
+ngx_int_t ngx_http_redisgate_scan_cursor_parse(u_char *s, size_t len,
+    uint64_t *inner, ngx_uint_t *node);
+size_t ngx_http_redisgate_scan_cursor_next(u_char *buf, u_char *s,
+    size_t len, ngx_uint_t node, ngx_uint_t nodes);
+
 
 #endif /* _NGX_HTTP_REDISGATE_COMMANDS_H_INCLUDED_ */

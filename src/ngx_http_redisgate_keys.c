@@ -300,3 +300,99 @@ ngx_http_redisgate_key_slot(u_char *key, size_t len)
 
     return crc & (NGX_HTTP_REDISGATE_SLOTS - 1);
 }
+
+
+/*
+ * SCAN over a cluster's primaries: the client's cursor is the node's
+ * cursor times NGX_HTTP_REDISGATE_SCAN_NODES plus the node's index, so
+ * that 0 starts at the first node.  NGX_ERROR: not a cursor (or too big).
+ */
+
+ngx_int_t
+ngx_http_redisgate_scan_cursor_parse(u_char *s, size_t len, uint64_t *inner,
+    ngx_uint_t *node)
+{
+    size_t    i;
+    uint64_t  cursor;
+
+    if (len == 0 || len > NGX_INT64_LEN) {
+        return NGX_ERROR;
+    }
+
+    cursor = 0;
+
+    for (i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9'
+            || cursor > (UINT64_MAX - (uint64_t) (s[i] - '0')) / 10)
+        {
+            return NGX_ERROR;
+        }
+
+        cursor = cursor * 10 + (s[i] - '0');
+    }
+
+    *node = (ngx_uint_t) (cursor % NGX_HTTP_REDISGATE_SCAN_NODES);
+    *inner = cursor / NGX_HTTP_REDISGATE_SCAN_NODES;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The cursor for the client after node (of nodes) answered with the
+ * cursor s: the same node further on, the next node from its start, or
+ * 0 at the end.  Into buf (NGX_INT64_LEN bytes): its length, 0 when s is
+ * not a cursor or too big to carry the node.
+ */
+
+size_t
+ngx_http_redisgate_scan_cursor_next(u_char *buf, u_char *s, size_t len,
+    ngx_uint_t node, ngx_uint_t nodes)
+{
+    size_t    i;
+    u_char   *p;
+    uint64_t  inner, cursor;
+
+    if (len == 0 || len > NGX_INT64_LEN
+        || node >= NGX_HTTP_REDISGATE_SCAN_NODES)
+    {
+        return 0;
+    }
+
+    inner = 0;
+
+    for (i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9'
+            || inner > (UINT64_MAX - (uint64_t) (s[i] - '0')) / 10)
+        {
+            return 0;
+        }
+
+        inner = inner * 10 + (s[i] - '0');
+    }
+
+    if (inner == 0) {
+        /* this node is done: the next, or the end */
+        cursor = (node + 1 < nodes) ? node + 1 : 0;
+
+    } else if (inner > (UINT64_MAX - node) / NGX_HTTP_REDISGATE_SCAN_NODES) {
+        return 0;
+
+    } else {
+        cursor = inner * NGX_HTTP_REDISGATE_SCAN_NODES + node;
+    }
+
+    /* digits, last first: no nginx function here */
+
+    p = buf + NGX_INT64_LEN;
+
+    do {
+        *--p = (u_char) ('0' + cursor % 10);
+        cursor /= 10;
+    } while (cursor);
+
+    len = buf + NGX_INT64_LEN - p;
+    ngx_memmove(buf, p, len);
+
+    return len;
+}

@@ -42,9 +42,6 @@
 #define NGX_HTTP_REDISGATE_SCATTER_RETRIES    5
 #define NGX_HTTP_REDISGATE_SCATTER_WAIT       100     /* ms, doubling */
 
-/* a SCAN cursor: the node's cursor times this, plus the node's index */
-#define NGX_HTTP_REDISGATE_SCATTER_SCAN_NODES 1024
-
 
 /* how the replies of a command's parts become its reply */
 #define NGX_HTTP_REDISGATE_MERGE_NONE    0   /* one part: its reply */
@@ -595,10 +592,10 @@ static ngx_int_t
 ngx_http_redisgate_scatter_scan(ngx_http_redisgate_scatter_t *sc,
     ngx_uint_t i)
 {
-    u_char                         *p, buf[NGX_INT64_LEN];
-    uint64_t                        cursor, inner;
+    u_char                          buf[NGX_INT64_LEN];
+    uint64_t                        inner;
     ngx_str_t                      *argv;
-    ngx_uint_t                      k, n, node;
+    ngx_uint_t                      n, node;
     ngx_http_redisgate_cmd_t       *cmd;
     ngx_http_redisgate_part_t      *part;
     ngx_http_redisgate_backend_t  **nodes;
@@ -606,8 +603,11 @@ ngx_http_redisgate_scatter_scan(ngx_http_redisgate_scatter_t *sc,
     cmd = &sc->cmds[i];
     nodes = ngx_http_redisgate_cluster_nodes(sc->cluster, &n);
 
-    if (cmd->argc < 2 || cmd->argv[1].len == 0 || cmd->argv[1].len > 20
-        || n > NGX_HTTP_REDISGATE_SCATTER_SCAN_NODES)
+    if (cmd->argc < 2 || n > NGX_HTTP_REDISGATE_SCAN_NODES
+        || ngx_http_redisgate_scan_cursor_parse(cmd->argv[1].data,
+                                                cmd->argv[1].len, &inner,
+                                                &node)
+           != NGX_OK)
     {
         /* any node says what is wrong with it */
         return ngx_http_redisgate_scatter_part(sc, i,
@@ -615,27 +615,8 @@ ngx_http_redisgate_scatter_scan(ngx_http_redisgate_scatter_t *sc,
                ? NGX_OK : NGX_ERROR;
     }
 
-    cursor = 0;
-
-    for (k = 0; k < cmd->argv[1].len; k++) {
-        p = &cmd->argv[1].data[k];
-
-        if (*p < '0' || *p > '9'
-            || cursor > (UINT64_MAX - (*p - '0')) / 10)
-        {
-            return ngx_http_redisgate_scatter_part(sc, i,
-                                                   NGX_HTTP_REDISGATE_SLOTS)
-                   ? NGX_OK : NGX_ERROR;
-        }
-
-        cursor = cursor * 10 + (*p - '0');
-    }
-
-    node = cursor % NGX_HTTP_REDISGATE_SCATTER_SCAN_NODES;
-    inner = cursor / NGX_HTTP_REDISGATE_SCATTER_SCAN_NODES;
-
     if (node >= n) {
-        /* a cursor from before the cluster shrank: the scan is over */
+        /* a cursor from before the cluster shrank: the last node again */
         node = n - 1;
         inner = 0;
     }
@@ -1510,10 +1491,10 @@ static ngx_int_t
 ngx_http_redisgate_scatter_cursor(ngx_http_redisgate_scatter_t *sc,
     ngx_http_redisgate_command_state_t *c, redisReply *reply)
 {
-    u_char      *p, buf[NGX_INT64_LEN + 1];
-    uint64_t     inner, cursor;
-    ngx_uint_t   n, i;
-    redisReply  *e;
+    u_char      buf[NGX_INT64_LEN];
+    size_t      len;
+    ngx_uint_t  n;
+    redisReply *e;
 
     (void) ngx_http_redisgate_cluster_nodes(sc->cluster, &n);
 
@@ -1524,42 +1505,28 @@ ngx_http_redisgate_scatter_cursor(ngx_http_redisgate_scatter_t *sc,
     }
 
     e = reply->element[0];
-    inner = 0;
 
-    for (i = 0; i < e->len; i++) {
-        inner = inner * 10 + (e->str[i] - '0');
+    len = ngx_http_redisgate_scan_cursor_next(buf, (u_char *) e->str, e->len,
+                                              c->scan, n);
+    if (len == 0) {
+        ngx_log_error(NGX_LOG_ERR, sc->request->connection->log, 0,
+                      "redisgate: a SCAN cursor \"%*s\" of %V that cannot "
+                      "carry its node", (size_t) e->len, e->str,
+                      &sc->backend->address.url);
+        return NGX_ERROR;
     }
-
-    if (inner) {
-        if (inner > (UINT64_MAX - c->scan)
-                    / NGX_HTTP_REDISGATE_SCATTER_SCAN_NODES)
-        {
-            ngx_log_error(NGX_LOG_ERR, sc->request->connection->log, 0,
-                          "redisgate: a SCAN cursor of %V too large to "
-                          "carry its node", &sc->backend->address.url);
-            return NGX_ERROR;
-        }
-
-        cursor = inner * NGX_HTTP_REDISGATE_SCATTER_SCAN_NODES + c->scan;
-
-    } else {
-        /* this node is done: the next, or the end */
-        cursor = (c->scan + 1 < n) ? c->scan + 1 : 0;
-    }
-
-    p = ngx_sprintf(buf, "%uL", cursor);
-    *p = '\0';
 
     free(e->str);
 
-    e->str = malloc(p - buf + 1);
+    e->str = malloc(len + 1);
     if (e->str == NULL) {
         e->len = 0;
         return NGX_ERROR;
     }
 
-    ngx_memcpy(e->str, buf, p - buf + 1);
-    e->len = p - buf;
+    ngx_memcpy(e->str, buf, len);
+    e->str[len] = '\0';
+    e->len = len;
 
     return NGX_OK;
 }
