@@ -899,7 +899,7 @@ ngx_http_redisgate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (store.len) {
         /* any Redis URL: the buckets of every server that names it */
-        backend = ngx_http_redisgate_static_backend(cf, rmcf, &store);
+        backend = ngx_http_redisgate_static_backend(cf, rmcf, &store, 0);
         if (backend == NULL) {
             return NGX_CONF_ERROR;
         }

@@ -24,6 +24,9 @@
 #define NGX_HTTP_REDISGATE_SCOPE_WRITE   0x02
 #define NGX_HTTP_REDISGATE_SCOPE_ADMIN   0x04
 
+/* longest organization name: nginx.conf's; the key store's are UUIDs */
+#define NGX_HTTP_REDISGATE_ORG_MAX       64
+
 /* longest "command|subcommand" name the policy looks up */
 #define NGX_HTTP_REDISGATE_NAME_MAX      64
 
@@ -155,6 +158,7 @@ struct ngx_http_redisgate_backend_s {
     ngx_http_redisgate_sentinel_t  *sentinel;   /* names the address */
     ngx_http_redisgate_cluster_t   *cluster;    /* its primaries' pools */
     ngx_uint_t                      refs;       /* clusters that use it */
+    unsigned                        shared:1;   /* nginx.conf's instances */
     unsigned                        resolved:1; /* node has an address */
     unsigned                        resolve_error:1;
     unsigned                        resolve_starting:1;
@@ -454,7 +458,8 @@ char *ngx_http_redisgate_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_redisgate_static_init(ngx_conf_t *cf,
     ngx_http_redisgate_main_conf_t *rmcf);
 ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
-    ngx_conf_t *cf, ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url);
+    ngx_conf_t *cf, ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url,
+    ngx_uint_t share);
 
 /* auth.c: token + instance -> organization, scopes, backend */
 void ngx_http_redisgate_auth_exit_process(void);

@@ -16,10 +16,11 @@
  * names it: a script takes tokens from it in leases of 50 ms of the rate
  * (at least the request's cost), and the workers spend a lease from the
  * shared zone.  Only the request that finds the lease spent waits for the
- * store; a refusal is remembered until the store's bucket could hold the
- * cost, so an organization over its rate does not reach the store at each
- * request.  A store that fails or does not answer makes the worker count
- * locally (each server its share, as nodes= says) for a second.
+ * store.  What the store said last, refilled at the rate since, tells
+ * whether asking could help: an organization over its rate does not reach
+ * the store at each request.  A store that fails or does not answer makes
+ * the worker count locally (each server its share, as nodes= says) for a
+ * second, doubling while it keeps failing.
  */
 
 
@@ -28,9 +29,6 @@
 #include <ngx_http.h>
 
 #include "ngx_http_redisgate.h"
-
-
-#define NGX_HTTP_REDISGATE_ORG_MAX  64
 
 
 /* the store's bucket, in millitokens; what it granted and what is left */
@@ -56,8 +54,9 @@
     "  math.ceil((max - tokens) / rate) + 1000) "                            \
     "return {granted, tokens}"
 
-/* how long a store that failed is not asked */
-#define NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN  1000
+/* how long a store that failed is not asked: doubling, up to the max */
+#define NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN      1000
+#define NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN_MAX  30000
 
 
 typedef struct {
@@ -71,7 +70,7 @@ typedef struct {
     /* with a store */
     int64_t                         lease;      /* granted, not spent */
     int64_t                         store;      /* the store's, last seen */
-    ngx_msec_t                      denied_until;
+    ngx_msec_t                      store_at;   /* when */
 
     u_char                          org[1];
 } ngx_http_redisgate_bucket_t;
@@ -108,6 +107,7 @@ typedef struct {
 
 /* a store that failed, in this worker: counted here until then */
 static ngx_msec_t  ngx_http_redisgate_limit_store_down;
+static ngx_msec_t  ngx_http_redisgate_limit_store_wait;
 
 
 static ngx_int_t ngx_http_redisgate_limit_local(
@@ -119,9 +119,13 @@ static ngx_http_redisgate_bucket_t *ngx_http_redisgate_limit_bucket(
     ngx_msec_t now);
 static void ngx_http_redisgate_limit_uncounted(
     ngx_http_redisgate_limit_state_t *state, ngx_uint_t burst);
+static int64_t ngx_http_redisgate_limit_estimate(
+    ngx_http_redisgate_bucket_t *b, ngx_uint_t rate, int64_t max,
+    ngx_msec_t now);
 static void ngx_http_redisgate_limit_shared_state(
     ngx_http_redisgate_bucket_t *b, ngx_uint_t rate, int64_t max,
-    ngx_msec_t now, ngx_http_redisgate_limit_state_t *state);
+    ngx_uint_t cost, ngx_msec_t now,
+    ngx_http_redisgate_limit_state_t *state);
 static ngx_int_t ngx_http_redisgate_limit_ask(
     ngx_http_redisgate_limit_t *limit, ngx_http_request_t *r, ngx_str_t *org,
     ngx_uint_t rate, ngx_uint_t burst, ngx_uint_t cost,
@@ -237,21 +241,26 @@ ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
         return NGX_OK;
     }
 
-    if ((ngx_msec_int_t) (b->denied_until - now) > 0) {
-        /* the store said no: until it could say yes */
-        rc = NGX_BUSY;
-
-    } else if (b->lease >= (int64_t) cost * 1000) {
+    if (b->lease >= (int64_t) cost * 1000) {
         /* the fast path: a lease this server holds */
         b->lease -= (int64_t) cost * 1000;
         rc = NGX_OK;
+
+    } else if (ngx_http_redisgate_limit_estimate(b, rate, max, now)
+               < ngx_min((int64_t) cost * 1000, max))
+    {
+        /* the store's bucket, as last seen and refilled since, cannot
+         * hold it: no use asking */
+        rc = NGX_BUSY;
 
     } else {
         rc = NGX_AGAIN;
     }
 
     if (rc != NGX_AGAIN) {
-        ngx_http_redisgate_limit_shared_state(b, rate, max, now, state);
+        ngx_http_redisgate_limit_shared_state(b, rate, max,
+                                              rc == NGX_BUSY ? cost : 0,
+                                              now, state);
     }
 
     ngx_shmtx_unlock(&limit->zone.shpool->mutex);
@@ -387,6 +396,7 @@ ngx_http_redisgate_limit_bucket(ngx_http_redisgate_limit_t *limit,
     ngx_memcpy(b->org, org->data, b->len);
     b->millitokens = max;
     b->store = max;
+    b->store_at = now;
     b->last = now;
 
     ngx_rbtree_insert(&limit->zone.sh->rbtree, node);
@@ -409,24 +419,41 @@ ngx_http_redisgate_limit_uncounted(ngx_http_redisgate_limit_state_t *state,
 }
 
 
-/* the headers with a store: its bucket as last seen, and the lease */
+/* the store's bucket now, from what it said last and the rate since */
+
+static int64_t
+ngx_http_redisgate_limit_estimate(ngx_http_redisgate_bucket_t *b,
+    ngx_uint_t rate, int64_t max, ngx_msec_t now)
+{
+    int64_t  tokens;
+
+    tokens = b->store + (int64_t) (now - b->store_at) * (int64_t) rate;
+
+    return ngx_min(tokens, max);
+}
+
+
+/* the headers with a store: its bucket as estimated, and the lease */
 
 static void
 ngx_http_redisgate_limit_shared_state(ngx_http_redisgate_bucket_t *b,
-    ngx_uint_t rate, int64_t max, ngx_msec_t now,
+    ngx_uint_t rate, int64_t max, ngx_uint_t cost, ngx_msec_t now,
     ngx_http_redisgate_limit_state_t *state)
 {
-    int64_t  left, per_second;
+    int64_t  store, left, need, per_second;
 
     per_second = (int64_t) rate * 1000;
-    left = b->store + b->lease;
+    store = ngx_http_redisgate_limit_estimate(b, rate, max, now);
+    left = store + b->lease;
+    need = ngx_min((int64_t) cost * 1000, max);
 
     state->limit = (ngx_uint_t) (max / 1000);
     state->remaining = (left > 0) ? (ngx_uint_t) (left / 1000) : 0;
-    state->reset = (time_t) ((max - b->store + per_second - 1) / per_second);
+    state->reset = (time_t) ((max - store + per_second - 1) / per_second);
 
-    state->retry_after = ((ngx_msec_int_t) (b->denied_until - now) > 0)
-                         ? (time_t) ((b->denied_until - now + 999) / 1000)
+    state->retry_after = (left < need)
+                         ? (time_t) ((need - store + per_second - 1)
+                                     / per_second)
                          : 0;
 }
 
@@ -640,6 +667,9 @@ ngx_http_redisgate_limit_reply(void *data, redisReply *reply,
         return;
     }
 
+    /* it answers: the next failure is counted around for a second */
+    ngx_http_redisgate_limit_store_wait = 0;
+
     max = (int64_t) lease->burst * 1000;
     need = (int64_t) lease->cost * 1000;
     now = ngx_current_msec;
@@ -655,25 +685,22 @@ ngx_http_redisgate_limit_reply(void *data, redisReply *reply,
         return;
     }
 
+    /* what the next requests estimate from, until the store is asked */
     b->store = lease->tokens;
+    b->store_at = now;
 
     if (lease->granted > 0) {
         /* the cost now, the rest for the next requests of any worker */
         b->lease += (int64_t) lease->granted * 1000 - need;
-        b->denied_until = now;
         rc = NGX_OK;
 
     } else {
-        /* until the store's bucket holds the cost (or is full) */
-        need = ngx_min(need, max) - lease->tokens;
-        b->denied_until = now + (ngx_msec_t)
-                          ((need + (int64_t) lease->rate - 1)
-                           / (int64_t) lease->rate);
         rc = NGX_BUSY;
     }
 
-    ngx_http_redisgate_limit_shared_state(b, lease->rate, max, now,
-                                          lease->state);
+    ngx_http_redisgate_limit_shared_state(b, lease->rate, max,
+                                          rc == NGX_OK ? 0 : lease->cost,
+                                          now, lease->state);
 
     ngx_shmtx_unlock(&limit->zone.shpool->mutex);
 
@@ -681,7 +708,11 @@ ngx_http_redisgate_limit_reply(void *data, redisReply *reply,
 }
 
 
-/* counted here for a second, and said once */
+/*
+ * Counted here for a while, said once: a second, doubling while the store
+ * keeps failing (a store that does not answer costs a request its wait
+ * once per while), back to a second once it answers.
+ */
 
 static void
 ngx_http_redisgate_limit_store_failed(ngx_http_redisgate_limit_t *limit,
@@ -693,14 +724,23 @@ ngx_http_redisgate_limit_store_failed(ngx_http_redisgate_limit_t *limit,
         return;
     }
 
+    if (ngx_http_redisgate_limit_store_wait == 0) {
+        ngx_http_redisgate_limit_store_wait =
+                                        NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN;
+    }
+
     ngx_http_redisgate_limit_store_down = ngx_current_msec
-                                          + NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN;
+                                        + ngx_http_redisgate_limit_store_wait;
 
     ngx_log_error(NGX_LOG_WARN, limit->store->log, 0,
                   "redisgate: the rate limit store %V failed (%s): this "
-                  "server counts its share of each plan for %ui ms",
+                  "server counts its share of each plan for %M ms",
                   &limit->store->address.url, error ? error : "no answer",
-                  (ngx_uint_t) NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN);
+                  ngx_http_redisgate_limit_store_wait);
+
+    ngx_http_redisgate_limit_store_wait =
+                            ngx_min(2 * ngx_http_redisgate_limit_store_wait,
+                                    NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN_MAX);
 }
 
 

@@ -24,6 +24,8 @@ static ngx_int_t ngx_http_redisgate_parse_discovered(ngx_conf_t *cf,
     ngx_http_redisgate_url_t *parts, ngx_http_redisgate_backend_t *b);
 static ngx_int_t ngx_http_redisgate_decode_userinfo(ngx_conf_t *cf,
     ngx_str_t *raw, ngx_str_t *s);
+static ngx_int_t ngx_http_redisgate_organization(ngx_conf_t *cf,
+    ngx_str_t *value, ngx_str_t *org);
 static ngx_uint_t ngx_http_redisgate_str_eq(ngx_str_t *one, ngx_str_t *two);
 static int ngx_libc_cdecl ngx_http_redisgate_instance_cmp(const void *one,
     const void *two);
@@ -92,11 +94,14 @@ ngx_http_redisgate_instance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     inst->organization = ngx_http_redisgate_default_org;
 
     for (i = 3; i < cf->args->nelts; i++) {
-        if (ngx_strncmp(value[i].data, "organization=", 13) == 0
-            && value[i].len > 13)
-        {
-            inst->organization.data = value[i].data + 13;
-            inst->organization.len = value[i].len - 13;
+        if (ngx_strncmp(value[i].data, "organization=", 13) == 0) {
+            if (ngx_http_redisgate_organization(cf, &value[i],
+                                                &inst->organization)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
             continue;
         }
 
@@ -105,7 +110,7 @@ ngx_http_redisgate_instance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    inst->backend = ngx_http_redisgate_static_backend(cf, rmcf, &value[2]);
+    inst->backend = ngx_http_redisgate_static_backend(cf, rmcf, &value[2], 1);
     if (inst->backend == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -172,11 +177,14 @@ ngx_http_redisgate_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "organization=", 13) == 0
-            && value[i].len > 13)
-        {
-            key->organization.data = value[i].data + 13;
-            key->organization.len = value[i].len - 13;
+        if (ngx_strncmp(value[i].data, "organization=", 13) == 0) {
+            if (ngx_http_redisgate_organization(cf, &value[i],
+                                                &key->organization)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
             continue;
         }
 
@@ -277,13 +285,14 @@ ngx_http_redisgate_parse_scopes(ngx_str_t *value, ngx_uint_t *scopes)
 
 
 /*
- * The backend of a Redis URL in nginx.conf (an instance's, the rate limit
- * store's): the same URL and credentials share one, and so a pool.
+ * The backend of a Redis URL in nginx.conf.  Instances of the same URL and
+ * credentials share one (share), and so a pool; the rate limit store has
+ * its own, so that its short timeout never drops an instance's connection.
  */
 
 ngx_http_redisgate_backend_t *
 ngx_http_redisgate_static_backend(ngx_conf_t *cf,
-    ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url)
+    ngx_http_redisgate_main_conf_t *rmcf, ngx_str_t *url, ngx_uint_t share)
 {
     ngx_uint_t                     i;
     ngx_http_redisgate_backend_t  *b, *t, **bp;
@@ -299,8 +308,12 @@ ngx_http_redisgate_static_backend(ngx_conf_t *cf,
 
     bp = rmcf->backends.elts;
 
-    for (i = 0; i < rmcf->backends.nelts; i++) {
+    for (i = 0; share && i < rmcf->backends.nelts; i++) {
         t = bp[i];
+
+        if (!t->shared) {
+            continue;
+        }
 
         /* the URL holds all but the credentials, the sentinels' too */
         if (ngx_http_redisgate_str_eq(&t->address.url, &b->address.url)
@@ -320,8 +333,33 @@ ngx_http_redisgate_static_backend(ngx_conf_t *cf,
     }
 
     *bp = b;
+    b->shared = share;
 
     return b;
+}
+
+
+/*
+ * organization=<name>: 1 to NGX_HTTP_REDISGATE_ORG_MAX bytes, as the rate
+ * limit's and usage's zones keep them whole (a longer one would share
+ * another's bucket)
+ */
+
+static ngx_int_t
+ngx_http_redisgate_organization(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_str_t *org)
+{
+    if (value->len <= 13 || value->len - 13 > NGX_HTTP_REDISGATE_ORG_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "organization names are 1 to %d bytes long: "
+                           "\"%V\"", NGX_HTTP_REDISGATE_ORG_MAX, value);
+        return NGX_ERROR;
+    }
+
+    org->data = value->data + 13;
+    org->len = value->len - 13;
+
+    return NGX_OK;
 }
 
 
