@@ -192,7 +192,7 @@ valgrind: build-deps test-deps
 	rm -rf $(VALGRIND_DIR) && mkdir -p $(VALGRIND_DIR)
 	REDISGATE_VALGRIND_DIR=$(VALGRIND_DIR) \
 	    NGINX_BIN=$(CURDIR)/tools/valgrind-nginx NGINX_REAL=$(NGINX_BIN) \
-	    TEST_FILES=$(TEST_FILES) t/run-tests
+	    TEST_NGINX_STARTUP_TIMEOUT=30 TEST_FILES=$(TEST_FILES) t/run-tests
 	tools/valgrind-report $(VALGRIND_DIR)
 
 # make faults: t/client/load.test.mjs, its phases FAULT_SECONDS (60) each

@@ -395,6 +395,7 @@ struct ngx_http_redisgate_ask_s {
     ngx_uint_t                      asked;      /* in this round */
     unsigned                        asking:1;
     unsigned                        answered:1; /* this node, this round */
+    unsigned                        auth_failed:1;  /* in this round */
 };
 
 ngx_http_redisgate_node_t *ngx_http_redisgate_ask_nodes(ngx_pool_t *pool,

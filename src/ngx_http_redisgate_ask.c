@@ -93,8 +93,9 @@ ngx_http_redisgate_ask_nodes(ngx_pool_t *pool, ngx_str_t *hosts,
                    url.addrs[0].socklen);
         node->socklen = url.addrs[0].socklen;
 
-        node->name.len = len + 1 + url.url.len;
-        node->name.data = ngx_pnalloc(pool, node->name.len);
+        /* "<what> host:port", the default port too */
+        node->name.data = ngx_pnalloc(pool, len + 1 + url.host.len
+                                            + sizeof(":65535") - 1);
         node->tls_name.data = ngx_pnalloc(pool, url.host.len + 1);
 
         if (node->name.data == NULL || node->tls_name.data == NULL) {
@@ -102,7 +103,9 @@ ngx_http_redisgate_ask_nodes(ngx_pool_t *pool, ngx_str_t *hosts,
             return NULL;
         }
 
-        ngx_sprintf(node->name.data, "%s %V", what, &url.url);
+        node->name.len = ngx_sprintf(node->name.data, "%s %V:%d", what,
+                                     &url.host, (int) url.port)
+                         - node->name.data;
 
         node->tls_name.len = url.host.len;
         *ngx_cpymem(node->tls_name.data, url.host.data, url.host.len) = '\0';
@@ -150,6 +153,7 @@ ngx_http_redisgate_ask_start(ngx_http_redisgate_ask_t *ask)
 
     ask->asking = 1;
     ask->asked = 0;
+    ask->auth_failed = 0;
 
     ngx_http_redisgate_ask_next(&ask->step);
 }
@@ -327,6 +331,10 @@ ngx_http_redisgate_ask_reply(void *data, redisReply *reply,
 
     if (reply == NULL) {
         /* the transport logged why, or the deadline did */
+        if (ask->link.failure == NGX_HTTP_REDISGATE_FAIL_AUTH) {
+            ask->auth_failed = 1;
+        }
+
         ngx_http_redisgate_ask_failed(ask);
         return;
     }

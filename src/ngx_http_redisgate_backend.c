@@ -61,6 +61,7 @@ static void ngx_http_redisgate_backend_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_http_redisgate_backend_sweep(ngx_event_t *ev);
 static void ngx_http_redisgate_backend_free(ngx_http_redisgate_dynamic_t *d);
+static u_char *ngx_http_redisgate_backend_copy(u_char *p, ngx_str_t *s);
 
 
 static ngx_http_redisgate_backends_t  ngx_http_redisgate_backends;
@@ -103,11 +104,34 @@ ngx_http_redisgate_backend_exit_process(void)
         ngx_del_timer(&bs->sweep);
     }
 
+    /* clusters first: they let go of their primaries, which may come
+     * before them in the queue */
+
+    for (q = ngx_queue_head(&bs->all);
+         q != ngx_queue_sentinel(&bs->all);
+         q = ngx_queue_next(q))
+    {
+        d = ngx_queue_data(q, ngx_http_redisgate_dynamic_t, queue);
+
+        if (d->backend.cluster) {
+            ngx_http_redisgate_cluster_close(&d->backend);
+        }
+    }
+
     while (!ngx_queue_empty(&bs->all)) {
         q = ngx_queue_head(&bs->all);
         d = ngx_queue_data(q, ngx_http_redisgate_dynamic_t, queue);
         ngx_http_redisgate_backend_free(d);
     }
+}
+
+
+/* a string that may be empty, with no data (a cluster's credentials) */
+
+static u_char *
+ngx_http_redisgate_backend_copy(u_char *p, ngx_str_t *s)
+{
+    return s->len ? ngx_cpymem(p, s->data, s->len) : p;
 }
 
 
@@ -143,13 +167,13 @@ ngx_http_redisgate_backend_get(ngx_http_redisgate_keyinfo_t *ki,
         }
     }
 
-    p = ngx_cpymem(key.data, ki->address.data, ki->address.len);
+    p = ngx_http_redisgate_backend_copy(key.data, &ki->address);
     *p++ = '|';
     p = ngx_sprintf(p, "%ui", ki->db);
     *p++ = '|';
-    p = ngx_cpymem(p, ki->user.data, ki->user.len);
+    p = ngx_http_redisgate_backend_copy(p, &ki->user);
     *p++ = '|';
-    p = ngx_cpymem(p, ki->password.data, ki->password.len);
+    p = ngx_http_redisgate_backend_copy(p, &ki->password);
 
     key.len = p - key.data;
 
@@ -440,11 +464,11 @@ create:
 
     a->user.data = p;
     a->user.len = ki->user.len;
-    p = ngx_cpymem(p, ki->user.data, ki->user.len);
+    p = ngx_http_redisgate_backend_copy(p, &ki->user);
 
     a->password.data = p;
     a->password.len = ki->password.len;
-    p = ngx_cpymem(p, ki->password.data, ki->password.len);
+    p = ngx_http_redisgate_backend_copy(p, &ki->password);
 
     a->db = ki->db;
     a->tls = tls;

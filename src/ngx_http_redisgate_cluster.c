@@ -226,6 +226,9 @@ ngx_http_redisgate_cluster_close(ngx_http_redisgate_backend_t *b)
 
     cl->backend = NULL;
 
+    /* closed once: a dynamic cluster's memory goes with its pool */
+    b->cluster = NULL;
+
     ngx_http_redisgate_cluster_destroy(cl);
 }
 
@@ -255,19 +258,18 @@ ngx_http_redisgate_cluster_ready(ngx_http_redisgate_backend_t *b,
         return NGX_OK;
     }
 
-    if (!cl->ask.asking && cl->retry > ngx_time()) {
-        *error = ngx_http_redisgate_link_strerror(
-                                            NGX_HTTP_REDISGATE_FAIL_NO_MAP);
-        return NGX_DECLINED;
+    if (cl->ask.asking || cl->retry <= ngx_time()) {
+        ngx_http_redisgate_ask_start(&cl->ask);
+
+        if (cl->ask.asking) {
+            return NGX_AGAIN;
+        }
     }
 
-    ngx_http_redisgate_ask_start(&cl->ask);
-
-    if (cl->ask.asking) {
-        return NGX_AGAIN;
-    }
-
-    *error = ngx_http_redisgate_link_strerror(NGX_HTTP_REDISGATE_FAIL_NO_MAP);
+    /* the seeds refused the nodes' credentials: say that, not "no map" */
+    *error = ngx_http_redisgate_link_strerror(cl->ask.auth_failed
+                                              ? NGX_HTTP_REDISGATE_FAIL_AUTH
+                                              : NGX_HTTP_REDISGATE_FAIL_NO_MAP);
     return NGX_DECLINED;
 }
 

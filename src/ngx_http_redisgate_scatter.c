@@ -54,13 +54,20 @@
 #define NGX_HTTP_REDISGATE_MERGE_SCAN    7   /* SCAN: the cursor's node */
 
 
+/* a key of a split command: its slot, its place among the keys */
+typedef struct {
+    ngx_uint_t                      key;
+    ngx_uint_t                      slot;
+} ngx_http_redisgate_keyed_t;
+
+
 typedef struct {
     ngx_uint_t                      command;
     ngx_uint_t                      slot;       /* SLOTS: any node */
     ngx_http_redisgate_backend_t   *node;       /* set: this node only */
     ngx_str_t                       resp;
     redisReply                     *reply;      /* held for the merge */
-    ngx_uint_t                     *keys;       /* MGET: where its go */
+    ngx_http_redisgate_keyed_t     *keys;       /* MGET: where its go */
     ngx_uint_t                      nkeys;
     ngx_uint_t                      redirects;
     unsigned                        asking:1;   /* ASKING first, at node */
@@ -105,6 +112,8 @@ typedef struct {
     ngx_str_t                      *block;
     ngx_uint_t                      nblock;
     ngx_uint_t                      block_slot;
+    ngx_http_redisgate_backend_t   *block_node; /* an ASK's, once */
+    ngx_str_t                      *asking;     /* ASKING, then the block */
     redisReply                    **held;       /* its replies */
     redisReply                     *redirect;   /* the first MOVED or ASK */
 
@@ -132,10 +141,14 @@ static ngx_int_t ngx_http_redisgate_scatter_plan(
 static ngx_int_t ngx_http_redisgate_scatter_split(
     ngx_http_redisgate_scatter_t *sc, ngx_uint_t i, ngx_uint_t *keys,
     ngx_uint_t nkeys, ngx_uint_t pairs);
+static int ngx_libc_cdecl ngx_http_redisgate_scatter_by_slot(
+    const void *one, const void *two);
 static ngx_int_t ngx_http_redisgate_scatter_every(
     ngx_http_redisgate_scatter_t *sc, ngx_uint_t i, ngx_str_t *resp);
 static ngx_int_t ngx_http_redisgate_scatter_scan(
     ngx_http_redisgate_scatter_t *sc, ngx_uint_t i);
+static const char *ngx_http_redisgate_scatter_not_in_multi(
+    ngx_http_redisgate_scatter_t *sc, u_char *name, size_t len);
 static ngx_http_redisgate_part_t *ngx_http_redisgate_scatter_part(
     ngx_http_redisgate_scatter_t *sc, ngx_uint_t i, ngx_uint_t slot);
 static ngx_int_t ngx_http_redisgate_scatter_format(
@@ -361,7 +374,19 @@ ngx_http_redisgate_scatter_plan(ngx_http_redisgate_scatter_t *sc,
                                                    cmd->argv[keys[0]].len)
                      : NGX_HTTP_REDISGATE_SLOTS;
 
+        every = 0;
+
         if (sc->multi) {
+            if (c && (ngx_http_redisgate_scatter_merge_of(name, len, &every)
+                      == NGX_HTTP_REDISGATE_MERGE_SCAN
+                      || every))
+            {
+                /* one node runs a transaction: these need them all */
+                *error = ngx_http_redisgate_scatter_not_in_multi(sc, name,
+                                                                 len);
+                return NGX_ABORT;
+            }
+
             for (k = 0; k < nkeys; k++) {
                 s = ngx_http_redisgate_key_slot(cmd->argv[keys[k]].data,
                                                 cmd->argv[keys[k]].len);
@@ -385,6 +410,14 @@ ngx_http_redisgate_scatter_plan(ngx_http_redisgate_scatter_t *sc,
 
         if (merge == NGX_HTTP_REDISGATE_MERGE_SCAN) {
             rc = ngx_http_redisgate_scatter_scan(sc, i);
+
+            if (rc == NGX_DECLINED) {
+                /* not a cursor: any node says so, as it is */
+                merge = NGX_HTTP_REDISGATE_MERGE_NONE;
+                rc = (ngx_http_redisgate_scatter_part(sc, i,
+                                                 NGX_HTTP_REDISGATE_SLOTS)
+                      == NULL) ? NGX_ERROR : NGX_OK;
+            }
 
         } else if (every) {
             rc = ngx_http_redisgate_scatter_every(sc, i, NULL);
@@ -430,6 +463,27 @@ ngx_http_redisgate_scatter_plan(ngx_http_redisgate_scatter_t *sc,
     }
 
     return NGX_OK;
+}
+
+
+/* the 400 for a command of every primary inside a transaction */
+
+static const char *
+ngx_http_redisgate_scatter_not_in_multi(ngx_http_redisgate_scatter_t *sc,
+    u_char *name, size_t len)
+{
+    u_char  *text, *p;
+
+    text = ngx_pnalloc(sc->request->pool, len + 128);
+    if (text == NULL) {
+        return "ERR a command of every cluster node in a transaction";
+    }
+
+    p = ngx_sprintf(text, "ERR '%*s' runs on every primary of the cluster, "
+                    "not inside a transaction", len, name);
+    *p = '\0';
+
+    return (const char *) text;
 }
 
 
@@ -479,7 +533,9 @@ ngx_http_redisgate_scatter_part(ngx_http_redisgate_scatter_t *sc,
 
 /*
  * MGET, DEL... (pairs == 0) or MSET (pairs == 1) with keys in several
- * slots: one part per slot, each the command with that slot's keys.
+ * slots: one part per slot, each the command with that slot's keys, in
+ * their order.  The keys sorted by slot: linear in the keys, whatever the
+ * number of slots.
  */
 
 static ngx_int_t
@@ -487,60 +543,57 @@ ngx_http_redisgate_scatter_split(ngx_http_redisgate_scatter_t *sc,
     ngx_uint_t i, ngx_uint_t *keys, ngx_uint_t nkeys, ngx_uint_t pairs)
 {
     ngx_str_t                  *argv;
-    ngx_uint_t                  k, j, argc, *slots, *done;
+    ngx_uint_t                  k, j, end, argc, slot;
     ngx_http_redisgate_cmd_t   *cmd;
     ngx_http_redisgate_part_t  *p;
+    ngx_http_redisgate_keyed_t *sorted;
 
     cmd = &sc->cmds[i];
 
-    slots = ngx_palloc(sc->request->pool, 2 * nkeys * sizeof(ngx_uint_t));
-    argv = ngx_palloc(sc->request->pool, cmd->argc * sizeof(ngx_str_t));
+    sorted = ngx_palloc(sc->request->pool,
+                        nkeys * sizeof(ngx_http_redisgate_keyed_t));
+    argv = ngx_palloc(sc->request->pool,
+                      (1 + nkeys * (pairs + 1)) * sizeof(ngx_str_t));
 
-    if (slots == NULL || argv == NULL) {
+    if (sorted == NULL || argv == NULL) {
         return NGX_ERROR;
     }
 
-    done = slots + nkeys;
-
     for (k = 0; k < nkeys; k++) {
-        slots[k] = ngx_http_redisgate_key_slot(cmd->argv[keys[k]].data,
-                                               cmd->argv[keys[k]].len);
-        done[k] = 0;
+        sorted[k].slot = ngx_http_redisgate_key_slot(cmd->argv[keys[k]].data,
+                                                     cmd->argv[keys[k]].len);
+        sorted[k].key = k;
     }
 
-    /* the slots in the order their first key comes */
+    /* by slot, then by place: each part's keys in the command's order */
+    ngx_qsort(sorted, nkeys, sizeof(ngx_http_redisgate_keyed_t),
+              ngx_http_redisgate_scatter_by_slot);
 
-    for (k = 0; k < nkeys; k++) {
-        if (done[k]) {
-            continue;
+    for (k = 0; k < nkeys; k = end) {
+        slot = sorted[k].slot;
+
+        for (end = k + 1; end < nkeys && sorted[end].slot == slot; end++) {
+            /* void */
         }
 
-        p = ngx_http_redisgate_scatter_part(sc, i, slots[k]);
+        p = ngx_http_redisgate_scatter_part(sc, i, slot);
         if (p == NULL) {
             return NGX_ERROR;
         }
 
-        p->keys = ngx_palloc(sc->request->pool,
-                             (nkeys - k) * sizeof(ngx_uint_t));
-        if (p->keys == NULL) {
-            return NGX_ERROR;
-        }
+        /* the keys' places, for MGET's merge: the sorted run itself */
+        p->keys = &sorted[k];
+        p->nkeys = end - k;
 
+        /* one array for every part's arguments: formatted at once */
         argv[0] = cmd->argv[0];
         argc = 1;
 
-        for (j = k; j < nkeys; j++) {
-            if (done[j] || slots[j] != slots[k]) {
-                continue;
-            }
+        for (j = k; j < end; j++) {
+            argv[argc++] = cmd->argv[keys[sorted[j].key]];
 
-            done[j] = 1;
-            p->keys[p->nkeys++] = j;
-
-            argv[argc++] = cmd->argv[keys[j]];
-
-            if (pairs && keys[j] + 1 < cmd->argc) {
-                argv[argc++] = cmd->argv[keys[j] + 1];
+            if (pairs && keys[sorted[j].key] + 1 < cmd->argc) {
+                argv[argc++] = cmd->argv[keys[sorted[j].key] + 1];
             }
         }
 
@@ -550,6 +603,19 @@ ngx_http_redisgate_scatter_split(ngx_http_redisgate_scatter_t *sc,
     }
 
     return NGX_OK;
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_redisgate_scatter_by_slot(const void *one, const void *two)
+{
+    const ngx_http_redisgate_keyed_t  *a = one, *b = two;
+
+    if (a->slot != b->slot) {
+        return a->slot < b->slot ? -1 : 1;
+    }
+
+    return a->key < b->key ? -1 : (a->key > b->key);
 }
 
 
@@ -586,6 +652,7 @@ ngx_http_redisgate_scatter_every(ngx_http_redisgate_scatter_t *sc,
  * SCAN cursor [...]: the cursor is the node's cursor times 1024 plus the
  * node's index among the primaries (in the order of their addresses);
  * SCAN 0 starts at the first, and a node's 0 moves to the next.
+ * NGX_DECLINED: not a cursor.
  */
 
 static ngx_int_t
@@ -609,10 +676,7 @@ ngx_http_redisgate_scatter_scan(ngx_http_redisgate_scatter_t *sc,
                                                 &node)
            != NGX_OK)
     {
-        /* any node says what is wrong with it */
-        return ngx_http_redisgate_scatter_part(sc, i,
-                                               NGX_HTTP_REDISGATE_SLOTS)
-               ? NGX_OK : NGX_ERROR;
+        return NGX_DECLINED;
     }
 
     if (node >= n) {
@@ -1236,18 +1300,46 @@ ngx_http_redisgate_scatter_multi(ngx_http_redisgate_scatter_t *sc)
         }
     }
 
-    node = ngx_http_redisgate_cluster_node(sc->cluster, sc->block_slot);
-
     send = ngx_pcalloc(sc->request->pool, sizeof(ngx_http_redisgate_send_t));
-
-    if (node == NULL || send == NULL) {
+    if (send == NULL) {
         return NGX_ERROR;
     }
 
     send->sc = sc;
 
-    return ngx_http_redisgate_scatter_to(sc, node, sc->block, sc->nblock,
-                                         send);
+    node = sc->block_node;
+
+    if (node == NULL) {
+        node = ngx_http_redisgate_cluster_node(sc->cluster, sc->block_slot);
+
+        if (node == NULL) {
+            return NGX_ERROR;
+        }
+
+        return ngx_http_redisgate_scatter_to(sc, node, sc->block, sc->nblock,
+                                             send);
+    }
+
+    /* an ASK: this once, to the node it named, ASKING first */
+
+    sc->block_node = NULL;
+
+    if (sc->asking == NULL) {
+        sc->asking = ngx_palloc(sc->request->pool,
+                                (sc->nblock + 1) * sizeof(ngx_str_t));
+        if (sc->asking == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_str_set(&sc->asking[0], "*1\r\n$6\r\nASKING\r\n");
+        ngx_memcpy(&sc->asking[1], sc->block,
+                   sc->nblock * sizeof(ngx_str_t));
+    }
+
+    send->skip = 1;
+
+    return ngx_http_redisgate_scatter_to(sc, node, sc->asking,
+                                         sc->nblock + 1, send);
 }
 
 
@@ -1259,7 +1351,7 @@ ngx_http_redisgate_scatter_multi_reply(void *data, redisReply *reply,
 
     u_char                        *s, *last, *space;
     ngx_int_t                      slot;
-    ngx_uint_t                     i;
+    ngx_uint_t                     i, moved, ask;
     redisReply                    *r;
     ngx_http_redisgate_scatter_t  *sc;
     ngx_http_redisgate_backend_t  *node;
@@ -1277,10 +1369,18 @@ ngx_http_redisgate_scatter_multi_reply(void *data, redisReply *reply,
         r = sc->redirect;
 
         if (r && sc->retries < NGX_HTTP_REDISGATE_SCATTER_RETRIES) {
-            /* MOVED: the map first; ASK, TRYAGAIN...: a short wait */
+            /*
+             * MOVED: the map first, then again; ASK: again at once, to
+             * the node named, after ASKING (which holds through MULTI);
+             * TRYAGAIN and the like: after a short wait
+             */
 
-            if (ngx_http_redisgate_scatter_is(r, "MOVED ")) {
-                s = (u_char *) r->str + 6;
+            moved = ngx_http_redisgate_scatter_is(r, "MOVED ");
+            ask = ngx_http_redisgate_scatter_is(r, "ASK ");
+            node = NULL;
+
+            if (moved || ask) {
+                s = (u_char *) r->str + (moved ? 6 : 4);
                 last = (u_char *) r->str + r->len;
                 space = ngx_strlchr(s, last, ' ');
 
@@ -1289,8 +1389,12 @@ ngx_http_redisgate_scatter_multi_reply(void *data, redisReply *reply,
                     node = ngx_http_redisgate_cluster_at(sc->cluster,
                                                  space + 1, last - space - 1);
 
-                    if (node && slot >= 0 && slot < NGX_HTTP_REDISGATE_SLOTS)
+                    if (node == NULL || slot < 0
+                        || slot >= NGX_HTTP_REDISGATE_SLOTS)
                     {
+                        node = NULL;
+
+                    } else if (moved) {
                         ngx_http_redisgate_cluster_moved(sc->cluster, slot,
                                                          node);
                     }
@@ -1306,8 +1410,33 @@ ngx_http_redisgate_scatter_multi_reply(void *data, redisReply *reply,
 
             sc->redirect = NULL;
             ngx_http_redisgate_cluster_stale(sc->cluster);
+
+            if (ask && node) {
+                sc->retries++;
+                sc->block_node = node;
+
+                if (ngx_http_redisgate_scatter_multi(sc) != NGX_OK) {
+                    ngx_http_redisgate_scatter_fail(sc, "out of memory");
+                }
+
+                ngx_http_redisgate_scatter_finish(sc);
+                return;
+            }
+
             ngx_http_redisgate_scatter_wait(sc);
             return;
+        }
+
+        if (r) {
+            /* redirected or told to wait, past its tries */
+            ngx_log_error(NGX_LOG_ERR, sc->request->connection->log, 0,
+                          "redisgate: %V still answers \"%*s\" to a "
+                          "transaction after %ui tries",
+                          &sc->backend->address.url, (size_t) r->len,
+                          r->str, sc->retries);
+
+            ngx_http_redisgate_scatter_fail(sc, "Redis unavailable: the "
+                                            "cluster is down or resharding");
         }
 
         /* the replies, in order, then the last call */
@@ -1328,6 +1457,12 @@ ngx_http_redisgate_scatter_multi_reply(void *data, redisReply *reply,
         sc->next = sc->n;
 
         ngx_http_redisgate_scatter_finish(sc);
+        return;
+    }
+
+    if (send->skip) {
+        /* ASKING's +OK */
+        send->skip--;
         return;
     }
 
@@ -1469,7 +1604,7 @@ ngx_http_redisgate_scatter_merge(ngx_http_redisgate_scatter_t *sc,
 
             for (j = 0; j < r->elements; j++) {
                 if (c->merge == NGX_HTTP_REDISGATE_MERGE_ARRAY) {
-                    m->element[p->keys[j]] = r->element[j];
+                    m->element[p->keys[j].key] = r->element[j];
 
                 } else {
                     m->element[k++] = r->element[j];

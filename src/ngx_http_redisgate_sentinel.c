@@ -283,6 +283,9 @@ ngx_http_redisgate_sentinel_close(ngx_http_redisgate_backend_t *b)
 
     s->backend = NULL;
 
+    /* closed once: a dynamic sentinel's memory goes with its pool */
+    b->sentinel = NULL;
+
     ngx_http_redisgate_sentinel_destroy(s);
 }
 

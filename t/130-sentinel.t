@@ -58,21 +58,6 @@ $RedisGate::Test::ExtraHttpConfig .= <<'_EOC_';
     redisgate_idle_timeout 2s;
 _EOC_
 
-# one GET through nginx from an init section (token: a bearer token);
-# dies unless the answer is 200
-sub http_get {
-    my ($path, $token) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                  PeerPort => server_port(), Timeout => 10)
-        or die "cannot connect to nginx: $!\n";
-    print $s "GET $path HTTP/1.0\r\nHost: localhost\r\n"
-        . "Authorization: Bearer $token\r\n\r\n";
-    my $answer = do { local $/; <$s> } // '';
-    close $s;
-    $answer =~ m{^HTTP/1\.\d 200 } or die "GET $path: $answer\n";
-    return $answer;
-}
-
 # redis-cli to the sentinel
 sub sentinel_cli {
     my $out = `redis-cli -h 127.0.0.1 -p $sentinel @_`;
@@ -173,7 +158,7 @@ nopass
 
 === TEST 7: the subscription to the sentinel is closed: still served, and the sentinel asked again
 --- init
-main::http_get("/redis/$ENV{TEST_NGINX_SENTINEL_INSTANCE}/get/sentinel:t",
+RedisGate::Test::http_get("/redis/$ENV{TEST_NGINX_SENTINEL_INSTANCE}/get/sentinel:t",
                $RedisGate::Test::Tokens{ADMIN});
 select(undef, undef, undef, 0.3);
 main::sentinel_cli('CLIENT', 'KILL', 'TYPE', 'pubsub') >= 1
@@ -226,7 +211,7 @@ $main::NoSentinel
 
 === TEST 10: an idle key-store backend on a sentinel is closed, and opened again by the next request
 --- init
-main::http_get("/redis/$ENV{TEST_NGINX_KS_SENTINEL_INSTANCE}/get/sentinel:ks",
+RedisGate::Test::http_get("/redis/$ENV{TEST_NGINX_KS_SENTINEL_INSTANCE}/get/sentinel:ks",
                $ENV{TEST_NGINX_KS_TOKEN});
 sleep 5;
 --- more_headers

@@ -80,36 +80,78 @@ EOF
     redisgate_wait_port "$2"
 }
 
+# redisgate_start_cluster_node DIR PORT BUSPORT: one node of a private Redis
+# Cluster, unpersisted but for its nodes.conf, on 127.0.0.1:PORT with its
+# cluster bus on BUSPORT, everything in DIR/PORT (the same DIR and PORT
+# start it again as the same node); cluster-node-timeout 2000 ms
+redisgate_start_cluster_node() {
+    local dir=$1/$2
+    mkdir -p "$dir" || return 1
+    echo "$3" >"$dir/bus-port"
+    redis-server --port "$2" --bind 127.0.0.1 --save '' --appendonly no \
+        --cluster-enabled yes --cluster-config-file nodes.conf \
+        --cluster-node-timeout 2000 --cluster-port "$3" \
+        --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" \
+        --logfile "$dir/redis.log" || return 1
+    redisgate_wait_port "$2"
+}
+
+# redisgate_wait_cluster PORT...: wait (at most ~20 s) until the nodes on
+# these ports all say cluster_state:ok and each sees all of them connected
+redisgate_wait_cluster() {
+    local i port ok
+    for i in $(seq 1 200); do
+        ok=1
+        for port; do
+            redis-cli -p "$port" cluster info 2>/dev/null \
+                | grep -q '^cluster_state:ok' || ok=0
+            [ "$(redis-cli -p "$port" cluster nodes 2>/dev/null \
+                 | grep -v -e fail -e handshake | grep -c ' connected')" = $# ] \
+                || ok=0
+        done
+        [ "$ok" = 1 ] && return 0
+        sleep 0.1
+    done
+    echo "the Redis Cluster on ports $* is not ready" >&2
+    return 1
+}
+
 # redisgate_start_cluster DIR PORT...: a private Redis Cluster of one
 # primary per PORT (no replicas), unpersisted, each in DIR/PORT with its
-# pid in DIR/PORT/redis.pid, the slots spread by redis-cli --cluster
-# create; returns once every node says cluster_state:ok
+# pid in DIR/PORT/redis.pid (redisgate_start_cluster_node; each cluster bus
+# on a free port of its own, not PORT + 10000), the slots spread by
+# redis-cli --cluster create; returns once every node says
+# cluster_state:ok and sees all the others (redisgate_wait_cluster)
 redisgate_start_cluster() {
-    local dir=$1 p i nodes=()
+    local dir=$1 port bus used hosts=()
     shift
-    for p in "$@"; do
-        mkdir -p "$dir/$p" || return 1
-        redis-server --port "$p" --bind 127.0.0.1 --save '' \
-            --appendonly no --cluster-enabled yes \
-            --cluster-config-file "$dir/$p/nodes.conf" \
-            --cluster-node-timeout 2000 --dir "$dir/$p" --daemonize yes \
-            --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log" \
-            || return 1
-        redisgate_wait_port "$p" || return 1
-        nodes+=("127.0.0.1:$p")
-    done
-    redis-cli --cluster create "${nodes[@]}" --cluster-yes \
-        >"$dir/create.log" 2>&1 || { cat "$dir/create.log" >&2; return 1; }
-    for i in $(seq 1 100); do
-        [ "$i" -gt 1 ] && sleep 0.1
-        for p in "$@"; do
-            redis-cli -h 127.0.0.1 -p "$p" CLUSTER INFO 2>/dev/null \
-                | grep -q '^cluster_state:ok' || continue 2
+    used=" $* "
+    for port; do
+        bus=$(redisgate_free_port) || return 1
+        while [[ $used == *" $bus "* ]]; do
+            bus=$(redisgate_free_port) || return 1
         done
-        return 0
+        used="$used$bus "
+        redisgate_start_cluster_node "$dir" "$port" "$bus" || return 1
+        hosts+=("127.0.0.1:$port")
     done
-    echo "the cluster on $* did not get ready" >&2
-    return 1
+    if ! redis-cli --cluster create "${hosts[@]}" --cluster-replicas 0 \
+            --cluster-yes >"$dir/create.log" 2>&1
+    then
+        cat "$dir/create.log" >&2
+        return 1
+    fi
+    redisgate_wait_cluster "$@"
+}
+
+# redisgate_stop_cluster DIR: stop every node redisgate_start_cluster started
+# under DIR
+redisgate_stop_cluster() {
+    local f
+    for f in "$1"/*/redis.pid; do
+        [ -f "$f" ] && redisgate_stop_pidfile "$f"
+    done
+    return 0
 }
 
 # redisgate_pid_alive PID: the process runs (a zombie does not: where

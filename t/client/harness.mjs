@@ -461,6 +461,238 @@ export function trustTestCa() {
 }
 
 // ---------------------------------------------------------------------------
+// redis cluster
+
+// CRC16 (XMODEM: polynomial 0x1021, initial value 0), by table
+const CRC16_TABLE = (() => {
+  const table = new Uint16Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i << 8;
+    for (let j = 0; j < 8; j++) c = (c & 0x8000) ? ((c << 1) ^ 0x1021) & 0xffff : (c << 1) & 0xffff;
+    table[i] = c;
+  }
+  return table;
+})();
+
+function crc16(bytes) {
+  let crc = 0;
+  for (const b of bytes) crc = ((crc << 8) & 0xffff) ^ CRC16_TABLE[((crc >> 8) ^ b) & 0xff];
+  return crc;
+}
+
+/**
+ * A key's hash slot (0..16383), as Redis Cluster computes it: CRC16 of
+ * the key, or of the text between the first '{' and the next '}' when
+ * that text is not empty (a hash tag).
+ */
+export function keySlot(key) {
+  const b = Buffer.from(key);
+  const open = b.indexOf('{');
+  if (open >= 0) {
+    const close = b.indexOf('}', open + 1);
+    if (close > open + 1) return crc16(b.subarray(open + 1, close)) % 16384;
+  }
+  return crc16(b) % 16384;
+}
+
+/**
+ * A line of CLUSTER NODES as an object: { id, port, flags: [..], master
+ * (the primary's id, or null), link, slots: [[from, to], ...], migrating:
+ * { slot: id }, importing: { slot: id }, myself, primary, failed }.
+ */
+export function parseClusterNode(line) {
+  const f = line.trim().split(' ');
+  const flags = f[2].split(',');
+  const node = {
+    id: f[0],
+    port: Number(/:(\d+)@/.exec(f[1])?.[1]),
+    flags,
+    master: f[3] === '-' ? null : f[3],
+    link: f[7],
+    slots: [],
+    migrating: {},
+    importing: {},
+    myself: flags.includes('myself'),
+    primary: flags.includes('master'),
+    failed: flags.includes('fail') || flags.includes('fail?'),
+  };
+  for (const s of f.slice(8)) {
+    let m;
+    if ((m = /^\[(\d+)->-(\w+)\]$/.exec(s))) node.migrating[m[1]] = m[2];
+    else if ((m = /^\[(\d+)-<-(\w+)\]$/.exec(s))) node.importing[m[1]] = m[2];
+    else if ((m = /^(\d+)-(\d+)$/.exec(s))) node.slots.push([Number(m[1]), Number(m[2])]);
+    else if (/^\d+$/.test(s)) node.slots.push([Number(s), Number(s)]);
+  }
+  return node;
+}
+
+/**
+ * A Redis Cluster of RedisServers started here (startCluster).  servers:
+ * every node, in the order they were given to redis-cli --cluster create
+ * (the first `primaries` of them became the primaries).  password: the
+ * nodes' requirepass (and masterauth), or null.  tls: they speak only TLS
+ * (the test certificates), between themselves too.
+ */
+export class RedisCluster {
+  constructor(servers, { password = null, tls = false } = {}) {
+    this.servers = servers;
+    this.password = password;
+    this.tls = tls;
+  }
+
+  // "127.0.0.1:P1,127.0.0.1:P2,..." of these servers (default: all)
+  hosts(servers = this.servers) { return servers.map((s) => `127.0.0.1:${s.port}`).join(','); }
+
+  // a redis[s]-cluster:// URL with these seeds; password: the URL's
+  // (default the cluster's; '' for none)
+  url({ servers = this.servers, password = this.password } = {}) {
+    return `${this.tls ? 'rediss' : 'redis'}-cluster://` +
+      (password ? `:${encodeURIComponent(password)}@` : '') + this.hosts(servers);
+  }
+
+  server(port) { return this.servers.find((s) => s.port === Number(port)); }
+
+  // the servers that run, or throws
+  live() {
+    const l = this.servers.filter((s) => s.running);
+    if (!l.length) throw new Error('no node of the cluster runs');
+    return l;
+  }
+
+  // CLUSTER NODES as seen by `via` (a RedisServer; default the first that runs)
+  async nodes(via = this.live()[0]) {
+    const text = await via.call(['CLUSTER', 'NODES']);
+    return text.split('\n').filter((l) => l.trim()).map(parseClusterNode);
+  }
+
+  // the primaries that serve slots, as `via` sees them: [{ id, port, slots, server }]
+  async primaries(via) {
+    return (await this.nodes(via)).filter((n) => n.primary && !n.failed && n.slots.length)
+      .map((n) => ({ ...n, server: this.server(n.port) }));
+  }
+
+  /**
+   * Which primary serves each slot, as `via` sees it: a function slot ->
+   * RedisServer (CLUSTER SLOTS), with .ports (every primary's port).
+   */
+  async slotMap(via = this.live()[0]) {
+    const ranges = await via.call(['CLUSTER', 'SLOTS']);
+    const owner = new Array(16384).fill(null);
+    for (const [from, to, [, port]] of ranges) {
+      for (let s = from; s <= to; s++) owner[s] = Number(port);
+    }
+    const map = (slot) => this.server(owner[slot]);
+    map.port = (slot) => owner[slot];
+    map.ports = [...new Set(owner.filter(Boolean))].sort((a, b) => a - b);
+    return map;
+  }
+
+  // the RedisServer that serves key (a fresh CLUSTER SLOTS)
+  async serverOf(key) { return (await this.slotMap())(keySlot(key)); }
+
+  /**
+   * redis-cli with ARGS (bounded in time), with the password (REDISCLI_AUTH,
+   * never on the command line) and the test certificates for TLS.
+   * Resolves runProgram()'s { code, stdout, stderr }.
+   */
+  cli(args, { timeoutMs = 120000 } = {}) {
+    const env = { ...process.env };
+    if (this.password) env.REDISCLI_AUTH = this.password;
+    const tlsArgs = [];
+    if (this.tls) {
+      const c = testCerts();
+      tlsArgs.push('--tls', '--cacert', c.file('ca.crt'), '--cert', c.file('client.crt'),
+        '--key', c.file('client.key'));
+    }
+    return runProgram('redis-cli', [...tlsArgs, ...args], { env, timeoutMs });
+  }
+
+  /**
+   * Every running node agrees: `primaries` primaries serve all 16384 slots,
+   * `replicas` replicas each, every link is up, no node is failed or in a
+   * handshake, and each replica's replication link is up.  Resolves true,
+   * or false after ms.
+   */
+  async waitHealthy({ primaries, replicas = 0, ms = 30000 } = {}) {
+    const expect = primaries * (1 + replicas);
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      if (await this.healthy(primaries, expect).catch(() => false)) return true;
+      await sleep(50);
+    }
+    return false;
+  }
+
+  async healthy(primaries, total) {
+    for (const srv of this.live()) {
+      const info = await srv.call(['CLUSTER', 'INFO']);
+      if (!/cluster_state:ok/.test(info) || !/cluster_slots_ok:16384/.test(info)) return false;
+      const nodes = await this.nodes(srv);
+      if (nodes.length !== total) return false;
+      if (nodes.some((n) => n.failed || n.flags.includes('handshake') || n.flags.includes('noaddr')
+          || (!n.myself && n.link !== 'connected'))) return false;
+      const prim = nodes.filter((n) => n.primary && n.slots.length);
+      if (prim.length !== primaries) return false;
+      const reps = nodes.filter((n) => !n.primary);
+      if (reps.length !== total - primaries || reps.some((r) => !prim.some((p) => p.id === r.master))) return false;
+      const me = nodes.find((n) => n.myself);
+      if (!me.primary && !/master_link_status:up/.test(await srv.call(['INFO', 'replication']))) return false;
+    }
+    return true;
+  }
+
+  async stop() { await Promise.all(this.servers.map((s) => s.stop())); }
+}
+
+/**
+ * A Redis Cluster on free ports, each node a RedisServer (--cluster-enabled,
+ * its cluster bus on a free port of its own), made with redis-cli --cluster
+ * create: `primaries` primaries (the first servers) with `replicas`
+ * replicas each, and waited for until every node agrees (waitHealthy).
+ * nodeTimeoutMs: cluster-node-timeout.  password: requirepass and
+ * masterauth of every node (redis-cli and call() use it).  tls: every node
+ * speaks only TLS (startRedisTls), on its cluster bus and to its primary
+ * too.  extraArgs: more redis-server options for each node.
+ */
+export async function startCluster({ primaries = 3, replicas = 0, nodeTimeoutMs = 2000,
+  password = null, tls: withTls = false, extraArgs = [] } = {}) {
+  const n = primaries * (1 + replicas);
+  const servers = [];
+  const cluster = new RedisCluster(servers, { password, tls: withTls });
+  try {
+    for (let i = 0; i < n; i++) {
+      const args = ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf',
+        '--cluster-node-timeout', String(nodeTimeoutMs), '--cluster-port', String(await freePort()),
+        '--repl-diskless-sync-delay', '0', '--repl-diskless-sync', 'yes'];
+      if (password) args.push('--requirepass', password, '--masterauth', password);
+      if (withTls) {
+        // the cluster bus asks for a client certificate, always: server.crt
+        // is for servers only
+        const c = testCerts();
+        args.push('--tls-cluster', 'yes', '--tls-replication', 'yes',
+          '--tls-client-cert-file', c.file('client.crt'), '--tls-client-key-file', c.file('client.key'));
+      }
+      const srv = new RedisServer(await freePort(), makeTmpDir('rg-cluster-'), [...args, ...extraArgs],
+        withTls ? { cert: 'server' } : null);
+      if (password) srv.auth = { password };
+      servers.push(srv);
+    }
+    await Promise.all(servers.map((s) => s.start()));
+    const r = await cluster.cli(['--cluster', 'create', ...servers.map((s) => `127.0.0.1:${s.port}`),
+      '--cluster-replicas', String(replicas), '--cluster-yes'], { timeoutMs: 60000 });
+    if (r.code !== 0) throw new Error(`redis-cli --cluster create failed (${r.code}):\n${r.stdout}${r.stderr}`);
+    if (!(await cluster.waitHealthy({ primaries, replicas }))) {
+      throw new Error('the cluster did not become healthy in 30 s:\n' +
+        (await Promise.all(servers.map((s) => s.call(['CLUSTER', 'NODES']).catch((e) => String(e))))).join('\n'));
+    }
+  } catch (e) {
+    await cluster.stop();
+    throw e;
+  }
+  return cluster;
+}
+
+// ---------------------------------------------------------------------------
 // nginx
 
 /**
@@ -606,6 +838,21 @@ export async function nginxTest(httpLines) {
   ].join('\n') + '\n');
   const r = await runProgram(NGINX_BIN, ['-t', '-p', dir + '/', '-c', conf], { timeoutMs: 20000 });
   return { code: r.code, out: r.stdout + r.stderr };
+}
+
+// nginx -t of each URL as an instance's: it passes (want === true), or it
+// fails with want (a RegExp) in the output
+export async function checkInstanceUrls(id, urls, want) {
+  for (const url of urls) {
+    const r = await nginxTest([`redisgate_instance ${id} ${url};`]);
+    if (want === true) {
+      assert.equal(r.code, 0, `${url}: ${r.out}`);
+      assert.match(r.out, /test is successful/);
+    } else {
+      assert.notEqual(r.code, 0, `${url} passed nginx -t`);
+      assert.match(r.out, want, `${url}: ${r.out}`);
+    }
+  }
 }
 
 // Lines of error.log at or above `notice`, i.e. without the debug/info chatter.

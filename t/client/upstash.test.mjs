@@ -1,18 +1,23 @@
 // The official @upstash/redis client, unchanged, against RedisGate.  With
 // REDISGATE_TLS=1 (t/run-tests' second run of this file), its Redis speaks
-// only TLS and the instance is rediss://.
+// only TLS and the instance is rediss://.  With REDISGATE_CLUSTER=1 (the
+// third run), the instance is a Redis Cluster of three primaries that this
+// file starts (redis-cluster://, or rediss-cluster:// with both): every
+// test runs unchanged, keys spread over the nodes.
 import { spawnSync } from 'node:child_process';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Redis } from '@upstash/redis';
 import {
-  startRedis, startRedisTls, startNginx, newToken, randomUUID, rg, stopAll,
-  trustTestCa,
+  startRedis, startRedisTls, startCluster, startNginx, newToken, randomUUID, rg,
+  stopAll, trustTestCa,
 } from './harness.mjs';
 
 const overTls = process.env.REDISGATE_TLS === '1';
+const overCluster = process.env.REDISGATE_CLUSTER === '1';
 
-let redisSrv;
+let redisSrv;    // the Redis, or
+let cluster;     // the cluster's nodes (REDISGATE_CLUSTER=1)
 let nginx;
 const instance = randomUUID();
 const token = newToken();        // scopes read,write (default)
@@ -34,9 +39,13 @@ function client(tok, opts = {}) {
 }
 
 before(async () => {
-  redisSrv = overTls ? await startRedisTls() : await startRedis();
+  if (overCluster) {
+    cluster = await startCluster({ primaries: 3, replicas: 0, tls: overTls });
+  } else {
+    redisSrv = overTls ? await startRedisTls() : await startRedis();
+  }
   nginx = await startNginx({
-    instances: [{ uuid: instance, url: redisSrv.url }],
+    instances: [{ uuid: instance, url: overCluster ? cluster.url() : redisSrv.url }],
     keys: [
       { token, id: 'rw' },
       { token: roToken, id: 'ro', scopes: 'read' },
@@ -48,7 +57,7 @@ before(async () => {
   piped = client(token, { enableAutoPipelining: true });
 });
 
-after(() => stopAll(nginx, redisSrv));
+after(() => stopAll(nginx, redisSrv, cluster));
 
 let n = 0;
 const key = (name) => `t${++n}:${name}`;
@@ -397,8 +406,8 @@ test('upstash-sync-token: present, and changes after a write', async () => {
 
 test('refused requests (401, 403, denied 400) never reach Redis', async () => {
   const k = key('refused');
-  // direct check against Redis, bypassing the gateway
-  const exists = async (name) => redisSrv.command(`EXISTS ${name}`);
+  // direct check against Redis (the node of the key's slot), bypassing the gateway
+  const exists = async (name) => (overCluster ? await cluster.serverOf(name) : redisSrv).command(`EXISTS ${name}`);
   assert.equal((await rg(nginx, instance, 'wrong-token', `/set/${k}:a/x`)).status, 401);
   assert.equal((await rg(nginx, instance, null, `/set/${k}:b/x`)).status, 401);
   assert.equal((await rg(nginx, instance, roToken, `/set/${k}:c/x`)).status, 403);

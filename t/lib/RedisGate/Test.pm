@@ -289,6 +289,22 @@ sub tls_redis_cli {
 # a peer that a real Redis cannot play (t/lib/peers.mjs, on node):
 # start_peer(KIND, ARG...) returns its port once it accepts; it is stopped
 # at the end of the file
+# one GET through the block's nginx (from an init section) with a bearer
+# token (the ADMIN key's by default); dies unless it is 200
+sub http_get {
+    my ($path, $token) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => Test::Nginx::Socket::server_port(),
+                                  Timeout => 10)
+        or die "cannot connect to nginx: $!\n";
+    print $s "GET $path HTTP/1.0\r\nHost: localhost\r\n"
+        . "Authorization: Bearer " . ($token // $Tokens{ADMIN}) . "\r\n\r\n";
+    my $answer = do { local $/; <$s> } // '';
+    close $s;
+    $answer =~ m{^HTTP/1\.\d 200 } or die "GET $path: $answer\n";
+    return $answer;
+}
+
 our @PeerPids;
 
 sub start_peer {

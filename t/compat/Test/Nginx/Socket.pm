@@ -87,7 +87,8 @@ our $ServerAddr           = '127.0.0.1';
 our $Verbose              = $ENV{TEST_NGINX_VERBOSE};
 our $NoClean              = $ENV{TEST_NGINX_NO_CLEAN};
 our $ForceRestart         = $ENV{TEST_NGINX_FORCE_RESTART_ON_TEST};
-our $StartupTimeout       = 5;
+# nginx under valgrind takes seconds to start on a busy machine
+our $StartupTimeout       = $ENV{TEST_NGINX_STARTUP_TIMEOUT} || 5;
 
 our ($NginxBinary, $NginxRawVersion, $NginxVersion, %NginxWithout);
 our ($ServerPort, $ServerPortForClient, $ServRoot, $HtmlDir);
