@@ -20,7 +20,7 @@
  * whether asking could help: an organization over its rate does not reach
  * the store at each request.  A store that fails or does not answer makes
  * the worker count locally (each server its share, as nodes= says) for a
- * second, doubling while it keeps failing.
+ * second, doubling while it keeps not answering in time.
  */
 
 
@@ -100,6 +100,7 @@ typedef struct {
     ngx_int_t                          granted;   /* -1: no answer */
     int64_t                            tokens;
     const char                        *error;
+    ngx_msec_t                         start;     /* asked */
     ngx_http_redisgate_cmd_t           cmd;       /* EVAL script 1 key */
     ngx_str_t                          resp;
 } ngx_http_redisgate_lease_t;
@@ -137,7 +138,7 @@ static void ngx_http_redisgate_limit_retry(ngx_http_request_t *r);
 static void ngx_http_redisgate_limit_reply(void *data, redisReply *reply,
     const char *error);
 static void ngx_http_redisgate_limit_store_failed(
-    ngx_http_redisgate_limit_t *limit, const char *error);
+    ngx_http_redisgate_limit_t *limit, const char *error, ngx_uint_t slow);
 static ngx_http_redisgate_bucket_t *ngx_http_redisgate_limit_lookup(
     ngx_http_redisgate_limit_t *limit, uint32_t hash, ngx_str_t *org);
 static ngx_int_t ngx_http_redisgate_limit_cmp(ngx_rbtree_node_t *one,
@@ -548,6 +549,7 @@ ngx_http_redisgate_limit_ask(ngx_http_redisgate_limit_t *limit,
     /* for the retry, when the store's address is not known yet */
     ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
     ctx->lease = lease;
+    lease->start = ngx_current_msec;
 
     return ngx_http_redisgate_limit_send(lease);
 }
@@ -583,7 +585,7 @@ ngx_http_redisgate_limit_send(ngx_http_redisgate_lease_t *lease)
         }
     }
 
-    ngx_http_redisgate_limit_store_failed(limit, error);
+    ngx_http_redisgate_limit_store_failed(limit, error, 0);
 
     return ngx_http_redisgate_limit_local(limit, &lease->org, lease->rate,
                                           lease->burst, lease->cost,
@@ -656,9 +658,12 @@ ngx_http_redisgate_limit_reply(void *data, redisReply *reply,
     }
 
     if (lease->granted < 0) {
+        /* slow: it took about the whole timeout */
         ngx_http_redisgate_limit_store_failed(limit, lease->error
                                                      ? lease->error
-                                                     : "a wrong answer");
+                                                     : "a wrong answer",
+                                      ngx_current_msec - lease->start
+                                      >= limit->timeout / 2);
 
         rc = ngx_http_redisgate_limit_local(limit, &lease->org, lease->rate,
                                             lease->burst, lease->cost,
@@ -709,14 +714,15 @@ ngx_http_redisgate_limit_reply(void *data, redisReply *reply,
 
 
 /*
- * Counted here for a while, said once: a second, doubling while the store
- * keeps failing (a store that does not answer costs a request its wait
- * once per while), back to a second once it answers.
+ * Counted here for a while, said once: a second after a quick failure (a
+ * refused connection: the store is asked again soon after it is back),
+ * doubling while the store keeps not answering in time (each time costs
+ * a request its wait), back to a second once it answers.
  */
 
 static void
 ngx_http_redisgate_limit_store_failed(ngx_http_redisgate_limit_t *limit,
-    const char *error)
+    const char *error, ngx_uint_t slow)
 {
     if ((ngx_msec_int_t) (ngx_http_redisgate_limit_store_down
                           - ngx_current_msec) > 0)
@@ -724,7 +730,7 @@ ngx_http_redisgate_limit_store_failed(ngx_http_redisgate_limit_t *limit,
         return;
     }
 
-    if (ngx_http_redisgate_limit_store_wait == 0) {
+    if (ngx_http_redisgate_limit_store_wait == 0 || !slow) {
         ngx_http_redisgate_limit_store_wait =
                                         NGX_HTTP_REDISGATE_LIMIT_STORE_DOWN;
     }
