@@ -275,6 +275,20 @@ static ngx_command_t  ngx_http_redisgate_commands[] = {
       offsetof(ngx_http_redisgate_loc_conf_t, timeout),
       NULL },
 
+    { ngx_string("redisgate_sse_heartbeat"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_loc_conf_t, sse_heartbeat),
+      NULL },
+
+    { ngx_string("redisgate_sse_buffer"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_loc_conf_t, sse_buffer),
+      NULL },
+
     { ngx_string("redisgate_max_commands"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_num_slot,
@@ -484,6 +498,8 @@ ngx_http_redisgate_create_loc_conf(ngx_conf_t *cf)
 
     rlcf->timeout = NGX_CONF_UNSET_MSEC;
     rlcf->max_commands = NGX_CONF_UNSET_UINT;
+    rlcf->sse_heartbeat = NGX_CONF_UNSET_MSEC;
+    rlcf->sse_buffer = NGX_CONF_UNSET_SIZE;
 
     return rlcf;
 }
@@ -497,6 +513,10 @@ ngx_http_redisgate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 5000);
     ngx_conf_merge_uint_value(conf->max_commands, prev->max_commands, 10000);
+    ngx_conf_merge_msec_value(conf->sse_heartbeat, prev->sse_heartbeat,
+                              15000);
+    ngx_conf_merge_size_value(conf->sse_buffer, prev->sse_buffer,
+                              1024 * 1024);
 
     if (ngx_http_redisgate_policy_merge(cf, prev, conf) != NGX_OK) {
         return NGX_CONF_ERROR;

@@ -40,6 +40,8 @@ typedef struct ngx_http_redisgate_limit_s    ngx_http_redisgate_limit_t;
 typedef struct ngx_http_redisgate_usage_s    ngx_http_redisgate_usage_t;
 typedef struct ngx_http_redisgate_sentinel_s ngx_http_redisgate_sentinel_t;
 typedef struct ngx_http_redisgate_cluster_s  ngx_http_redisgate_cluster_t;
+typedef struct ngx_http_redisgate_hub_s      ngx_http_redisgate_hub_t;
+typedef struct ngx_http_redisgate_stream_s   ngx_http_redisgate_stream_t;
 
 
 /* at the start of every zone's shared context */
@@ -158,6 +160,7 @@ struct ngx_http_redisgate_backend_s {
     ngx_http_redisgate_sentinel_t  *sentinel;   /* names the address */
     ngx_http_redisgate_cluster_t   *cluster;    /* its primaries' pools */
     ngx_uint_t                      refs;       /* clusters that use it */
+    ngx_http_redisgate_hub_t       *hub;        /* pub/sub, when listened */
     unsigned                        shared:1;   /* nginx.conf's instances */
     unsigned                        resolved:1; /* node has an address */
     unsigned                        resolve_error:1;
@@ -229,6 +232,8 @@ typedef struct {
     ngx_uint_t                      skip;       /* segments before the id */
     ngx_msec_t                      timeout;
     ngx_uint_t                      max_commands;
+    ngx_msec_t                      sse_heartbeat;
+    size_t                          sse_buffer;
 
     ngx_array_t                    *deny;       /* of ngx_str_t, raw */
     ngx_array_t                    *allow;      /* of ngx_str_t, raw */
@@ -317,6 +322,7 @@ typedef struct {
 
     ngx_http_redisgate_limit_state_t  limit;
     void                           *lease;      /* limit.c's, with a store */
+    ngx_http_redisgate_stream_t    *stream;     /* a subscription's */
 
     ngx_msec_t                      redis_start;
     ngx_msec_t                      redis_time;
@@ -435,6 +441,33 @@ ngx_int_t ngx_http_redisgate_scatter(ngx_http_redisgate_backend_t *b,
     ngx_http_request_t *r, ngx_http_redisgate_cmd_t *cmds, ngx_str_t *resp,
     ngx_uint_t n, ngx_uint_t multi, ngx_msec_t timeout,
     ngx_http_redisgate_reply_pt handler, void *data, const char **error);
+
+/* pubsub.c and stream.c: subscriptions, fanned out, as Server-Sent Events */
+
+/* one channel (or pattern) a stream listens to */
+typedef struct {
+    ngx_queue_t                     queue;      /* in its channel's */
+    void                           *channel;    /* the hub's; NULL: none */
+    ngx_http_redisgate_stream_t    *stream;
+    ngx_str_t                       name;       /* in the request */
+    unsigned                        active:1;   /* its subscribe line sent */
+} ngx_http_redisgate_listener_t;
+
+ngx_int_t ngx_http_redisgate_pubsub_listen(ngx_http_redisgate_backend_t *b,
+    ngx_http_redisgate_listener_t *l, ngx_str_t *name, ngx_uint_t pattern,
+    ngx_msec_t timeout, ngx_log_t *log, const char **error);
+void ngx_http_redisgate_pubsub_leave(ngx_http_redisgate_listener_t *l);
+void ngx_http_redisgate_pubsub_close(ngx_http_redisgate_backend_t *b);
+ngx_uint_t ngx_http_redisgate_pubsub_busy(ngx_http_redisgate_backend_t *b);
+
+ngx_uint_t ngx_http_redisgate_stream_kind(ngx_http_redisgate_ctx_t *ctx);
+ngx_int_t ngx_http_redisgate_stream_start(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx);
+void ngx_http_redisgate_stream_subscribed(ngx_http_redisgate_listener_t *l);
+void ngx_http_redisgate_stream_message(ngx_http_redisgate_listener_t *l,
+    redisReply *reply);
+void ngx_http_redisgate_stream_lost(ngx_http_redisgate_stream_t *s,
+    const char *error);
 
 /* sentinel.c: the primary the sentinels name */
 ngx_http_redisgate_sentinel_t *ngx_http_redisgate_sentinel_create(

@@ -819,6 +819,7 @@ ngx_http_redisgate_backend_sweep(ngx_event_t *ev)
 
         if (ngx_current_msec - d->backend.last_used < bs->rmcf->idle_timeout
             || d->backend.refs
+            || ngx_http_redisgate_pubsub_busy(&d->backend)
             || ngx_http_redisgate_redis_busy(&d->backend)
             || d->backend.resolving
             || !ngx_queue_empty(&d->backend.waiting))

@@ -29,6 +29,8 @@ static ngx_int_t ngx_http_redisgate_authorized(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx, ngx_int_t rc);
 static ngx_int_t ngx_http_redisgate_check_rate(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
+static ngx_int_t ngx_http_redisgate_run(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx);
 static void ngx_http_redisgate_rate_checked(ngx_http_request_t *r,
     ngx_int_t rc);
 static ngx_int_t ngx_http_redisgate_rate_decided(ngx_http_request_t *r,
@@ -298,14 +300,37 @@ ngx_http_redisgate_authorized(ngx_http_request_t *r,
         return ngx_http_redisgate_send_error(r, rc, "%s", ctx->auth.error);
     }
 
-    rc = ngx_http_redisgate_check_commands(r, ctx);
-    if (rc != NGX_DECLINED) {
-        return rc;
+    if (ngx_http_redisgate_stream_kind(ctx)) {
+        /* a stream: read scope, not the policy's deny-list of pub/sub */
+        if (!(ctx->auth.scopes & NGX_HTTP_REDISGATE_SCOPE_READ)) {
+            return ngx_http_redisgate_send_error(r, NGX_HTTP_FORBIDDEN,
+                                  "Forbidden: this API key's scopes do not "
+                                  "allow '%V'", &ctx->route.cmd.argv[0]);
+        }
+
+    } else {
+        rc = ngx_http_redisgate_check_commands(r, ctx);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
     }
 
     rc = ngx_http_redisgate_check_rate(r, ctx);
     if (rc != NGX_DECLINED) {
         return rc;
+    }
+
+    return ngx_http_redisgate_run(r, ctx);
+}
+
+
+/* let in: the commands to Redis, or the stream */
+
+static ngx_int_t
+ngx_http_redisgate_run(ngx_http_request_t *r, ngx_http_redisgate_ctx_t *ctx)
+{
+    if (ngx_http_redisgate_stream_kind(ctx)) {
+        return ngx_http_redisgate_stream_start(r, ctx);
     }
 
     return ngx_http_redisgate_send_commands(r, ctx);
@@ -360,7 +385,7 @@ ngx_http_redisgate_rate_checked(ngx_http_request_t *r, ngx_int_t rc)
     rc = ngx_http_redisgate_rate_decided(r, ctx, rc);
 
     if (rc == NGX_DECLINED) {
-        rc = ngx_http_redisgate_send_commands(r, ctx);
+        rc = ngx_http_redisgate_run(r, ctx);
     }
 
     if (rc != NGX_DONE) {

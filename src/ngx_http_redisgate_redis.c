@@ -203,6 +203,7 @@ ngx_http_redisgate_redis_close_backend(ngx_http_redisgate_backend_t *backend)
 
     ngx_http_redisgate_tls_free_session(&backend->node);
 
+    ngx_http_redisgate_pubsub_close(backend);
     ngx_http_redisgate_sentinel_close(backend);
     ngx_http_redisgate_cluster_close(backend);
 }

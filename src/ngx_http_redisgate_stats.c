@@ -215,6 +215,18 @@ ngx_http_redisgate_stats_count(ngx_uint_t what, ngx_uint_t n)
 }
 
 
+/* up or down: open streams, subscribed channels */
+
+void
+ngx_http_redisgate_stats_gauge(ngx_uint_t what, ngx_int_t n)
+{
+    if (ngx_http_redisgate_stats) {
+        (void) ngx_atomic_fetch_add(&ngx_http_redisgate_stats->counters[what],
+                                    (ngx_atomic_int_t) n);
+    }
+}
+
+
 /* a backend's row, found by its URL (never holding a password) */
 
 ngx_http_redisgate_backend_stats_t *
@@ -406,6 +418,30 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
                      st->counters[NGX_HTTP_REDISGATE_STAT_RATE_LIMITED],
                      st->counters[NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES],
                      st->counters[NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS]);
+
+    p = ngx_slprintf(p, last,
+                     "# HELP redisgate_streams Open /subscribe and "
+                     "/psubscribe streams.\n"
+                     "# TYPE redisgate_streams gauge\n"
+                     "redisgate_streams %A\n"
+                     "# HELP redisgate_stream_channels Channels and "
+                     "patterns the workers are subscribed to.\n"
+                     "# TYPE redisgate_stream_channels gauge\n"
+                     "redisgate_stream_channels %A\n"
+                     "# HELP redisgate_stream_messages_total Messages "
+                     "written to streams.\n"
+                     "# TYPE redisgate_stream_messages_total counter\n"
+                     "redisgate_stream_messages_total %uA\n"
+                     "# HELP redisgate_stream_drops_total Streams ended "
+                     "because their client read too slowly.\n"
+                     "# TYPE redisgate_stream_drops_total counter\n"
+                     "redisgate_stream_drops_total %uA\n",
+                     (ngx_atomic_int_t)
+                         st->counters[NGX_HTTP_REDISGATE_STAT_STREAMS],
+                     (ngx_atomic_int_t)
+                         st->counters[NGX_HTTP_REDISGATE_STAT_CHANNELS],
+                     st->counters[NGX_HTTP_REDISGATE_STAT_STREAM_MESSAGES],
+                     st->counters[NGX_HTTP_REDISGATE_STAT_STREAM_DROPS]);
 
     if (rmcf->cache) {
         ngx_http_redisgate_cache_stats(rmcf->cache, &hits, &misses,

@@ -28,7 +28,11 @@ typedef struct ngx_http_redisgate_backend_stats_s
 #define NGX_HTTP_REDISGATE_STAT_RATE_LIMITED      1
 #define NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES  2
 #define NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS   3
-#define NGX_HTTP_REDISGATE_STAT_COUNTERS          4
+#define NGX_HTTP_REDISGATE_STAT_STREAMS           4   /* open, a gauge */
+#define NGX_HTTP_REDISGATE_STAT_CHANNELS          5   /* subscribed, gauge */
+#define NGX_HTTP_REDISGATE_STAT_STREAM_MESSAGES   6
+#define NGX_HTTP_REDISGATE_STAT_STREAM_DROPS      7   /* slow readers */
+#define NGX_HTTP_REDISGATE_STAT_COUNTERS          8
 
 #define NGX_HTTP_REDISGATE_STAT_CONNECTIONS       0
 #define NGX_HTTP_REDISGATE_STAT_IN_FLIGHT         1
@@ -43,6 +47,7 @@ ngx_int_t ngx_http_redisgate_stats_add(ngx_conf_t *cf);
 void ngx_http_redisgate_stats_request(ngx_uint_t route, ngx_uint_t status,
     ngx_msec_t ms);
 void ngx_http_redisgate_stats_count(ngx_uint_t what, ngx_uint_t n);
+void ngx_http_redisgate_stats_gauge(ngx_uint_t what, ngx_int_t n);
 ngx_http_redisgate_backend_stats_t *ngx_http_redisgate_stats_backend(
     ngx_str_t *url);
 void ngx_http_redisgate_stats_backend_add(

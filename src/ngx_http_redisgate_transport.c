@@ -211,13 +211,20 @@ ngx_http_redisgate_link_send(ngx_http_redisgate_link_t *link, ngx_str_t *cmds,
 
     /* room for all first: MULTI...EXEC goes whole or not at all */
 
-    if (ngx_http_redisgate_link_reserve(link, len, n) != NGX_OK) {
+    if (ngx_http_redisgate_link_reserve(link, len, handler ? n : 0)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
     for (i = 0; i < n; i++) {
         ngx_memcpy(link->out + link->out_last, cmds[i].data, cmds[i].len);
         link->out_last += cmds[i].len;
+
+        if (handler == NULL) {
+            /* subscribe mode: its replies come to on_push, as messages do */
+            continue;
+        }
 
         tail = (link->wait_head + link->nwaits) & (link->wait_size - 1);
         w = &link->waits[tail];

@@ -134,7 +134,9 @@ struct ngx_http_redisgate_link_s {
 ngx_int_t ngx_http_redisgate_link_connect(ngx_http_redisgate_link_t *link,
     ngx_http_redisgate_node_t *node, ngx_log_t *log);
 
-/* n formatted commands, one reply each, all queued or none (NGX_ERROR) */
+/* n formatted commands, one reply each, all queued or none (NGX_ERROR);
+ * handler NULL: their replies go to on_push (a link in subscribe mode,
+ * where messages and replies come in any order) */
 ngx_int_t ngx_http_redisgate_link_send(ngx_http_redisgate_link_t *link,
     ngx_str_t *cmds, ngx_uint_t n, ngx_http_redisgate_link_reply_pt handler,
     void *data);

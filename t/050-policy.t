@@ -70,7 +70,7 @@ POST /redis/$TEST_NGINX_INSTANCE
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/debug/sleep/1",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/swapdb/1/2",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/monitor",
- "GET /redis/$ENV{TEST_NGINX_INSTANCE}/subscribe/ch",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}\n[\"SUBSCRIBE\",\"ch\"]",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/acl/list",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/script/kill"]
 --- error_code eval

@@ -1,0 +1,677 @@
+
+/*
+ * Copyright (C) RedisGate authors
+ */
+
+
+/*
+ * Pub/sub fan-out: per worker and per backend, one connection in Redis's
+ * subscribe mode (a "hub"), shared by every stream of the worker.  A
+ * channel (or pattern) is subscribed to when its first listener comes and
+ * unsubscribed from when its last leaves; each message is decoded once
+ * and handed to each listener (stream.c writes it out).
+ *
+ * In subscribe mode, replies and messages come in any order: nothing
+ * waits on the link, everything comes to on_push and is told apart by its
+ * kind ("subscribe", "message", "pmessage"...).
+ *
+ * Redis lost: the hub connects again (100 ms, doubling to 1 s) and
+ * subscribes again to every channel that has listeners; what was
+ * published meanwhile is lost (pub/sub is at-most-once).  Not back within
+ * the longest redisgate_timeout of its streams: every stream ends with an
+ * error line.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_redisgate.h"
+
+
+struct ngx_http_redisgate_hub_s {
+    ngx_http_redisgate_backend_t   *backend;
+    ngx_http_redisgate_link_t       link;
+    ngx_queue_t                     channels;
+    ngx_uint_t                      nchannels;
+    ngx_log_t                      *log;
+
+    /* Redis lost: connecting again until the deadline */
+    ngx_event_t                     reconnect;
+    ngx_msec_t                      backoff;
+    ngx_msec_t                      deadline;
+    ngx_msec_t                      timeout;    /* the streams' longest */
+    const char                     *error;      /* why it was lost */
+};
+
+
+typedef struct {
+    ngx_queue_t                     queue;      /* in the hub's */
+    ngx_http_redisgate_hub_t       *hub;
+    ngx_str_t                       name;
+    ngx_uint_t                      pattern;
+    ngx_queue_t                     listeners;
+    unsigned                        subscribed:1;   /* Redis said so */
+    unsigned                        gone:1;     /* out of the hub's list */
+} ngx_http_redisgate_channel_t;
+
+
+static ngx_http_redisgate_hub_t *ngx_http_redisgate_hub_get(
+    ngx_http_redisgate_backend_t *b, ngx_log_t *log);
+static ngx_int_t ngx_http_redisgate_hub_connect(ngx_http_redisgate_hub_t *hub);
+static ngx_int_t ngx_http_redisgate_hub_send(ngx_http_redisgate_hub_t *hub,
+    const char *cmd, ngx_str_t *arg, ngx_str_t *arg2);
+static ngx_http_redisgate_channel_t *ngx_http_redisgate_hub_find(
+    ngx_http_redisgate_hub_t *hub, u_char *name, size_t len,
+    ngx_uint_t pattern);
+static void ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
+    redisReply *reply);
+static void ngx_http_redisgate_hub_closed(ngx_http_redisgate_link_t *link);
+static void ngx_http_redisgate_hub_reconnect(ngx_event_t *ev);
+static void ngx_http_redisgate_hub_end(ngx_http_redisgate_hub_t *hub,
+    const char *error);
+static ngx_uint_t ngx_http_redisgate_hub_is(redisReply *r, const char *s);
+
+
+/*
+ * listener listens to a channel (a pattern) of backend's Redis: subscribed
+ * when new; stream_subscribed() at once when Redis said so already, else
+ * when it does.  NGX_ERROR: no connection could be had (*error why).
+ */
+
+ngx_int_t
+ngx_http_redisgate_pubsub_listen(ngx_http_redisgate_backend_t *b,
+    ngx_http_redisgate_listener_t *l, ngx_str_t *name, ngx_uint_t pattern,
+    ngx_msec_t timeout, ngx_log_t *log, const char **error)
+{
+    ngx_http_redisgate_hub_t      *hub;
+    ngx_http_redisgate_channel_t  *ch;
+
+    hub = ngx_http_redisgate_hub_get(b, log);
+    if (hub == NULL) {
+        *error = "out of memory";
+        return NGX_ERROR;
+    }
+
+    hub->timeout = ngx_max(hub->timeout, timeout);
+
+    if (hub->link.state == NGX_HTTP_REDISGATE_LINK_CLOSED
+        && !hub->reconnect.timer_set
+        && ngx_http_redisgate_hub_connect(hub) != NGX_OK)
+    {
+        *error = hub->link.error ? hub->link.error : "out of memory";
+        return NGX_ERROR;
+    }
+
+    ch = ngx_http_redisgate_hub_find(hub, name->data, name->len, pattern);
+
+    if (ch == NULL) {
+        ch = ngx_alloc(sizeof(ngx_http_redisgate_channel_t) + name->len,
+                       hub->log);
+        if (ch == NULL) {
+            *error = "out of memory";
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(ch, sizeof(ngx_http_redisgate_channel_t));
+
+        ch->hub = hub;
+        ch->pattern = pattern;
+        ch->name.data = (u_char *) &ch[1];
+        ch->name.len = name->len;
+        ngx_memcpy(ch->name.data, name->data, name->len);
+        ngx_queue_init(&ch->listeners);
+
+        /* while reconnecting: subscribed to with the others, once back */
+        if (!hub->reconnect.timer_set
+            && ngx_http_redisgate_hub_send(hub,
+                                        pattern ? "PSUBSCRIBE" : "SUBSCRIBE",
+                                        &ch->name, NULL)
+               != NGX_OK)
+        {
+            ngx_free(ch);
+            *error = "out of memory";
+            return NGX_ERROR;
+        }
+
+        ngx_queue_insert_tail(&hub->channels, &ch->queue);
+        hub->nchannels++;
+        ngx_http_redisgate_stats_gauge(NGX_HTTP_REDISGATE_STAT_CHANNELS, 1);
+    }
+
+    l->channel = ch;
+    ngx_queue_insert_tail(&ch->listeners, &l->queue);
+
+    if (ch->subscribed) {
+        ngx_http_redisgate_stream_subscribed(l);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the listener goes; its channel too when it was the last */
+
+void
+ngx_http_redisgate_pubsub_leave(ngx_http_redisgate_listener_t *l)
+{
+    ngx_http_redisgate_hub_t      *hub;
+    ngx_http_redisgate_channel_t  *ch;
+
+    ch = l->channel;
+
+    if (ch == NULL) {
+        return;
+    }
+
+    l->channel = NULL;
+    ngx_queue_remove(&l->queue);
+
+    if (!ngx_queue_empty(&ch->listeners) || ch->gone) {
+        /* others listen; or the hub is closing and frees it */
+        return;
+    }
+
+    hub = ch->hub;
+
+    ngx_queue_remove(&ch->queue);
+    hub->nchannels--;
+    ngx_http_redisgate_stats_gauge(NGX_HTTP_REDISGATE_STAT_CHANNELS, -1);
+
+    if (hub->nchannels == 0) {
+        /* nobody listens: the connection goes, UNSUBSCRIBE with it; the
+         * next streams bring their own timeouts */
+        ngx_free(ch);
+        hub->timeout = 0;
+
+        if (hub->reconnect.timer_set) {
+            ngx_del_timer(&hub->reconnect);
+        }
+
+        ngx_http_redisgate_link_close(&hub->link,
+                                      NGX_HTTP_REDISGATE_FAIL_CLOSED, NULL);
+        return;
+    }
+
+    if (hub->reconnect.timer_set) {
+        /* not subscribed on any connection now */
+        ngx_free(ch);
+        return;
+    }
+
+    (void) ngx_http_redisgate_hub_send(hub, ch->pattern ? "PUNSUBSCRIBE"
+                                                        : "UNSUBSCRIBE",
+                                       &ch->name, NULL);
+    ngx_free(ch);
+}
+
+
+/* streams listen to it: the idle sweep leaves the backend alone */
+
+ngx_uint_t
+ngx_http_redisgate_pubsub_busy(ngx_http_redisgate_backend_t *b)
+{
+    return b->hub && b->hub->nchannels;
+}
+
+
+/* the worker is exiting, or the backend goes: its streams end */
+
+void
+ngx_http_redisgate_pubsub_close(ngx_http_redisgate_backend_t *b)
+{
+    ngx_http_redisgate_hub_t  *hub;
+
+    hub = b->hub;
+
+    if (hub == NULL) {
+        return;
+    }
+
+    if (hub->reconnect.timer_set) {
+        ngx_del_timer(&hub->reconnect);
+    }
+
+    /* its streams end, and not to be reconnected for */
+    hub->deadline = ngx_current_msec;
+
+    ngx_http_redisgate_link_close(&hub->link, NGX_HTTP_REDISGATE_FAIL_CLOSED,
+                                  "nginx worker is exiting");
+    ngx_http_redisgate_hub_end(hub, "nginx worker is exiting");
+    ngx_http_redisgate_link_free(&hub->link);
+
+    b->hub = NULL;
+    ngx_free(hub);
+}
+
+
+static ngx_http_redisgate_hub_t *
+ngx_http_redisgate_hub_get(ngx_http_redisgate_backend_t *b, ngx_log_t *log)
+{
+    ngx_http_redisgate_hub_t  *hub;
+
+    if (b->hub) {
+        return b->hub;
+    }
+
+    hub = ngx_calloc(sizeof(ngx_http_redisgate_hub_t), b->log);
+    if (hub == NULL) {
+        return NULL;
+    }
+
+    hub->backend = b;
+    hub->log = b->log;
+    ngx_queue_init(&hub->channels);
+
+    hub->link.data = hub;
+    hub->link.log = b->log;
+    hub->link.on_push = ngx_http_redisgate_hub_push;
+    hub->link.on_close = ngx_http_redisgate_hub_closed;
+
+    hub->reconnect.handler = ngx_http_redisgate_hub_reconnect;
+    hub->reconnect.data = hub;
+    hub->reconnect.log = b->log;
+    hub->reconnect.cancelable = 1;
+
+    b->hub = hub;
+
+    return hub;
+}
+
+
+/* to the backend's node (a cluster's: any primary, channels are the whole
+ * cluster's), AUTH first when it takes a password */
+
+static ngx_int_t
+ngx_http_redisgate_hub_connect(ngx_http_redisgate_hub_t *hub)
+{
+    ngx_http_redisgate_backend_t  *b, *node;
+
+    b = hub->backend;
+    node = b;
+
+    if (b->cluster) {
+        node = ngx_http_redisgate_cluster_node(b->cluster,
+                                               NGX_HTTP_REDISGATE_SLOTS);
+        if (node == NULL) {
+            hub->link.error = "Redis unavailable: no cluster node";
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_http_redisgate_link_connect(&hub->link, &node->node, hub->log)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (b->address.password.len
+        && ngx_http_redisgate_hub_send(hub, "AUTH",
+                                       b->address.user.len ? &b->address.user
+                                                           : NULL,
+                                       &b->address.password)
+           != NGX_OK)
+    {
+        ngx_http_redisgate_link_close(&hub->link,
+                                      NGX_HTTP_REDISGATE_FAIL_CLOSED,
+                                      "out of memory");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* one command of up to two arguments; its reply comes to on_push */
+
+static ngx_int_t
+ngx_http_redisgate_hub_send(ngx_http_redisgate_hub_t *hub, const char *cmd,
+    ngx_str_t *arg, ngx_str_t *arg2)
+{
+    u_char                    *buf;
+    ngx_int_t                  rc;
+    ngx_str_t                  argv[3], resp;
+    ngx_http_redisgate_cmd_t   c;
+
+    argv[0].data = (u_char *) cmd;
+    argv[0].len = ngx_strlen(cmd);
+    c.argv = argv;
+    c.argc = 1;
+
+    if (arg) {
+        argv[c.argc++] = *arg;
+    }
+
+    if (arg2) {
+        argv[c.argc++] = *arg2;
+    }
+
+    resp.len = ngx_http_redisgate_resp_command_len(&c);
+
+    buf = ngx_alloc(resp.len, hub->log);
+    if (buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    resp.data = buf;
+    (void) ngx_http_redisgate_resp_command(buf, &c);
+
+    /* the link copies it */
+    rc = ngx_http_redisgate_link_send(&hub->link, &resp, 1, NULL, NULL);
+
+    ngx_free(buf);
+
+    return rc == NGX_OK ? NGX_OK : NGX_ERROR;
+}
+
+
+static ngx_http_redisgate_channel_t *
+ngx_http_redisgate_hub_find(ngx_http_redisgate_hub_t *hub, u_char *name,
+    size_t len, ngx_uint_t pattern)
+{
+    ngx_queue_t                   *q;
+    ngx_http_redisgate_channel_t  *ch;
+
+    for (q = ngx_queue_head(&hub->channels);
+         q != ngx_queue_sentinel(&hub->channels);
+         q = ngx_queue_next(q))
+    {
+        ch = ngx_queue_data(q, ngx_http_redisgate_channel_t, queue);
+
+        if (ch->pattern == pattern && ch->name.len == len
+            && ngx_memcmp(ch->name.data, name, len) == 0)
+        {
+            return ch;
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * What Redis says in subscribe mode: +OK (AUTH), an error (AUTH refused),
+ * [subscribe, ch, n], [message, ch, payload], [pmessage, pat, ch, payload],
+ * [unsubscribe, ch, n].
+ */
+
+static void
+ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
+    redisReply *reply)
+{
+    ngx_http_redisgate_hub_t *hub = link->data;
+
+    ngx_uint_t                      pattern, generation;
+    ngx_queue_t                    *q, *next;
+    redisReply                     *name;
+    ngx_http_redisgate_channel_t   *ch;
+    ngx_http_redisgate_listener_t  *l;
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, hub->log, 0,
+                      "redisgate: Redis at %V refused the subscriber "
+                      "connection: %*s", &link->node->name,
+                      (size_t) reply->len, reply->str);
+
+        ngx_http_redisgate_link_close(link, NGX_HTTP_REDISGATE_FAIL_AUTH,
+                                      NULL);
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3
+        || reply->element[0]->type != REDIS_REPLY_STRING
+        || reply->element[1]->type != REDIS_REPLY_STRING)
+    {
+        /* +OK of AUTH */
+        return;
+    }
+
+    name = reply->element[1];
+
+    if (ngx_http_redisgate_hub_is(reply->element[0], "subscribe")
+        || ngx_http_redisgate_hub_is(reply->element[0], "psubscribe"))
+    {
+        pattern = (reply->element[0]->str[0] == 'p');
+
+        ch = ngx_http_redisgate_hub_find(hub, (u_char *) name->str,
+                                         name->len, pattern);
+        if (ch == NULL || ch->subscribed) {
+            /* left meanwhile: its UNSUBSCRIBE follows */
+            return;
+        }
+
+        ch->subscribed = 1;
+
+        if (hub->deadline) {
+            ngx_log_error(NGX_LOG_NOTICE, hub->log, 0,
+                          "redisgate: the subscriber connection to %V is "
+                          "back", &link->node->name);
+            hub->deadline = 0;
+        }
+
+        /* a stream may end in there (its buffer full) and leave */
+
+        generation = link->generation;
+
+        for (q = ngx_queue_head(&ch->listeners);
+             q != ngx_queue_sentinel(&ch->listeners);
+             q = next)
+        {
+            next = ngx_queue_next(q);
+            l = ngx_queue_data(q, ngx_http_redisgate_listener_t, queue);
+
+            ngx_http_redisgate_stream_subscribed(l);
+
+            if (link->generation != generation
+                || ngx_http_redisgate_hub_find(hub, (u_char *) name->str,
+                                               name->len, pattern)
+                   != ch)
+            {
+                return;
+            }
+        }
+
+        return;
+    }
+
+    pattern = ngx_http_redisgate_hub_is(reply->element[0], "pmessage");
+
+    if (!pattern && !ngx_http_redisgate_hub_is(reply->element[0], "message"))
+    {
+        /* unsubscribe, punsubscribe */
+        return;
+    }
+
+    if (reply->elements != 3 + pattern
+        || reply->element[2]->type != REDIS_REPLY_STRING
+        || reply->element[2 + pattern]->type != REDIS_REPLY_STRING)
+    {
+        return;
+    }
+
+    ch = ngx_http_redisgate_hub_find(hub, (u_char *) name->str, name->len,
+                                     pattern);
+    if (ch == NULL) {
+        return;
+    }
+
+    generation = link->generation;
+
+    for (q = ngx_queue_head(&ch->listeners);
+         q != ngx_queue_sentinel(&ch->listeners);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        l = ngx_queue_data(q, ngx_http_redisgate_listener_t, queue);
+
+        /* a stream over its buffer ends, and leaves, in there */
+        ngx_http_redisgate_stream_message(l, reply);
+
+        if (link->generation != generation
+            || ngx_http_redisgate_hub_find(hub, (u_char *) name->str,
+                                           name->len, pattern)
+               != ch)
+        {
+            return;
+        }
+    }
+}
+
+
+/*
+ * Closed: by us when the last listener left (nothing to do), or lost: the
+ * channels stay, unsubscribed, and the hub connects again, from the event
+ * loop (this runs inside the link's close).
+ */
+
+static void
+ngx_http_redisgate_hub_closed(ngx_http_redisgate_link_t *link)
+{
+    ngx_http_redisgate_hub_t *hub = link->data;
+
+    ngx_queue_t                   *q;
+    ngx_msec_int_t                 left;
+    ngx_http_redisgate_channel_t  *ch;
+
+    if (hub->nchannels == 0) {
+        return;
+    }
+
+    for (q = ngx_queue_head(&hub->channels);
+         q != ngx_queue_sentinel(&hub->channels);
+         q = ngx_queue_next(q))
+    {
+        ch = ngx_queue_data(q, ngx_http_redisgate_channel_t, queue);
+        ch->subscribed = 0;
+    }
+
+    hub->error = link->error;
+
+    if (!hub->deadline) {
+        if (!link->was_ready) {
+            /* never had it: no stream waits for what never worked */
+            ngx_http_redisgate_hub_end(hub, link->error);
+            return;
+        }
+
+        hub->deadline = ngx_current_msec + hub->timeout;
+        hub->backoff = 100;
+
+        ngx_log_error(NGX_LOG_WARN, hub->log, 0,
+                      "redisgate: lost the subscriber connection to %V, "
+                      "%ui channels to subscribe to again",
+                      &link->node->name, hub->nchannels);
+
+    } else {
+        /* again, and not back: wait longer, up to the deadline */
+        hub->backoff = ngx_min(hub->backoff * 2, 1000);
+    }
+
+    left = (ngx_msec_int_t) (hub->deadline - ngx_current_msec);
+
+    ngx_add_timer(&hub->reconnect,
+                  left <= 0 ? 1 : ngx_min(hub->backoff, (ngx_msec_t) left));
+}
+
+
+/* again: the connection, then every channel; past the deadline, the end */
+
+static void
+ngx_http_redisgate_hub_reconnect(ngx_event_t *ev)
+{
+    ngx_http_redisgate_hub_t *hub = ev->data;
+
+    ngx_queue_t                   *q;
+    ngx_http_redisgate_channel_t  *ch;
+
+    if ((ngx_msec_int_t) (ngx_current_msec - hub->deadline) >= 0) {
+        ngx_log_error(NGX_LOG_ERR, hub->log, 0,
+                      "redisgate: the subscriber connection to %V is not "
+                      "back in time, ending the streams of its %ui "
+                      "channel(s)", &hub->link.node->name, hub->nchannels);
+
+        ngx_http_redisgate_hub_end(hub, hub->error);
+        return;
+    }
+
+    if (ngx_http_redisgate_hub_connect(hub) != NGX_OK) {
+        hub->backoff = ngx_min(hub->backoff * 2, 1000);
+        ngx_add_timer(&hub->reconnect,
+                      ngx_min(hub->backoff,
+                              (ngx_msec_t) (hub->deadline
+                                            - ngx_current_msec)));
+        return;
+    }
+
+    for (q = ngx_queue_head(&hub->channels);
+         q != ngx_queue_sentinel(&hub->channels);
+         q = ngx_queue_next(q))
+    {
+        ch = ngx_queue_data(q, ngx_http_redisgate_channel_t, queue);
+
+        if (ngx_http_redisgate_hub_send(hub,
+                                        ch->pattern ? "PSUBSCRIBE"
+                                                    : "SUBSCRIBE",
+                                        &ch->name, NULL)
+            != NGX_OK)
+        {
+            ngx_http_redisgate_link_close(&hub->link,
+                                          NGX_HTTP_REDISGATE_FAIL_CLOSED,
+                                          "out of memory");
+            return;
+        }
+    }
+}
+
+
+/* every stream of the hub ends, with the reason */
+
+static void
+ngx_http_redisgate_hub_end(ngx_http_redisgate_hub_t *hub, const char *error)
+{
+    ngx_queue_t                    *q;
+    ngx_http_redisgate_channel_t   *ch;
+    ngx_http_redisgate_listener_t  *l;
+
+    if (hub->reconnect.timer_set) {
+        ngx_del_timer(&hub->reconnect);
+    }
+
+    while (!ngx_queue_empty(&hub->channels)) {
+        q = ngx_queue_head(&hub->channels);
+        ch = ngx_queue_data(q, ngx_http_redisgate_channel_t, queue);
+
+        ngx_queue_remove(q);
+        hub->nchannels--;
+        ngx_http_redisgate_stats_gauge(NGX_HTTP_REDISGATE_STAT_CHANNELS, -1);
+        ch->gone = 1;
+
+        while (!ngx_queue_empty(&ch->listeners)) {
+            q = ngx_queue_head(&ch->listeners);
+            l = ngx_queue_data(q, ngx_http_redisgate_listener_t, queue);
+
+            ngx_queue_remove(q);
+            l->channel = NULL;
+
+            /* it may leave its other channels: they are still listed */
+            ngx_http_redisgate_stream_lost(l->stream, error);
+        }
+
+        ngx_free(ch);
+    }
+
+    hub->deadline = 0;
+}
+
+
+static ngx_uint_t
+ngx_http_redisgate_hub_is(redisReply *r, const char *s)
+{
+    size_t  len;
+
+    len = ngx_strlen(s);
+
+    return r->len == len && ngx_strncasecmp((u_char *) r->str, (u_char *) s,
+                                            len) == 0;
+}
