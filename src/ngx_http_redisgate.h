@@ -608,6 +608,8 @@ ngx_int_t ngx_http_redisgate_redact_handler(ngx_http_request_t *r);
 void *ngx_http_redisgate_palloc(void *pool, size_t size);
 ngx_int_t ngx_http_redisgate_log_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_redisgate_handler(ngx_http_request_t *r);
+void ngx_http_redisgate_wait_client(ngx_http_request_t *r);
+void ngx_http_redisgate_resume(ngx_http_request_t *r, ngx_int_t rc);
 ngx_int_t ngx_http_redisgate_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *fmt, ...);
 

@@ -262,8 +262,7 @@ ngx_http_redisgate_process(ngx_http_request_t *r,
 
     if (rc == NGX_AGAIN) {
         /* the key store answers later; notice a client that leaves */
-        r->read_event_handler = ngx_http_test_reading;
-        r->write_event_handler = ngx_http_request_empty_handler;
+        ngx_http_redisgate_wait_client(r);
         return NGX_DONE;
     }
 
@@ -274,19 +273,13 @@ ngx_http_redisgate_process(ngx_http_request_t *r,
 static void
 ngx_http_redisgate_resolved(ngx_http_request_t *r, ngx_int_t rc)
 {
-    ngx_connection_t          *c;
     ngx_http_redisgate_ctx_t  *ctx;
 
-    c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
 
     rc = ngx_http_redisgate_authorized(r, ctx, rc);
 
-    if (rc != NGX_DONE) {
-        ngx_http_finalize_request(r, rc);
-    }
-
-    ngx_http_run_posted_requests(c);
+    ngx_http_redisgate_resume(r, rc);
 }
 
 
@@ -362,8 +355,7 @@ ngx_http_redisgate_check_rate(ngx_http_request_t *r,
 
     if (rc == NGX_AGAIN) {
         /* the limit's store answers later; notice a client that leaves */
-        r->read_event_handler = ngx_http_test_reading;
-        r->write_event_handler = ngx_http_request_empty_handler;
+        ngx_http_redisgate_wait_client(r);
         return NGX_DONE;
     }
 
@@ -376,10 +368,8 @@ ngx_http_redisgate_check_rate(ngx_http_request_t *r,
 static void
 ngx_http_redisgate_rate_checked(ngx_http_request_t *r, ngx_int_t rc)
 {
-    ngx_connection_t          *c;
     ngx_http_redisgate_ctx_t  *ctx;
 
-    c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
 
     rc = ngx_http_redisgate_rate_decided(r, ctx, rc);
@@ -388,11 +378,7 @@ ngx_http_redisgate_rate_checked(ngx_http_request_t *r, ngx_int_t rc)
         rc = ngx_http_redisgate_run(r, ctx);
     }
 
-    if (rc != NGX_DONE) {
-        ngx_http_finalize_request(r, rc);
-    }
-
-    ngx_http_run_posted_requests(c);
+    ngx_http_redisgate_resume(r, rc);
 }
 
 
@@ -984,8 +970,7 @@ ngx_http_redisgate_dispatch(ngx_http_request_t *r,
     }
 
     /* notice a client that leaves while waiting */
-    r->read_event_handler = ngx_http_test_reading;
-    r->write_event_handler = ngx_http_request_empty_handler;
+    ngx_http_redisgate_wait_client(r);
 
     return NGX_DONE;
 }
@@ -997,19 +982,13 @@ static void
 ngx_http_redisgate_retry_send(ngx_http_request_t *r)
 {
     ngx_int_t                  rc;
-    ngx_connection_t          *c;
     ngx_http_redisgate_ctx_t  *ctx;
 
-    c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
 
     rc = ngx_http_redisgate_dispatch(r, ctx);
 
-    if (rc != NGX_DONE) {
-        ngx_http_finalize_request(r, rc);
-    }
-
-    ngx_http_run_posted_requests(c);
+    ngx_http_redisgate_resume(r, rc);
 }
 
 
@@ -1577,4 +1556,31 @@ ngx_http_redisgate_log_handler(ngx_http_request_t *r)
     }
 
     return NGX_OK;
+}
+
+
+/* the request waits for something else: only a client leaving wakes it */
+
+void
+ngx_http_redisgate_wait_client(ngx_http_request_t *r)
+{
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+}
+
+
+/* a step that ran from an event: the request finalized unless it waits */
+
+void
+ngx_http_redisgate_resume(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+
+    ngx_http_run_posted_requests(c);
 }

@@ -133,8 +133,7 @@ ngx_http_redisgate_stream_start(ngx_http_request_t *r,
                                           &error);
 
     if (rc == NGX_AGAIN) {
-        r->read_event_handler = ngx_http_test_reading;
-        r->write_event_handler = ngx_http_request_empty_handler;
+        ngx_http_redisgate_wait_client(r);
         return NGX_DONE;
     }
 
@@ -151,19 +150,13 @@ static void
 ngx_http_redisgate_stream_retry(ngx_http_request_t *r)
 {
     ngx_int_t                  rc;
-    ngx_connection_t          *c;
     ngx_http_redisgate_ctx_t  *ctx;
 
-    c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
 
     rc = ngx_http_redisgate_stream_start(r, ctx);
 
-    if (rc != NGX_DONE) {
-        ngx_http_finalize_request(r, rc);
-    }
-
-    ngx_http_run_posted_requests(c);
+    ngx_http_redisgate_resume(r, rc);
 }
 
 
