@@ -324,6 +324,7 @@ ngx_http_redisgate_cluster_at(ngx_http_redisgate_cluster_t *cl, u_char *addr,
     size_t len)
 {
     u_char                        *colon;
+    ngx_int_t                      port;
     ngx_uint_t                     i;
     const char                    *error;
     ngx_http_redisgate_backend_t  *node;
@@ -341,9 +342,10 @@ ngx_http_redisgate_cluster_at(ngx_http_redisgate_cluster_t *cl, u_char *addr,
         return NULL;
     }
 
-    node = ngx_http_redisgate_cluster_primary(cl, addr, colon - addr,
-                                      ngx_atoi(colon + 1, addr + len - colon - 1),
-                                      &error);
+    port = ngx_atoi(colon + 1, addr + len - colon - 1);
+
+    node = ngx_http_redisgate_cluster_primary(cl, addr, colon - addr, port,
+                                              &error);
     if (node == NULL) {
         ngx_log_error(NGX_LOG_ERR, cl->backend->log, 0,
                       "redisgate: redirected to \"%*s\" in %V: %s", len,

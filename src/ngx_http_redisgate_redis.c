@@ -537,7 +537,8 @@ ngx_http_redisgate_redis_role_reply(void *data, redisReply *reply,
     ngx_http_redisgate_sentinel_stale(backend);
 
     ngx_http_redisgate_health_down(&backend->health,
-                  ngx_http_redisgate_link_strerror(NGX_HTTP_REDISGATE_FAIL_ROLE));
+                   ngx_http_redisgate_link_strerror(
+                                             NGX_HTTP_REDISGATE_FAIL_ROLE));
 
     ngx_http_redisgate_link_close(&conn->link, NGX_HTTP_REDISGATE_FAIL_ROLE,
                                   NULL);

@@ -232,6 +232,7 @@ ngx_http_redisgate_usage_add_locked(ngx_http_redisgate_usage_t *usage,
     ngx_int_t                         rc;
     ngx_rbtree_node_t                *node, *sentinel;
     ngx_http_redisgate_usage_node_t  *un;
+    ngx_http_redisgate_usage_shctx_t *sh;
 
     ngx_crc32_init(hash);
     ngx_crc32_update(&hash, (u_char *) &it->type, 1);
@@ -273,7 +274,8 @@ ngx_http_redisgate_usage_add_locked(ngx_http_redisgate_usage_t *usage,
 
     if (node == NULL) {
         /* full until the next write empties it: this count is lost */
-        (void) ngx_atomic_fetch_add(&((ngx_http_redisgate_usage_shctx_t *) usage->zone.sh)->dropped, 1);
+        sh = (ngx_http_redisgate_usage_shctx_t *) usage->zone.sh;
+        (void) ngx_atomic_fetch_add(&sh->dropped, 1);
         return;
     }
 
