@@ -289,6 +289,13 @@ static ngx_command_t  ngx_http_redisgate_commands[] = {
       offsetof(ngx_http_redisgate_loc_conf_t, sse_buffer),
       NULL },
 
+    { ngx_string("redisgate_monitor"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_redisgate_loc_conf_t, monitor),
+      NULL },
+
     { ngx_string("redisgate_max_commands"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_num_slot,
@@ -500,6 +507,7 @@ ngx_http_redisgate_create_loc_conf(ngx_conf_t *cf)
     rlcf->max_commands = NGX_CONF_UNSET_UINT;
     rlcf->sse_heartbeat = NGX_CONF_UNSET_MSEC;
     rlcf->sse_buffer = NGX_CONF_UNSET_SIZE;
+    rlcf->monitor = NGX_CONF_UNSET;
 
     return rlcf;
 }
@@ -517,6 +525,7 @@ ngx_http_redisgate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               15000);
     ngx_conf_merge_size_value(conf->sse_buffer, prev->sse_buffer,
                               1024 * 1024);
+    ngx_conf_merge_value(conf->monitor, prev->monitor, 0);
 
     if (ngx_http_redisgate_policy_merge(cf, prev, conf) != NGX_OK) {
         return NGX_CONF_ERROR;

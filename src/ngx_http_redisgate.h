@@ -234,6 +234,7 @@ typedef struct {
     ngx_uint_t                      max_commands;
     ngx_msec_t                      sse_heartbeat;
     size_t                          sse_buffer;
+    ngx_flag_t                      monitor;    /* redisgate_monitor */
 
     ngx_array_t                    *deny;       /* of ngx_str_t, raw */
     ngx_array_t                    *allow;      /* of ngx_str_t, raw */
@@ -251,6 +252,8 @@ typedef struct {
     ngx_uint_t                      burst;
     const char                     *error;      /* why refused */
     ngx_uint_t                      source;     /* SOURCE_* */
+    u_char                          hash[32];   /* the token's SHA-256 */
+    time_t                          expires;    /* the key's; 0: never */
 } ngx_http_redisgate_auth_t;
 
 
@@ -451,14 +454,22 @@ typedef struct {
     ngx_http_redisgate_stream_t    *stream;
     ngx_str_t                       name;       /* in the request */
     unsigned                        active:1;   /* its subscribe line sent */
+    unsigned                        monitor:1;  /* MONITOR's, not a channel */
 } ngx_http_redisgate_listener_t;
 
 ngx_int_t ngx_http_redisgate_pubsub_listen(ngx_http_redisgate_backend_t *b,
     ngx_http_redisgate_listener_t *l, ngx_str_t *name, ngx_uint_t pattern,
     ngx_msec_t timeout, ngx_log_t *log, const char **error);
+ngx_int_t ngx_http_redisgate_pubsub_monitor(ngx_http_redisgate_backend_t *b,
+    ngx_http_redisgate_listener_t *l, ngx_log_t *log, const char **error);
 void ngx_http_redisgate_pubsub_leave(ngx_http_redisgate_listener_t *l);
 void ngx_http_redisgate_pubsub_close(ngx_http_redisgate_backend_t *b);
 ngx_uint_t ngx_http_redisgate_pubsub_busy(ngx_http_redisgate_backend_t *b);
+
+/* what a stream is, from its route */
+#define NGX_HTTP_REDISGATE_STREAM_SUBSCRIBE   1
+#define NGX_HTTP_REDISGATE_STREAM_PSUBSCRIBE  2
+#define NGX_HTTP_REDISGATE_STREAM_MONITOR     3
 
 ngx_uint_t ngx_http_redisgate_stream_kind(ngx_http_redisgate_ctx_t *ctx);
 ngx_int_t ngx_http_redisgate_stream_start(ngx_http_request_t *r,
@@ -466,8 +477,27 @@ ngx_int_t ngx_http_redisgate_stream_start(ngx_http_request_t *r,
 void ngx_http_redisgate_stream_subscribed(ngx_http_redisgate_listener_t *l);
 void ngx_http_redisgate_stream_message(ngx_http_redisgate_listener_t *l,
     redisReply *reply);
+void ngx_http_redisgate_stream_monitored(ngx_http_redisgate_listener_t *l,
+    redisReply *reply);
 void ngx_http_redisgate_stream_lost(ngx_http_redisgate_stream_t *s,
     const char *error);
+
+/* recheck.c: keys that streams hold, looked up again when they change */
+typedef struct ngx_http_redisgate_watch_s  ngx_http_redisgate_watch_t;
+
+typedef void (*ngx_http_redisgate_revoked_pt)(void *data, const char *error);
+
+typedef struct {
+    ngx_queue_t                     queue;      /* in its watch's */
+    ngx_http_redisgate_watch_t     *watch;      /* NULL: holds nothing */
+    ngx_uint_t                      scope;      /* the one it needs */
+    ngx_http_redisgate_revoked_pt   revoked;
+    void                           *data;
+} ngx_http_redisgate_holder_t;
+
+ngx_int_t ngx_http_redisgate_recheck_hold(ngx_http_redisgate_holder_t *h,
+    ngx_http_redisgate_auth_t *auth, u_char *instance, ngx_log_t *log);
+void ngx_http_redisgate_recheck_release(ngx_http_redisgate_holder_t *h);
 
 /* sentinel.c: the primary the sentinels name */
 ngx_http_redisgate_sentinel_t *ngx_http_redisgate_sentinel_create(
@@ -497,6 +527,8 @@ ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
 
 /* auth.c: token + instance -> organization, scopes, backend */
 void ngx_http_redisgate_auth_exit_process(void);
+ngx_int_t ngx_http_redisgate_keyinfo_refused(ngx_http_redisgate_keyinfo_t *ki,
+    const char **error);
 ngx_int_t ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     ngx_str_t *instance, ngx_http_redisgate_auth_t *auth,
     ngx_http_redisgate_resolved_pt done);
@@ -594,7 +626,7 @@ ngx_int_t ngx_http_redisgate_pg_write(ngx_http_redisgate_pg_t *pg,
     const char *query, int n, const char **values,
     ngx_http_redisgate_pg_done_pt done, void *data);
 ngx_int_t ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
-    ngx_http_request_t *r, u_char *hash, u_char *instance,
+    ngx_pool_t *pool, ngx_log_t *log, u_char *hash, u_char *instance,
     ngx_http_redisgate_pg_handler_pt handler, void *data,
     const char **error);
 

@@ -53,6 +53,7 @@ typedef struct {
     ngx_uint_t                       scopes;
     ngx_uint_t                       rate;
     ngx_uint_t                       burst;
+    time_t                           expires;
     ngx_http_redisgate_backend_t    *backend;
     size_t                           key_id_len;
     size_t                           org_len;
@@ -112,6 +113,9 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
         auth->error = "could not hash the API key";
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    /* a stream watches its key by it (recheck.c) */
+    ngx_memcpy(auth->hash, hash, 32);
 
     key = ngx_http_redisgate_static_key(rmcf, hash);
 
@@ -188,7 +192,8 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
         rs->has_stale = (rc == NGX_AGAIN);
     }
 
-    rc = ngx_http_redisgate_pg_lookup(rmcf->pg, r, hash, instance->data,
+    rc = ngx_http_redisgate_pg_lookup(rmcf->pg, r->pool, r->connection->log,
+                                      hash, instance->data,
                                       ngx_http_redisgate_resolve_looked_up,
                                       rs, &error);
 
@@ -285,6 +290,7 @@ ngx_http_redisgate_front_get(ngx_http_request_t *r,
                                   % NGX_HTTP_REDISGATE_FRONT_SLOTS];
 
     if ((ngx_msec_int_t) (f->until - ngx_current_msec) <= 0
+        || (f->expires && f->expires <= ngx_time())
         || f->generation != ngx_http_redisgate_cache_generation(cache)
         || ngx_memcmp(f->hash, hash, 32) != 0
         || ngx_memcmp(f->instance, instance, NGX_HTTP_REDISGATE_UUID_LEN)
@@ -311,6 +317,7 @@ ngx_http_redisgate_front_get(ngx_http_request_t *r,
     auth->scopes = f->scopes;
     auth->rate = f->rate;
     auth->burst = f->burst;
+    auth->expires = f->expires;
     auth->backend = f->backend;
     auth->source = NGX_HTTP_REDISGATE_SOURCE_HIT;
 
@@ -358,6 +365,7 @@ ngx_http_redisgate_front_put(ngx_http_redisgate_cache_t *cache, u_char *hash,
     f->scopes = auth->scopes;
     f->rate = auth->rate;
     f->burst = auth->burst;
+    f->expires = auth->expires;
     f->backend = auth->backend;
 
     f->key_id_len = auth->key_id.len;
@@ -432,6 +440,47 @@ ngx_http_redisgate_resolve_static(ngx_http_request_t *r,
 }
 
 
+/*
+ * What the key store's answer says of a key: NGX_OK, it lets in (now);
+ * else the status to refuse with, and *error the text.  Requests and the
+ * streams' rechecks (recheck.c) judge alike.
+ */
+
+ngx_int_t
+ngx_http_redisgate_keyinfo_refused(ngx_http_redisgate_keyinfo_t *ki,
+    const char **error)
+{
+    switch (ki->status) {
+
+    case NGX_HTTP_REDISGATE_KEY_OK:
+        break;
+
+    case NGX_HTTP_REDISGATE_KEY_NO_INSTANCE:
+        *error = "instance not found";
+        return NGX_HTTP_NOT_FOUND;
+
+    case NGX_HTTP_REDISGATE_KEY_ORG_SUSPENDED:
+        *error = "Forbidden: the organization is suspended";
+        return NGX_HTTP_FORBIDDEN;
+
+    case NGX_HTTP_REDISGATE_KEY_INSTANCE_SUSPENDED:
+        *error = "Forbidden: the instance is suspended";
+        return NGX_HTTP_FORBIDDEN;
+
+    default: /* NGX_HTTP_REDISGATE_KEY_UNKNOWN */
+        *error = "Unauthorized: invalid API key";
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    if (ki->key_expires && ki->key_expires <= ngx_time()) {
+        *error = "Unauthorized: invalid API key";
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    return NGX_OK;
+}
+
+
 static void
 ngx_http_redisgate_resolve_looked_up(void *data, ngx_int_t rc,
     ngx_http_redisgate_keyinfo_t *ki, const char *error)
@@ -465,33 +514,12 @@ static ngx_int_t
 ngx_http_redisgate_resolve_apply(ngx_http_request_t *r,
     ngx_http_redisgate_keyinfo_t *ki, ngx_http_redisgate_auth_t *auth)
 {
+    ngx_int_t    rc;
     const char  *error;
 
-    switch (ki->status) {
-
-    case NGX_HTTP_REDISGATE_KEY_OK:
-        break;
-
-    case NGX_HTTP_REDISGATE_KEY_NO_INSTANCE:
-        auth->error = "instance not found";
-        return NGX_HTTP_NOT_FOUND;
-
-    case NGX_HTTP_REDISGATE_KEY_ORG_SUSPENDED:
-        auth->error = "Forbidden: the organization is suspended";
-        return NGX_HTTP_FORBIDDEN;
-
-    case NGX_HTTP_REDISGATE_KEY_INSTANCE_SUSPENDED:
-        auth->error = "Forbidden: the instance is suspended";
-        return NGX_HTTP_FORBIDDEN;
-
-    default: /* NGX_HTTP_REDISGATE_KEY_UNKNOWN */
-        auth->error = "Unauthorized: invalid API key";
-        return NGX_HTTP_UNAUTHORIZED;
-    }
-
-    if (ki->key_expires && ki->key_expires <= ngx_time()) {
-        auth->error = "Unauthorized: invalid API key";
-        return NGX_HTTP_UNAUTHORIZED;
+    rc = ngx_http_redisgate_keyinfo_refused(ki, &auth->error);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     auth->backend = ngx_http_redisgate_backend_get(ki, r->pool, &error);
@@ -529,6 +557,7 @@ ngx_http_redisgate_resolve_apply(ngx_http_request_t *r,
     auth->scopes = ki->scopes;
     auth->rate = ki->rate;
     auth->burst = ki->burst;
+    auth->expires = ki->key_expires;
 
     return NGX_OK;
 }

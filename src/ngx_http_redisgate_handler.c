@@ -29,6 +29,8 @@ static ngx_int_t ngx_http_redisgate_authorized(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx, ngx_int_t rc);
 static ngx_int_t ngx_http_redisgate_check_rate(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
+static ngx_int_t ngx_http_redisgate_check_stream(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx);
 static ngx_int_t ngx_http_redisgate_run(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
 static void ngx_http_redisgate_rate_checked(ngx_http_request_t *r,
@@ -294,11 +296,10 @@ ngx_http_redisgate_authorized(ngx_http_request_t *r,
     }
 
     if (ngx_http_redisgate_stream_kind(ctx)) {
-        /* a stream: read scope, not the policy's deny-list of pub/sub */
-        if (!(ctx->auth.scopes & NGX_HTTP_REDISGATE_SCOPE_READ)) {
-            return ngx_http_redisgate_send_error(r, NGX_HTTP_FORBIDDEN,
-                                  "Forbidden: this API key's scopes do not "
-                                  "allow '%V'", &ctx->route.cmd.argv[0]);
+        /* a stream: its scope, not the policy's deny-list of pub/sub */
+        rc = ngx_http_redisgate_check_stream(r, ctx);
+        if (rc != NGX_DECLINED) {
+            return rc;
         }
 
     } else {
@@ -314,6 +315,45 @@ ngx_http_redisgate_authorized(ngx_http_request_t *r,
     }
 
     return ngx_http_redisgate_run(r, ctx);
+}
+
+
+/*
+ * subscribe and psubscribe need read; MONITOR (every command of the
+ * database, other keys' values included) needs admin, and the operator's
+ * redisgate_monitor on
+ */
+
+static ngx_int_t
+ngx_http_redisgate_check_stream(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx)
+{
+    ngx_uint_t                      scope;
+    ngx_http_redisgate_loc_conf_t  *rlcf;
+
+    scope = NGX_HTTP_REDISGATE_SCOPE_READ;
+
+    if (ngx_http_redisgate_stream_kind(ctx)
+        == NGX_HTTP_REDISGATE_STREAM_MONITOR)
+    {
+        rlcf = ngx_http_get_module_loc_conf(r, ngx_http_redisgate_module);
+
+        if (!rlcf->monitor) {
+            return ngx_http_redisgate_send_error(r, NGX_HTTP_FORBIDDEN,
+                                  "Forbidden: MONITOR is not enabled on "
+                                  "this server");
+        }
+
+        scope = NGX_HTTP_REDISGATE_SCOPE_ADMIN;
+    }
+
+    if (!(ctx->auth.scopes & scope)) {
+        return ngx_http_redisgate_send_error(r, NGX_HTTP_FORBIDDEN,
+                              "Forbidden: this API key's scopes do not "
+                              "allow '%V'", &ctx->route.cmd.argv[0]);
+    }
+
+    return NGX_DECLINED;
 }
 
 

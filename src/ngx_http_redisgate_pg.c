@@ -92,10 +92,14 @@ struct ngx_http_redisgate_pg_s {
     ngx_msec_t                       backoff_min;
     ngx_msec_t                       backoff_max;
     ngx_log_t                       *log;
+
+    /* lookups go out from the event loop, never inside the caller */
+    ngx_event_t                      dispatch;
 };
 
 
 static void ngx_http_redisgate_pg_dispatch(ngx_http_redisgate_pg_t *pg);
+static void ngx_http_redisgate_pg_dispatch_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_redisgate_pg_connect(
     ngx_http_redisgate_pg_conn_t *pc);
 static void ngx_http_redisgate_pg_poll(ngx_http_redisgate_pg_conn_t *pc);
@@ -263,6 +267,10 @@ ngx_http_redisgate_pg_init_process(ngx_http_redisgate_pg_t *pg,
 
     ngx_queue_init(&pg->lookups);
 
+    pg->dispatch.handler = ngx_http_redisgate_pg_dispatch_handler;
+    pg->dispatch.data = pg;
+    pg->dispatch.log = cycle->log;
+
     pg->conns = ngx_pcalloc(cycle->pool,
                           pg->nconns * sizeof(ngx_http_redisgate_pg_conn_t));
     if (pg->conns == NULL) {
@@ -307,6 +315,10 @@ ngx_http_redisgate_pg_exit_process(ngx_http_redisgate_pg_t *pg)
         return;
     }
 
+    if (pg->dispatch.posted) {
+        ngx_delete_posted_event(&pg->dispatch);
+    }
+
     for (i = 0; i < pg->nconns; i++) {
         ngx_http_redisgate_pg_close(&pg->conns[i], "nginx worker is exiting");
     }
@@ -326,7 +338,7 @@ ngx_http_redisgate_pg_exit_process(ngx_http_redisgate_pg_t *pg)
 
 ngx_int_t
 ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
-    ngx_http_request_t *r, u_char *hash, u_char *instance,
+    ngx_pool_t *pool, ngx_log_t *log, u_char *hash, u_char *instance,
     ngx_http_redisgate_pg_handler_pt handler, void *data,
     const char **error)
 {
@@ -381,22 +393,25 @@ ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
         ngx_queue_insert_tail(&pg->lookups, &lk->queue);
         pg->nlookups++;
 
-        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
                        "redisgate: key store lookup for sha256 %*s...",
                        (size_t) 8, lk->hash_hex);
 
     } else {
-        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
                        "redisgate: joining the key store lookup for "
                        "sha256 %*s...", (size_t) 8, lk->hash_hex);
     }
 
-    /* the request may leave: the lookup goes on for the cache and others */
+    /*
+     * the waiter lives in pool (a request's, a stream's check): when that
+     * goes first, the lookup goes on for the cache and the others
+     */
 
-    w = ngx_palloc(r->pool, sizeof(ngx_http_redisgate_pg_waiter_t));
+    w = ngx_palloc(pool, sizeof(ngx_http_redisgate_pg_waiter_t));
 
     if (w == NULL
-        || ngx_http_redisgate_wait(r->pool, &lk->waiters, &w->wait) != NGX_OK)
+        || ngx_http_redisgate_wait(pool, &lk->waiters, &w->wait) != NGX_OK)
     {
         if (ngx_queue_empty(&lk->waiters) && !lk->sent) {
             ngx_queue_remove(&lk->queue);
@@ -411,9 +426,24 @@ ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
     w->handler = handler;
     w->data = data;
 
-    ngx_http_redisgate_pg_dispatch(pg);
+    /*
+     * sent from the event loop, this turn: a failure found at once (no
+     * connection to be had) reaches handler then, not before this returns;
+     * and the lookups of one turn go out together
+     */
+
+    if (!pg->dispatch.posted) {
+        ngx_post_event(&pg->dispatch, &ngx_posted_events);
+    }
 
     return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_redisgate_pg_dispatch_handler(ngx_event_t *ev)
+{
+    ngx_http_redisgate_pg_dispatch(ev->data);
 }
 
 

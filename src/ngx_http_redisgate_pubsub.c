@@ -20,6 +20,12 @@
  * published meanwhile is lost (pub/sub is at-most-once).  Not back within
  * the longest redisgate_timeout of its streams: every stream ends with an
  * error line.
+ *
+ * MONITOR takes a connection of its own (a connection in monitor mode
+ * does nothing else), opened for the first monitor stream of the worker
+ * and the backend and closed after the last.  Its lines go to the streams
+ * when they are of the backend's database.  Lost, it is not restored: its
+ * streams end (MONITOR is a debugging aid, not a feed to rely on).
  */
 
 
@@ -43,6 +49,12 @@ struct ngx_http_redisgate_hub_s {
     ngx_msec_t                      deadline;
     ngx_msec_t                      timeout;    /* the streams' longest */
     const char                     *error;      /* why it was lost */
+
+    /* MONITOR: its own connection, its own listeners */
+    ngx_http_redisgate_link_t       monitor;
+    ngx_queue_t                     monitors;
+    ngx_uint_t                      nmonitors;
+    ngx_uint_t                      oks;        /* +OK awaited, AUTH's too */
 };
 
 
@@ -60,8 +72,11 @@ typedef struct {
 static ngx_http_redisgate_hub_t *ngx_http_redisgate_hub_get(
     ngx_http_redisgate_backend_t *b, ngx_log_t *log);
 static ngx_int_t ngx_http_redisgate_hub_connect(ngx_http_redisgate_hub_t *hub);
+static ngx_int_t ngx_http_redisgate_hub_login(ngx_http_redisgate_hub_t *hub,
+    ngx_http_redisgate_link_t *link, ngx_http_redisgate_backend_t *node);
 static ngx_int_t ngx_http_redisgate_hub_send(ngx_http_redisgate_hub_t *hub,
-    const char *cmd, ngx_str_t *arg, ngx_str_t *arg2);
+    ngx_http_redisgate_link_t *link, const char *cmd, ngx_str_t *arg,
+    ngx_str_t *arg2);
 static ngx_http_redisgate_channel_t *ngx_http_redisgate_hub_find(
     ngx_http_redisgate_hub_t *hub, u_char *name, size_t len,
     ngx_uint_t pattern);
@@ -72,6 +87,11 @@ static void ngx_http_redisgate_hub_reconnect(ngx_event_t *ev);
 static void ngx_http_redisgate_hub_end(ngx_http_redisgate_hub_t *hub,
     const char *error);
 static ngx_uint_t ngx_http_redisgate_hub_is(redisReply *r, const char *s);
+static void ngx_http_redisgate_monitor_leave(ngx_http_redisgate_listener_t *l);
+static void ngx_http_redisgate_monitor_push(ngx_http_redisgate_link_t *link,
+    redisReply *reply);
+static void ngx_http_redisgate_monitor_closed(ngx_http_redisgate_link_t *link);
+static ngx_int_t ngx_http_redisgate_monitor_db(redisReply *reply);
 
 
 /*
@@ -125,7 +145,7 @@ ngx_http_redisgate_pubsub_listen(ngx_http_redisgate_backend_t *b,
 
         /* while reconnecting: subscribed to with the others, once back */
         if (!hub->reconnect.timer_set
-            && ngx_http_redisgate_hub_send(hub,
+            && ngx_http_redisgate_hub_send(hub, &hub->link,
                                         pattern ? "PSUBSCRIBE" : "SUBSCRIBE",
                                         &ch->name, NULL)
                != NGX_OK)
@@ -158,6 +178,11 @@ ngx_http_redisgate_pubsub_leave(ngx_http_redisgate_listener_t *l)
 {
     ngx_http_redisgate_hub_t      *hub;
     ngx_http_redisgate_channel_t  *ch;
+
+    if (l->monitor) {
+        ngx_http_redisgate_monitor_leave(l);
+        return;
+    }
 
     ch = l->channel;
 
@@ -200,10 +225,207 @@ ngx_http_redisgate_pubsub_leave(ngx_http_redisgate_listener_t *l)
         return;
     }
 
-    (void) ngx_http_redisgate_hub_send(hub, ch->pattern ? "PUNSUBSCRIBE"
-                                                        : "UNSUBSCRIBE",
+    (void) ngx_http_redisgate_hub_send(hub, &hub->link,
+                                       ch->pattern ? "PUNSUBSCRIBE"
+                                                   : "UNSUBSCRIBE",
                                        &ch->name, NULL);
     ngx_free(ch);
+}
+
+
+/*
+ * listener hears the backend's MONITOR: stream_subscribed() once Redis
+ * said +OK, then stream_monitored() for each line of the backend's
+ * database.  NGX_ERROR: no connection could be had (*error why).
+ */
+
+ngx_int_t
+ngx_http_redisgate_pubsub_monitor(ngx_http_redisgate_backend_t *b,
+    ngx_http_redisgate_listener_t *l, ngx_log_t *log, const char **error)
+{
+    ngx_http_redisgate_hub_t  *hub;
+
+    hub = ngx_http_redisgate_hub_get(b, log);
+    if (hub == NULL) {
+        *error = "out of memory";
+        return NGX_ERROR;
+    }
+
+    if (hub->monitor.state == NGX_HTTP_REDISGATE_LINK_CLOSED) {
+        if (ngx_http_redisgate_hub_login(hub, &hub->monitor, b) != NGX_OK) {
+            *error = hub->monitor.error ? hub->monitor.error
+                                        : "out of memory";
+            return NGX_ERROR;
+        }
+
+        /* AUTH's and SELECT's, then MONITOR's */
+        hub->oks = 1 + (b->address.password.len != 0) + (b->address.db != 0);
+
+        if (ngx_http_redisgate_hub_send(hub, &hub->monitor, "MONITOR", NULL,
+                                        NULL)
+            != NGX_OK)
+        {
+            ngx_http_redisgate_link_close(&hub->monitor,
+                                          NGX_HTTP_REDISGATE_FAIL_CLOSED,
+                                          "out of memory");
+            *error = "out of memory";
+            return NGX_ERROR;
+        }
+    }
+
+    l->monitor = 1;
+    l->channel = hub;
+    ngx_queue_insert_tail(&hub->monitors, &l->queue);
+    hub->nmonitors++;
+
+    if (hub->oks == 0) {
+        ngx_http_redisgate_stream_subscribed(l);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_redisgate_monitor_leave(ngx_http_redisgate_listener_t *l)
+{
+    ngx_http_redisgate_hub_t  *hub;
+
+    hub = l->channel;
+
+    if (hub == NULL) {
+        return;
+    }
+
+    l->channel = NULL;
+    ngx_queue_remove(&l->queue);
+
+    if (--hub->nmonitors == 0) {
+        /* nobody watches: the connection goes */
+        ngx_http_redisgate_link_close(&hub->monitor,
+                                      NGX_HTTP_REDISGATE_FAIL_CLOSED, NULL);
+    }
+}
+
+
+/* +OK (AUTH, SELECT, MONITOR), then one status line per command */
+
+static void
+ngx_http_redisgate_monitor_push(ngx_http_redisgate_link_t *link,
+    redisReply *reply)
+{
+    ngx_http_redisgate_hub_t *hub = link->data;
+
+    ngx_uint_t                      began, generation;
+    ngx_queue_t                    *q, *next;
+    ngx_http_redisgate_listener_t  *l;
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, hub->log, 0,
+                      "redisgate: Redis at %V refused MONITOR: %*s",
+                      &link->node->name, (size_t) reply->len, reply->str);
+
+        ngx_http_redisgate_link_close(link, NGX_HTTP_REDISGATE_FAIL_AUTH,
+                                      "Redis refused MONITOR");
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_STATUS) {
+        return;
+    }
+
+    began = 0;
+
+    if (hub->oks) {
+        /* AUTH's, SELECT's, then MONITOR's: the streams begin */
+        if (--hub->oks) {
+            return;
+        }
+
+        began = 1;
+
+    } else if (ngx_http_redisgate_monitor_db(reply)
+               != (ngx_int_t) hub->backend->address.db)
+    {
+        /* the instance's database only: other tenants may share Redis */
+        return;
+    }
+
+    generation = link->generation;
+
+    for (q = ngx_queue_head(&hub->monitors);
+         q != ngx_queue_sentinel(&hub->monitors);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        l = ngx_queue_data(q, ngx_http_redisgate_listener_t, queue);
+
+        /* a stream may end in there, and the last close the link */
+        if (began) {
+            ngx_http_redisgate_stream_subscribed(l);
+
+        } else {
+            ngx_http_redisgate_stream_monitored(l, reply);
+        }
+
+        if (link->generation != generation) {
+            return;
+        }
+    }
+}
+
+
+/* "1700000000.123456 [3 127.0.0.1:50000] \"get\" \"k\"": 3 */
+
+static ngx_int_t
+ngx_http_redisgate_monitor_db(redisReply *reply)
+{
+    u_char  *p, *last, *digits;
+
+    p = (u_char *) reply->str;
+    last = p + reply->len;
+
+    p = ngx_strlchr(p, last, '[');
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    digits = ++p;
+
+    while (p < last && *p >= '0' && *p <= '9') {
+        p++;
+    }
+
+    if (p == digits || p == last || *p != ' ') {
+        return NGX_ERROR;
+    }
+
+    return ngx_atoi(digits, p - digits);
+}
+
+
+/* lost (or closed after the last): its streams end, with the reason */
+
+static void
+ngx_http_redisgate_monitor_closed(ngx_http_redisgate_link_t *link)
+{
+    ngx_http_redisgate_hub_t *hub = link->data;
+
+    ngx_queue_t                    *q;
+    ngx_http_redisgate_listener_t  *l;
+
+    hub->oks = 0;
+
+    while (!ngx_queue_empty(&hub->monitors)) {
+        q = ngx_queue_head(&hub->monitors);
+        l = ngx_queue_data(q, ngx_http_redisgate_listener_t, queue);
+
+        ngx_queue_remove(q);
+        l->channel = NULL;
+        hub->nmonitors--;
+
+        ngx_http_redisgate_stream_lost(l->stream, link->error);
+    }
 }
 
 
@@ -212,7 +434,7 @@ ngx_http_redisgate_pubsub_leave(ngx_http_redisgate_listener_t *l)
 ngx_uint_t
 ngx_http_redisgate_pubsub_busy(ngx_http_redisgate_backend_t *b)
 {
-    return b->hub && b->hub->nchannels;
+    return b->hub && (b->hub->nchannels || b->hub->nmonitors);
 }
 
 
@@ -240,6 +462,11 @@ ngx_http_redisgate_pubsub_close(ngx_http_redisgate_backend_t *b)
                                   "nginx worker is exiting");
     ngx_http_redisgate_hub_end(hub, "nginx worker is exiting");
     ngx_http_redisgate_link_free(&hub->link);
+
+    /* its streams end in there */
+    ngx_http_redisgate_link_close(&hub->monitor, NGX_HTTP_REDISGATE_FAIL_LOST,
+                                  "nginx worker is exiting");
+    ngx_http_redisgate_link_free(&hub->monitor);
 
     b->hub = NULL;
     ngx_free(hub);
@@ -269,6 +496,12 @@ ngx_http_redisgate_hub_get(ngx_http_redisgate_backend_t *b, ngx_log_t *log)
     hub->link.on_push = ngx_http_redisgate_hub_push;
     hub->link.on_close = ngx_http_redisgate_hub_closed;
 
+    ngx_queue_init(&hub->monitors);
+    hub->monitor.data = hub;
+    hub->monitor.log = b->log;
+    hub->monitor.on_push = ngx_http_redisgate_monitor_push;
+    hub->monitor.on_close = ngx_http_redisgate_monitor_closed;
+
     hub->reconnect.handler = ngx_http_redisgate_hub_reconnect;
     hub->reconnect.data = hub;
     hub->reconnect.log = b->log;
@@ -281,7 +514,7 @@ ngx_http_redisgate_hub_get(ngx_http_redisgate_backend_t *b, ngx_log_t *log)
 
 
 /* to the backend's node (a cluster's: any primary, channels are the whole
- * cluster's), AUTH first when it takes a password */
+ * cluster's) */
 
 static ngx_int_t
 ngx_http_redisgate_hub_connect(ngx_http_redisgate_hub_t *hub)
@@ -300,34 +533,70 @@ ngx_http_redisgate_hub_connect(ngx_http_redisgate_hub_t *hub)
         }
     }
 
-    if (ngx_http_redisgate_link_connect(&hub->link, &node->node, hub->log)
+    return ngx_http_redisgate_hub_login(hub, &hub->link, node);
+}
+
+
+/*
+ * link to node, then AUTH when the backend takes a password, and SELECT
+ * its database: Redis shows the hub's commands (in MONITOR, CLIENT LIST)
+ * as the database's, not database 0's
+ */
+
+static ngx_int_t
+ngx_http_redisgate_hub_login(ngx_http_redisgate_hub_t *hub,
+    ngx_http_redisgate_link_t *link, ngx_http_redisgate_backend_t *node)
+{
+    u_char                        *p, db[NGX_INT_T_LEN];
+    ngx_str_t                      n;
+    ngx_http_redisgate_backend_t  *b;
+
+    b = hub->backend;
+
+    if (ngx_http_redisgate_link_connect(link, &node->node, hub->log)
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
     if (b->address.password.len
-        && ngx_http_redisgate_hub_send(hub, "AUTH",
+        && ngx_http_redisgate_hub_send(hub, link, "AUTH",
                                        b->address.user.len ? &b->address.user
                                                            : NULL,
                                        &b->address.password)
            != NGX_OK)
     {
-        ngx_http_redisgate_link_close(&hub->link,
-                                      NGX_HTTP_REDISGATE_FAIL_CLOSED,
-                                      "out of memory");
-        return NGX_ERROR;
+        goto failed;
+    }
+
+    if (b->address.db) {
+        p = ngx_sprintf(db, "%ui", b->address.db);
+        n.data = db;
+        n.len = p - db;
+
+        if (ngx_http_redisgate_hub_send(hub, link, "SELECT", &n, NULL)
+            != NGX_OK)
+        {
+            goto failed;
+        }
     }
 
     return NGX_OK;
+
+failed:
+
+    ngx_http_redisgate_link_close(link, NGX_HTTP_REDISGATE_FAIL_CLOSED,
+                                  "out of memory");
+    return NGX_ERROR;
 }
 
 
 /* one command of up to two arguments; its reply comes to on_push */
 
 static ngx_int_t
-ngx_http_redisgate_hub_send(ngx_http_redisgate_hub_t *hub, const char *cmd,
-    ngx_str_t *arg, ngx_str_t *arg2)
+ngx_http_redisgate_hub_send(ngx_http_redisgate_hub_t *hub,
+    ngx_http_redisgate_link_t *link, const char *cmd, ngx_str_t *arg,
+    ngx_str_t *arg2)
 {
     u_char                    *buf;
     ngx_int_t                  rc;
@@ -358,7 +627,7 @@ ngx_http_redisgate_hub_send(ngx_http_redisgate_hub_t *hub, const char *cmd,
     (void) ngx_http_redisgate_resp_command(buf, &c);
 
     /* the link copies it */
-    rc = ngx_http_redisgate_link_send(&hub->link, &resp, 1, NULL, NULL);
+    rc = ngx_http_redisgate_link_send(link, &resp, 1, NULL, NULL);
 
     ngx_free(buf);
 
@@ -610,7 +879,7 @@ ngx_http_redisgate_hub_reconnect(ngx_event_t *ev)
     {
         ch = ngx_queue_data(q, ngx_http_redisgate_channel_t, queue);
 
-        if (ngx_http_redisgate_hub_send(hub,
+        if (ngx_http_redisgate_hub_send(hub, &hub->link,
                                         ch->pattern ? "PSUBSCRIBE"
                                                     : "SUBSCRIBE",
                                         &ch->name, NULL)

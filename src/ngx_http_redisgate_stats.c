@@ -420,15 +420,15 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
                      st->counters[NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS]);
 
     p = ngx_slprintf(p, last,
-                     "# HELP redisgate_streams Open /subscribe and "
-                     "/psubscribe streams.\n"
+                     "# HELP redisgate_streams Open /subscribe, "
+                     "/psubscribe and /monitor streams.\n"
                      "# TYPE redisgate_streams gauge\n"
                      "redisgate_streams %A\n"
                      "# HELP redisgate_stream_channels Channels and "
                      "patterns the workers are subscribed to.\n"
                      "# TYPE redisgate_stream_channels gauge\n"
                      "redisgate_stream_channels %A\n"
-                     "# HELP redisgate_stream_messages_total Messages "
+                     "# HELP redisgate_stream_messages_total Events "
                      "written to streams.\n"
                      "# TYPE redisgate_stream_messages_total counter\n"
                      "redisgate_stream_messages_total %uA\n"

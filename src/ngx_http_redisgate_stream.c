@@ -5,14 +5,16 @@
 
 
 /*
- * Streams: /subscribe/{channel}... and /psubscribe/{pattern}..., answered
- * with Server-Sent Events (PROTOCOL.md, "Streaming").  The request stays
- * open: its listeners hear the hub (pubsub.c), and each event is one
- * "data: ..." line and an empty one:
+ * Streams: /subscribe/{channel}..., /psubscribe/{pattern}... and /monitor,
+ * answered with Server-Sent Events (PROTOCOL.md, "Streaming").  The
+ * request stays open: its listeners hear the hub (pubsub.c), and each
+ * event is one "data: ..." line and an empty one:
  *
  *     data: subscribe,<channel>,<count>      once Redis said so
  *     data: message,<channel>,<payload>
  *     data: pmessage,<pattern>,<channel>,<payload>
+ *     data: "OK"                             MONITOR began
+ *     data: <what MONITOR shows>             of the instance's database
  *     data: error,<text>                     then the stream ends
  *     :                                      a heartbeat (a comment)
  *
@@ -55,7 +57,9 @@ struct ngx_http_redisgate_stream_s {
     ngx_event_t                     heartbeat;
     ngx_msec_t                      interval;
 
-    unsigned                        pattern:1;
+    ngx_http_redisgate_holder_t     holder;     /* of its key */
+
+    ngx_uint_t                      kind;       /* STREAM_* */
     unsigned                        ended:1;
 };
 
@@ -65,8 +69,9 @@ static ngx_int_t ngx_http_redisgate_stream_open(ngx_http_request_t *r,
 static void ngx_http_redisgate_stream_retry(ngx_http_request_t *r);
 static ngx_int_t ngx_http_redisgate_stream_headers(ngx_http_request_t *r);
 static ngx_int_t ngx_http_redisgate_stream_event(
-    ngx_http_redisgate_stream_t *s, const char *kind, ngx_str_t *a,
-    ngx_str_t *b, ngx_str_t *c);
+    ngx_http_redisgate_stream_t *s, ngx_str_t *part, ngx_uint_t n);
+static ngx_int_t ngx_http_redisgate_stream_listen(
+    ngx_http_redisgate_stream_t *s, ngx_http_redisgate_ctx_t *ctx);
 static ngx_int_t ngx_http_redisgate_stream_write(
     ngx_http_redisgate_stream_t *s, u_char *data, size_t len);
 static size_t ngx_http_redisgate_stream_escaped_len(ngx_str_t *s);
@@ -75,6 +80,7 @@ static void ngx_http_redisgate_stream_end(ngx_http_redisgate_stream_t *s,
     const char *error);
 static void ngx_http_redisgate_stream_leave(ngx_http_redisgate_stream_t *s);
 static void ngx_http_redisgate_stream_beat(ngx_event_t *ev);
+static void ngx_http_redisgate_stream_revoked(void *data, const char *error);
 static void ngx_http_redisgate_stream_reading(ngx_http_request_t *r);
 static void ngx_http_redisgate_stream_writable(ngx_http_request_t *r);
 static void ngx_http_redisgate_stream_cleanup(void *data);
@@ -86,7 +92,7 @@ static ngx_queue_t  ngx_http_redisgate_streams;
 static ngx_event_t  ngx_http_redisgate_streams_watch;
 
 
-/* a stream's kind: 1 subscribe, 2 psubscribe, 0 not a stream */
+/* a stream's kind (NGX_HTTP_REDISGATE_STREAM_*), or 0: not a stream */
 
 ngx_uint_t
 ngx_http_redisgate_stream_kind(ngx_http_redisgate_ctx_t *ctx)
@@ -99,16 +105,28 @@ ngx_http_redisgate_stream_kind(ngx_http_redisgate_ctx_t *ctx)
 
     name = &ctx->route.cmd.argv[0];
 
-    if (name->len == 9
-        && ngx_strncasecmp(name->data, (u_char *) "subscribe", 9) == 0)
-    {
-        return 1;
-    }
+    switch (name->len) {
 
-    if (name->len == 10
-        && ngx_strncasecmp(name->data, (u_char *) "psubscribe", 10) == 0)
-    {
-        return 2;
+    case 7:
+        if (ngx_strncasecmp(name->data, (u_char *) "monitor", 7) == 0) {
+            return NGX_HTTP_REDISGATE_STREAM_MONITOR;
+        }
+
+        break;
+
+    case 9:
+        if (ngx_strncasecmp(name->data, (u_char *) "subscribe", 9) == 0) {
+            return NGX_HTTP_REDISGATE_STREAM_SUBSCRIBE;
+        }
+
+        break;
+
+    case 10:
+        if (ngx_strncasecmp(name->data, (u_char *) "psubscribe", 10) == 0) {
+            return NGX_HTTP_REDISGATE_STREAM_PSUBSCRIBE;
+        }
+
+        break;
     }
 
     return 0;
@@ -166,15 +184,14 @@ ngx_http_redisgate_stream_open(ngx_http_request_t *r,
 {
     ngx_int_t                        rc;
     ngx_str_t                       *argv;
-    ngx_uint_t                       i, k, n, argc;
-    const char                      *error;
+    ngx_uint_t                       argc, kind;
     ngx_pool_cleanup_t              *cln;
     ngx_http_redisgate_stream_t     *s;
     ngx_http_redisgate_loc_conf_t   *rlcf;
-    ngx_http_redisgate_listener_t   *l;
 
     rlcf = ngx_http_get_module_loc_conf(r, ngx_http_redisgate_module);
 
+    kind = ngx_http_redisgate_stream_kind(ctx);
     argv = ctx->route.cmd.argv;
     argc = ctx->route.cmd.argc;
 
@@ -183,11 +200,25 @@ ngx_http_redisgate_stream_open(ngx_http_request_t *r,
         argc--;
     }
 
-    if (argc < 2) {
+    if (kind == NGX_HTTP_REDISGATE_STREAM_MONITOR) {
+        if (argc != 1) {
+            return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                  "ERR wrong number of arguments for "
+                                  "'monitor' command");
+        }
+
+        if (ctx->auth.backend->cluster) {
+            /* a node's MONITOR shows that node's share only */
+            return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                  "ERR MONITOR is not available on a Redis "
+                                  "Cluster instance");
+        }
+
+    } else if (argc < 2) {
         return ngx_http_redisgate_send_error(r, NGX_HTTP_BAD_REQUEST,
                                   "ERR %V needs at least one %s: /%V/<name>",
                                   &argv[0],
-                                  ngx_http_redisgate_stream_kind(ctx) == 2
+                                  kind == NGX_HTTP_REDISGATE_STREAM_PSUBSCRIBE
                                   ? "pattern" : "channel", &argv[0]);
     }
 
@@ -198,16 +229,16 @@ ngx_http_redisgate_stream_open(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    n = argc - 1;
-
+    /* MONITOR: one listener, not of a channel */
     s->listeners = ngx_pcalloc(r->pool,
-                               n * sizeof(ngx_http_redisgate_listener_t));
+                               ngx_max(argc - 1, 1)
+                               * sizeof(ngx_http_redisgate_listener_t));
     if (s->listeners == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     s->request = r;
-    s->pattern = (ngx_http_redisgate_stream_kind(ctx) == 2);
+    s->kind = kind;
     s->limit = rlcf->sse_buffer;
     s->interval = rlcf->sse_heartbeat;
     s->sent_start = r->connection->sent;
@@ -226,39 +257,24 @@ ngx_http_redisgate_stream_open(ngx_http_request_t *r,
         return rc;
     }
 
-    for (i = 0; i < n; i++) {
+    if (ngx_http_redisgate_stream_listen(s, ctx) != NGX_OK || s->ended) {
+        return NGX_DONE;
+    }
 
-        /* a name twice is one subscription (and one listener of it) */
-        for (k = 0; k < s->nlisteners; k++) {
-            if (s->listeners[k].name.len == argv[i + 1].len
-                && ngx_memcmp(s->listeners[k].name.data, argv[i + 1].data,
-                              argv[i + 1].len) == 0)
-            {
-                break;
-            }
-        }
+    /* a key revoked, an instance suspended: the stream ends (recheck.c) */
+    s->holder.scope = (kind == NGX_HTTP_REDISGATE_STREAM_MONITOR)
+                      ? NGX_HTTP_REDISGATE_SCOPE_ADMIN
+                      : NGX_HTTP_REDISGATE_SCOPE_READ;
+    s->holder.revoked = ngx_http_redisgate_stream_revoked;
+    s->holder.data = s;
 
-        if (k < s->nlisteners) {
-            continue;
-        }
-
-        l = &s->listeners[s->nlisteners++];
-        l->stream = s;
-        l->name = argv[i + 1];
-
-        if (ngx_http_redisgate_pubsub_listen(ctx->auth.backend, l,
-                                             &l->name, s->pattern,
-                                             rlcf->timeout,
-                                             r->connection->log, &error)
-            != NGX_OK)
-        {
-            ngx_http_redisgate_stream_end(s, error);
-            return NGX_DONE;
-        }
-
-        if (s->ended) {
-            return NGX_DONE;
-        }
+    if (ngx_http_redisgate_recheck_hold(&s->holder, &ctx->auth,
+                                        ctx->route.instance,
+                                        r->connection->log)
+        != NGX_OK)
+    {
+        ngx_http_redisgate_stream_end(s, "out of memory");
+        return NGX_DONE;
     }
 
     if (s->interval) {
@@ -289,6 +305,82 @@ ngx_http_redisgate_stream_open(ngx_http_request_t *r,
     r->write_event_handler = ngx_http_redisgate_stream_writable;
 
     return NGX_DONE;
+}
+
+
+/* the listeners: of MONITOR, or of each channel (pattern) named once */
+
+static ngx_int_t
+ngx_http_redisgate_stream_listen(ngx_http_redisgate_stream_t *s,
+    ngx_http_redisgate_ctx_t *ctx)
+{
+    ngx_int_t                        rc;
+    ngx_str_t                       *argv;
+    ngx_uint_t                       i, k, argc;
+    const char                      *error;
+    ngx_http_redisgate_loc_conf_t   *rlcf;
+    ngx_http_redisgate_listener_t   *l;
+
+    rlcf = ngx_http_get_module_loc_conf(s->request, ngx_http_redisgate_module);
+
+    argv = ctx->route.cmd.argv;
+    argc = ctx->route.cmd.argc;
+
+    if (ctx->route.has_body_slot && ctx->route.body_slot == argc - 1) {
+        argc--;
+    }
+
+    if (s->kind == NGX_HTTP_REDISGATE_STREAM_MONITOR) {
+        l = &s->listeners[s->nlisteners++];
+        l->stream = s;
+        l->name = argv[0];
+
+        rc = ngx_http_redisgate_pubsub_monitor(ctx->auth.backend, l,
+                                               s->request->connection->log,
+                                               &error);
+        if (rc != NGX_OK) {
+            ngx_http_redisgate_stream_end(s, error);
+        }
+
+        return rc;
+    }
+
+    for (i = 1; i < argc; i++) {
+
+        /* a name twice is one subscription (and one listener of it) */
+        for (k = 0; k < s->nlisteners; k++) {
+            if (s->listeners[k].name.len == argv[i].len
+                && ngx_memcmp(s->listeners[k].name.data, argv[i].data,
+                              argv[i].len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (k < s->nlisteners) {
+            continue;
+        }
+
+        l = &s->listeners[s->nlisteners++];
+        l->stream = s;
+        l->name = argv[i];
+
+        if (ngx_http_redisgate_pubsub_listen(ctx->auth.backend, l, &l->name,
+                              s->kind == NGX_HTTP_REDISGATE_STREAM_PSUBSCRIBE,
+                              rlcf->timeout, s->request->connection->log,
+                              &error)
+            != NGX_OK)
+        {
+            ngx_http_redisgate_stream_end(s, error);
+            return NGX_ERROR;
+        }
+
+        if (s->ended) {
+            return NGX_OK;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -327,13 +419,13 @@ ngx_http_redisgate_stream_headers(ngx_http_request_t *r)
 }
 
 
-/* the hub: Redis confirmed this listener's channel */
+/* the hub: Redis confirmed this listener's channel, or MONITOR began */
 
 void
 ngx_http_redisgate_stream_subscribed(ngx_http_redisgate_listener_t *l)
 {
     u_char                       *p, count[NGX_INT_T_LEN];
-    ngx_str_t                     n;
+    ngx_str_t                     part[3];
     ngx_http_redisgate_stream_t  *s;
 
     s = l->stream;
@@ -345,13 +437,27 @@ ngx_http_redisgate_stream_subscribed(ngx_http_redisgate_listener_t *l)
     l->active = 1;
     s->active++;
 
-    p = ngx_sprintf(count, "%ui", s->active);
-    n.data = count;
-    n.len = p - count;
+    if (s->kind == NGX_HTTP_REDISGATE_STREAM_MONITOR) {
+        /* what Redis said, as the JSON string Upstash sends */
+        ngx_str_set(&part[0], "\"OK\"");
+        (void) ngx_http_redisgate_stream_event(s, part, 1);
+        return;
+    }
 
-    (void) ngx_http_redisgate_stream_event(s,
-                                  s->pattern ? "psubscribe" : "subscribe",
-                                  &l->name, &n, NULL);
+    if (s->kind == NGX_HTTP_REDISGATE_STREAM_PSUBSCRIBE) {
+        ngx_str_set(&part[0], "psubscribe");
+
+    } else {
+        ngx_str_set(&part[0], "subscribe");
+    }
+
+    part[1] = l->name;
+
+    p = ngx_sprintf(count, "%ui", s->active);
+    part[2].data = count;
+    part[2].len = p - count;
+
+    (void) ngx_http_redisgate_stream_event(s, part, 3);
 }
 
 
@@ -362,7 +468,8 @@ void
 ngx_http_redisgate_stream_message(ngx_http_redisgate_listener_t *l,
     redisReply *reply)
 {
-    ngx_str_t                     a, b, c;
+    ngx_uint_t                    i;
+    ngx_str_t                     part[4];
     ngx_http_redisgate_stream_t  *s;
 
     s = l->stream;
@@ -371,20 +478,38 @@ ngx_http_redisgate_stream_message(ngx_http_redisgate_listener_t *l,
         return;
     }
 
-    a.data = (u_char *) reply->element[1]->str;
-    a.len = reply->element[1]->len;
-    b.data = (u_char *) reply->element[2]->str;
-    b.len = reply->element[2]->len;
-
-    if (reply->elements == 4) {
-        c.data = (u_char *) reply->element[3]->str;
-        c.len = reply->element[3]->len;
-
-        (void) ngx_http_redisgate_stream_event(s, "pmessage", &a, &b, &c);
-
-    } else {
-        (void) ngx_http_redisgate_stream_event(s, "message", &a, &b, NULL);
+    /* its kind, as Redis says it, then the names and the payload */
+    for (i = 0; i < reply->elements; i++) {
+        part[i].data = (u_char *) reply->element[i]->str;
+        part[i].len = reply->element[i]->len;
     }
+
+    (void) ngx_http_redisgate_stream_event(s, part, reply->elements);
+
+    ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_STREAM_MESSAGES,
+                                   1);
+}
+
+
+/* the hub: a line of MONITOR, of the instance's database */
+
+void
+ngx_http_redisgate_stream_monitored(ngx_http_redisgate_listener_t *l,
+    redisReply *reply)
+{
+    ngx_str_t                     line;
+    ngx_http_redisgate_stream_t  *s;
+
+    s = l->stream;
+
+    if (s->ended || !l->active) {
+        return;
+    }
+
+    line.data = (u_char *) reply->str;
+    line.len = reply->len;
+
+    (void) ngx_http_redisgate_stream_event(s, &line, 1);
 
     ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_STREAM_MESSAGES,
                                    1);
@@ -407,25 +532,21 @@ ngx_http_redisgate_stream_lost(ngx_http_redisgate_stream_t *s,
 }
 
 
-/* "data: <kind>,<a>[,<b>[,<c>]]\n\n", names and payloads escaped */
+/* "data: <part>[,<part>...]\n\n", each part escaped */
 
 static ngx_int_t
 ngx_http_redisgate_stream_event(ngx_http_redisgate_stream_t *s,
-    const char *kind, ngx_str_t *a, ngx_str_t *b, ngx_str_t *c)
+    ngx_str_t *part, ngx_uint_t n)
 {
-    u_char     *p, *line;
-    size_t      len;
-    ngx_int_t   rc;
+    u_char      *p, *line;
+    size_t       len;
+    ngx_int_t    rc;
+    ngx_uint_t   i;
 
-    len = sizeof("data: ") - 1 + ngx_strlen(kind) + sizeof(",\n\n") - 1
-          + ngx_http_redisgate_stream_escaped_len(a);
+    len = sizeof("data: ") - 1 + sizeof("\n\n") - 1;
 
-    if (b) {
-        len += 1 + ngx_http_redisgate_stream_escaped_len(b);
-    }
-
-    if (c) {
-        len += 1 + ngx_http_redisgate_stream_escaped_len(c);
+    for (i = 0; i < n; i++) {
+        len += (i > 0) + ngx_http_redisgate_stream_escaped_len(&part[i]);
     }
 
     line = ngx_alloc(len, s->request->connection->log);
@@ -434,17 +555,14 @@ ngx_http_redisgate_stream_event(ngx_http_redisgate_stream_t *s,
         return NGX_ERROR;
     }
 
-    p = ngx_sprintf(line, "data: %s,", kind);
-    p = ngx_http_redisgate_stream_escape(p, a);
+    p = ngx_cpymem(line, "data: ", sizeof("data: ") - 1);
 
-    if (b) {
-        *p++ = ',';
-        p = ngx_http_redisgate_stream_escape(p, b);
-    }
+    for (i = 0; i < n; i++) {
+        if (i > 0) {
+            *p++ = ',';
+        }
 
-    if (c) {
-        *p++ = ',';
-        p = ngx_http_redisgate_stream_escape(p, c);
+        p = ngx_http_redisgate_stream_escape(p, &part[i]);
     }
 
     *p++ = '\n';
@@ -590,7 +708,7 @@ ngx_http_redisgate_stream_end(ngx_http_redisgate_stream_t *s,
     const char *error)
 {
     ngx_int_t            rc;
-    ngx_str_t            text;
+    ngx_str_t            part[2];
     ngx_http_request_t  *r;
 
     if (s->ended) {
@@ -602,13 +720,13 @@ ngx_http_redisgate_stream_end(ngx_http_redisgate_stream_t *s,
     ngx_http_redisgate_stream_leave(s);
 
     if (error) {
-        text.data = (u_char *) error;
-        text.len = ngx_strlen(error);
+        ngx_str_set(&part[0], "error");
+        part[1].data = (u_char *) error;
+        part[1].len = ngx_strlen(error);
 
         /* written past the limit: the reason is the last line */
         s->limit = NGX_MAX_SIZE_T_VALUE;
-        (void) ngx_http_redisgate_stream_event(s, "error", &text, NULL,
-                                               NULL);
+        (void) ngx_http_redisgate_stream_event(s, part, 2);
     }
 
     s->ended = 1;
@@ -637,6 +755,28 @@ ngx_http_redisgate_stream_leave(ngx_http_redisgate_stream_t *s)
     for (i = 0; i < s->nlisteners; i++) {
         ngx_http_redisgate_pubsub_leave(&s->listeners[i]);
     }
+
+    ngx_http_redisgate_recheck_release(&s->holder);
+}
+
+
+/* its key may no longer: the key store said so (recheck.c) */
+
+static void
+ngx_http_redisgate_stream_revoked(void *data, const char *error)
+{
+    ngx_http_redisgate_stream_t *s = data;
+
+    ngx_connection_t  *c;
+
+    c = s->request->connection;
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                  "redisgate: a stream's key no longer lets it run: %s",
+                  error);
+
+    ngx_http_redisgate_stream_end(s, error);
+    ngx_http_run_posted_requests(c);
 }
 
 

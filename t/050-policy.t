@@ -62,14 +62,14 @@ POST /redis/$TEST_NGINX_INSTANCE
 
 
 
-=== TEST 5: server-wide commands are denied for every key
+=== TEST 5: server-wide commands are denied for every key (MONITOR in a body; the /monitor route is a stream, t/160-stream.t)
 --- request eval
 ["GET /redis/$ENV{TEST_NGINX_INSTANCE}/config/get/maxmemory",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/failover",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/shutdown",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/debug/sleep/1",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/swapdb/1/2",
- "GET /redis/$ENV{TEST_NGINX_INSTANCE}/monitor",
+ "POST /redis/$ENV{TEST_NGINX_INSTANCE}\n[\"MONITOR\"]",
  "POST /redis/$ENV{TEST_NGINX_INSTANCE}\n[\"SUBSCRIBE\",\"ch\"]",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/acl/list",
  "GET /redis/$ENV{TEST_NGINX_INSTANCE}/script/kill"]

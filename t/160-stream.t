@@ -476,3 +476,60 @@ Content-Type: text/event-stream
  qr/STREAMTIME \/redis\/\S+\/subscribe\/\S+ 200 [01]\.\d+$/]
 --- no_error_log
 [crit]
+
+
+
+=== TEST 10: MONITOR: "OK" once Redis is in monitor mode, then what the instance's database sees (another database's commands are not shown), then Redis gone: the error line at once
+--- config
+    location /redis/ {
+        redisgate_monitor on;
+        redisgate;
+    }
+--- init
+restart_spare();
+helper(sub {
+    wait_for(30, sub {
+        redis_call($Spare, ['CLIENT', 'LIST']) =~ /\bcmd=monitor\b/
+    }) or die "never monitored\n";
+    redis_call($Spare, ['SET', "$Chan:mon", "v 1"]);
+    redis_call($Spare, ['SELECT', '5'], ['SET', "$Chan:hidden", 'secret']);
+    redis_call($Spare, ['GET', "$Chan:mon"]);
+    stop_spare();
+});
+--- request
+GET /redis/$TEST_NGINX_SPARE_INSTANCE/monitor
+--- timeout: 14
+--- response_headers
+Content-Type: text/event-stream
+--- response_body_like eval
+my $at = qr/data: \d+\.\d+ \[0 127\.0\.0\.1:\d+\] /;
+qr/\Adata: "OK"\n\n$at"SET" "\Q$::Chan\E:mon" "v 1"\n\n(?:$at"SELECT" "5"\n\n)?$at"GET" "\Q$::Chan\E:mon"\n\n(?:$at"(?i:shutdown)"[^\n]*\n\n)?$::Lost\z/
+--- no_error_log
+[crit]
+secret
+
+
+
+=== TEST 11: MONITOR is refused before a stream starts: not enabled (403), a key without the admin scope (403), an argument (400)
+--- config
+    location /redis/ {
+        redisgate;
+    }
+    location /on/ {
+        redisgate_monitor on;
+        redisgate;
+    }
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_INSTANCE}/monitor?_token=$RedisGate::Test::Tokens{ADMIN}",
+ "GET /on/$ENV{TEST_NGINX_INSTANCE}/monitor?_token=$RedisGate::Test::Tokens{READER}",
+ "POST /on/$ENV{TEST_NGINX_INSTANCE}/monitor/extra?_token=$RedisGate::Test::Tokens{ADMIN}\n[]"]
+--- more_headers
+Accept: text/event-stream
+--- error_code eval
+[403, 403, 400]
+--- response_headers
+Content-Type: application/json
+--- response_body eval
+['{"error":"Forbidden: MONITOR is not enabled on this server"}',
+ '{"error":"Forbidden: this API key\'s scopes do not allow \'monitor\'"}',
+ '{"error":"ERR wrong number of arguments for \'monitor\' command"}']

@@ -1014,6 +1014,15 @@ export class PgCluster {
   log() {
     try { return readFileSync(path.join(this.dir, 'postgresql.log'), 'utf8'); } catch { return ''; }
   }
+
+  /** The key store listener of an nginx (its application_name) is connected and has LISTENed. */
+  async listening(app) {
+    const out = await this.sql(`
+      select count(*) from pg_stat_activity
+       where application_name = :'app' and query = 'LISTEN redisgate'`,
+    { vars: { app } });
+    return Number(out) === 1;
+  }
 }
 
 /**

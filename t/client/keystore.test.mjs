@@ -122,15 +122,6 @@ function redisRaw(port, lines, replies, ms = 2000) {
   });
 }
 
-// the listener of an nginx (application_name) is connected and has LISTENed
-async function listening(app) {
-  const out = await pg.sql(`
-    select count(*) from pg_stat_activity
-     where application_name = :'app' and query = 'LISTEN redisgate'`,
-  { vars: { app } });
-  return Number(out) === 1;
-}
-
 // ---------------------------------------------------------------------------
 
 before(async () => {
@@ -169,7 +160,7 @@ before(async () => {
   ]);
   // every listener is up before anything is revoked
   for (const app of ['rg-a', 'rg-b', 'rg-c', 'rg-d']) {
-    const { value } = await pollUntil(() => listening(app), { timeoutMs: 5000 });
+    const { value } = await pollUntil(() => pg.listening(app), { timeoutMs: 5000 });
     assert.ok(value, `the key store listener of ${app} is connected`);
   }
 });
@@ -302,7 +293,7 @@ test('stale window: key store down, cached key 200, uncached 500; back: automati
 
   // and the listeners came back: a NOTIFY is heard again (nB: ttl=60s)
   for (const app of ['rg-a', 'rg-b', 'rg-c', 'rg-d']) {
-    const l = await pollUntil(() => listening(app), { timeoutMs: 8000, intervalMs: 100 });
+    const l = await pollUntil(() => pg.listening(app), { timeoutMs: 8000, intervalMs: 100 });
     assert.ok(l.value, `listener of ${app} not back after ${l.elapsed} ms`);
     t.diagnostic(`listener of ${app} back after ${l.elapsed} ms more`);
   }
@@ -451,7 +442,7 @@ test('revocation committed while that key\'s lookup runs: 401 within a second', 
   // before the revocation commits, its answer arrives after the NOTIFY.
   // The answer must not be cached over the revocation.
   const [k] = await createKeys(acme, 1, 'race');
-  assert.ok(await listening('rg-d'), 'the listener of rg-d is connected');
+  assert.ok(await pg.listening('rg-d'), 'the listener of rg-d is connected');
 
   const inflight = call(nD, acmeInst, k.token);
   const running = await pollUntil(async () => Number(await pg.sql(`
