@@ -475,10 +475,10 @@ ngx_uint_t ngx_http_redisgate_stream_kind(ngx_http_redisgate_ctx_t *ctx);
 ngx_int_t ngx_http_redisgate_stream_start(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
 void ngx_http_redisgate_stream_subscribed(ngx_http_redisgate_listener_t *l);
+ngx_int_t ngx_http_redisgate_stream_line(ngx_str_t *line, ngx_str_t *part,
+    ngx_uint_t n, ngx_log_t *log);
 void ngx_http_redisgate_stream_message(ngx_http_redisgate_listener_t *l,
-    redisReply *reply);
-void ngx_http_redisgate_stream_monitored(ngx_http_redisgate_listener_t *l,
-    redisReply *reply);
+    ngx_str_t *line);
 void ngx_http_redisgate_stream_lost(ngx_http_redisgate_stream_t *s,
     const char *error);
 
@@ -606,7 +606,8 @@ ngx_int_t ngx_http_redisgate_usage_init_process(
 void ngx_http_redisgate_usage_exit_process(ngx_http_redisgate_usage_t *usage);
 void ngx_http_redisgate_usage_record(ngx_http_redisgate_usage_t *usage,
     ngx_str_t *org, ngx_str_t *instance, ngx_str_t *key_id,
-    ngx_uint_t commands, off_t bytes_in, off_t bytes_out);
+    ngx_uint_t requests, ngx_uint_t commands, off_t bytes_in,
+    off_t bytes_out);
 
 /* pg.c: the PostgreSQL key store */
 ngx_int_t ngx_http_redisgate_pg_check_conninfo(ngx_conf_t *cf,

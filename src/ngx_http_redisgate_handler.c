@@ -1591,7 +1591,7 @@ ngx_http_redisgate_log_handler(ngx_http_request_t *r)
                                 (ctx->auth.source
                                  == NGX_HTTP_REDISGATE_SOURCE_STATIC)
                                 ? NULL : &ctx->auth.key_id,
-                                ctx->ncmds, r->request_length,
+                                1, ctx->ncmds, r->request_length,
                                 r->headers_out.content_length_n);
     }
 

@@ -41,6 +41,13 @@ struct ngx_http_redisgate_hub_s {
     ngx_http_redisgate_link_t       link;
     ngx_queue_t                     channels;
     ngx_uint_t                      nchannels;
+
+    /* the channels by name, and the patterns: a message finds its own */
+    ngx_rbtree_t                    names[2];
+    ngx_rbtree_node_t               sentinels[2];
+
+    /* the channel whose listeners are being told; NULL once it goes */
+    void                           *delivering;
     ngx_log_t                      *log;
 
     /* Redis lost: connecting again until the deadline */
@@ -59,6 +66,7 @@ struct ngx_http_redisgate_hub_s {
 
 
 typedef struct {
+    ngx_str_node_t                  sn;         /* in hub->names[pattern] */
     ngx_queue_t                     queue;      /* in the hub's */
     ngx_http_redisgate_hub_t       *hub;
     ngx_str_t                       name;
@@ -80,6 +88,8 @@ static ngx_int_t ngx_http_redisgate_hub_send(ngx_http_redisgate_hub_t *hub,
 static ngx_http_redisgate_channel_t *ngx_http_redisgate_hub_find(
     ngx_http_redisgate_hub_t *hub, u_char *name, size_t len,
     ngx_uint_t pattern);
+static void ngx_http_redisgate_hub_forget(ngx_http_redisgate_hub_t *hub,
+    ngx_http_redisgate_channel_t *ch);
 static void ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
     redisReply *reply);
 static void ngx_http_redisgate_hub_closed(ngx_http_redisgate_link_t *link);
@@ -155,6 +165,10 @@ ngx_http_redisgate_pubsub_listen(ngx_http_redisgate_backend_t *b,
             return NGX_ERROR;
         }
 
+        ch->sn.str = ch->name;
+        ch->sn.node.key = ngx_crc32_long(ch->name.data, ch->name.len);
+        ngx_rbtree_insert(&hub->names[pattern], &ch->sn.node);
+
         ngx_queue_insert_tail(&hub->channels, &ch->queue);
         hub->nchannels++;
         ngx_http_redisgate_stats_gauge(NGX_HTTP_REDISGATE_STAT_CHANNELS, 1);
@@ -200,9 +214,7 @@ ngx_http_redisgate_pubsub_leave(ngx_http_redisgate_listener_t *l)
 
     hub = ch->hub;
 
-    ngx_queue_remove(&ch->queue);
-    hub->nchannels--;
-    ngx_http_redisgate_stats_gauge(NGX_HTTP_REDISGATE_STAT_CHANNELS, -1);
+    ngx_http_redisgate_hub_forget(hub, ch);
 
     if (hub->nchannels == 0) {
         /* nobody listens: the connection goes, UNSUBSCRIBE with it; the
@@ -235,7 +247,7 @@ ngx_http_redisgate_pubsub_leave(ngx_http_redisgate_listener_t *l)
 
 /*
  * listener hears the backend's MONITOR: stream_subscribed() once Redis
- * said +OK, then stream_monitored() for each line of the backend's
+ * said +OK, then stream_message() for each line of the backend's
  * database.  NGX_ERROR: no connection could be had (*error why).
  */
 
@@ -316,6 +328,7 @@ ngx_http_redisgate_monitor_push(ngx_http_redisgate_link_t *link,
 {
     ngx_http_redisgate_hub_t *hub = link->data;
 
+    ngx_str_t                       line, part;
     ngx_uint_t                      began, generation;
     ngx_queue_t                    *q, *next;
     ngx_http_redisgate_listener_t  *l;
@@ -351,6 +364,17 @@ ngx_http_redisgate_monitor_push(ngx_http_redisgate_link_t *link,
         return;
     }
 
+    if (!began) {
+        part.data = (u_char *) reply->str;
+        part.len = reply->len;
+
+        if (ngx_http_redisgate_stream_line(&line, &part, 1, hub->log)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
     generation = link->generation;
 
     for (q = ngx_queue_head(&hub->monitors);
@@ -365,12 +389,16 @@ ngx_http_redisgate_monitor_push(ngx_http_redisgate_link_t *link,
             ngx_http_redisgate_stream_subscribed(l);
 
         } else {
-            ngx_http_redisgate_stream_monitored(l, reply);
+            ngx_http_redisgate_stream_message(l, &line);
         }
 
         if (link->generation != generation) {
-            return;
+            break;
         }
+    }
+
+    if (!began) {
+        ngx_free(line.data);
     }
 }
 
@@ -490,6 +518,10 @@ ngx_http_redisgate_hub_get(ngx_http_redisgate_backend_t *b, ngx_log_t *log)
     hub->backend = b;
     hub->log = b->log;
     ngx_queue_init(&hub->channels);
+    ngx_rbtree_init(&hub->names[0], &hub->sentinels[0],
+                    ngx_str_rbtree_insert_value);
+    ngx_rbtree_init(&hub->names[1], &hub->sentinels[1],
+                    ngx_str_rbtree_insert_value);
 
     hub->link.data = hub;
     hub->link.log = b->log;
@@ -639,23 +671,33 @@ static ngx_http_redisgate_channel_t *
 ngx_http_redisgate_hub_find(ngx_http_redisgate_hub_t *hub, u_char *name,
     size_t len, ngx_uint_t pattern)
 {
-    ngx_queue_t                   *q;
-    ngx_http_redisgate_channel_t  *ch;
+    ngx_str_t        n;
+    ngx_str_node_t  *sn;
 
-    for (q = ngx_queue_head(&hub->channels);
-         q != ngx_queue_sentinel(&hub->channels);
-         q = ngx_queue_next(q))
-    {
-        ch = ngx_queue_data(q, ngx_http_redisgate_channel_t, queue);
+    n.data = name;
+    n.len = len;
 
-        if (ch->pattern == pattern && ch->name.len == len
-            && ngx_memcmp(ch->name.data, name, len) == 0)
-        {
-            return ch;
-        }
+    sn = ngx_str_rbtree_lookup(&hub->names[pattern], &n,
+                               ngx_crc32_long(name, len));
+
+    return sn ? (ngx_http_redisgate_channel_t *) sn : NULL;
+}
+
+
+/* the channel leaves the hub's lists (it is freed by the caller) */
+
+static void
+ngx_http_redisgate_hub_forget(ngx_http_redisgate_hub_t *hub,
+    ngx_http_redisgate_channel_t *ch)
+{
+    ngx_rbtree_delete(&hub->names[ch->pattern], &ch->sn.node);
+    ngx_queue_remove(&ch->queue);
+    hub->nchannels--;
+    ngx_http_redisgate_stats_gauge(NGX_HTTP_REDISGATE_STAT_CHANNELS, -1);
+
+    if (hub->delivering == ch) {
+        hub->delivering = NULL;
     }
-
-    return NULL;
 }
 
 
@@ -671,7 +713,8 @@ ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
 {
     ngx_http_redisgate_hub_t *hub = link->data;
 
-    ngx_uint_t                      pattern, generation;
+    ngx_str_t                       line, part[4];
+    ngx_uint_t                      i, pattern, generation;
     ngx_queue_t                    *q, *next;
     redisReply                     *name;
     ngx_http_redisgate_channel_t   *ch;
@@ -722,6 +765,7 @@ ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
         /* a stream may end in there (its buffer full) and leave */
 
         generation = link->generation;
+        hub->delivering = ch;
 
         for (q = ngx_queue_head(&ch->listeners);
              q != ngx_queue_sentinel(&ch->listeners);
@@ -732,14 +776,13 @@ ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
 
             ngx_http_redisgate_stream_subscribed(l);
 
-            if (link->generation != generation
-                || ngx_http_redisgate_hub_find(hub, (u_char *) name->str,
-                                               name->len, pattern)
-                   != ch)
-            {
+            if (link->generation != generation || hub->delivering != ch) {
+                /* the link closed, or the channel went with its last */
                 return;
             }
         }
+
+        hub->delivering = NULL;
 
         return;
     }
@@ -765,7 +808,22 @@ ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
         return;
     }
 
+    /* decoded and made a line once, for every listener */
+
+    for (i = 0; i < reply->elements; i++) {
+        part[i].data = (u_char *) reply->element[i]->str;
+        part[i].len = reply->element[i]->len;
+    }
+
+    if (ngx_http_redisgate_stream_line(&line, part, reply->elements,
+                                       hub->log)
+        != NGX_OK)
+    {
+        return;
+    }
+
     generation = link->generation;
+    hub->delivering = ch;
 
     for (q = ngx_queue_head(&ch->listeners);
          q != ngx_queue_sentinel(&ch->listeners);
@@ -775,16 +833,18 @@ ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
         l = ngx_queue_data(q, ngx_http_redisgate_listener_t, queue);
 
         /* a stream over its buffer ends, and leaves, in there */
-        ngx_http_redisgate_stream_message(l, reply);
+        ngx_http_redisgate_stream_message(l, &line);
 
-        if (link->generation != generation
-            || ngx_http_redisgate_hub_find(hub, (u_char *) name->str,
-                                           name->len, pattern)
-               != ch)
-        {
-            return;
+        if (link->generation != generation || hub->delivering != ch) {
+            break;
         }
     }
+
+    if (hub->delivering == ch) {
+        hub->delivering = NULL;
+    }
+
+    ngx_free(line.data);
 }
 
 
@@ -911,9 +971,7 @@ ngx_http_redisgate_hub_end(ngx_http_redisgate_hub_t *hub, const char *error)
         q = ngx_queue_head(&hub->channels);
         ch = ngx_queue_data(q, ngx_http_redisgate_channel_t, queue);
 
-        ngx_queue_remove(q);
-        hub->nchannels--;
-        ngx_http_redisgate_stats_gauge(NGX_HTTP_REDISGATE_STAT_CHANNELS, -1);
+        ngx_http_redisgate_hub_forget(hub, ch);
         ch->gone = 1;
 
         while (!ngx_queue_empty(&ch->listeners)) {

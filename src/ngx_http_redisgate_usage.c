@@ -169,12 +169,15 @@ ngx_http_redisgate_usage_exit_process(ngx_http_redisgate_usage_t *usage)
 }
 
 
-/* one request that reached Redis, in the log phase */
+/*
+ * What a request that reached Redis did, in the log phase; a stream's, as
+ * it goes (requests 1 when it opens, then 0 with the bytes it sent since).
+ */
 
 void
 ngx_http_redisgate_usage_record(ngx_http_redisgate_usage_t *usage,
     ngx_str_t *org, ngx_str_t *instance, ngx_str_t *key_id,
-    ngx_uint_t commands, off_t bytes_in, off_t bytes_out)
+    ngx_uint_t requests, ngx_uint_t commands, off_t bytes_in, off_t bytes_out)
 {
     u_char                           uuid[NGX_HTTP_REDISGATE_UUID_LEN];
     ngx_http_redisgate_usage_item_t  it;
@@ -199,7 +202,7 @@ ngx_http_redisgate_usage_record(ngx_http_redisgate_usage_t *usage,
     it.instance.data = instance->data;
     it.instance.len = ngx_min(instance->len, NGX_HTTP_REDISGATE_USAGE_ID_MAX);
     it.minute = ngx_time() / 60 * 60;
-    it.requests = 1;
+    it.requests = requests;
     it.commands = commands;
     it.bytes_in = (bytes_in > 0) ? (uint64_t) bytes_in : 0;
     it.bytes_out = (bytes_out > 0) ? (uint64_t) bytes_out : 0;
@@ -208,7 +211,7 @@ ngx_http_redisgate_usage_record(ngx_http_redisgate_usage_t *usage,
 
     ngx_http_redisgate_usage_add_locked(usage, &it);
 
-    if (key_id && key_id->len) {
+    if (key_id && key_id->len && requests) {
         ngx_memzero(&it, offsetof(ngx_http_redisgate_usage_item_t, data));
 
         it.type = NGX_HTTP_REDISGATE_USAGE_KEY;

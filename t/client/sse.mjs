@@ -2,6 +2,7 @@
 // (stream.test.mjs, stream-keystore.test.mjs): the wire as it is, chunked
 // framing, "data: " lines, comments, with no client library in between.
 import net from 'node:net';
+import tls from 'node:tls';
 import { StringDecoder } from 'node:string_decoder';
 import { sleep } from './harness.mjs';
 
@@ -23,10 +24,13 @@ export async function until(fn, ms, what) {
  * when keep), its "data: " lines (events, without "data: "), the ":"
  * lines (comments), any other non-empty line (others), ended once the
  * last chunk came (or, for a plain answer, its Content-Length).  port
- * null: no request, a parser for data() only.
+ * null: no request, a parser for data() or bodyBytes() only.  version:
+ * '1.0' for an HTTP/1.0 request; tlsOptions: over TLS (node:tls's).
  */
 export class Sse {
-  constructor(port, urlPath, { method = 'GET', headers = {}, body, keep = true } = {}) {
+  constructor(port, urlPath, {
+    method = 'GET', headers = {}, body, keep = true, version = '1.1', tlsOptions = null,
+  } = {}) {
     this.status = null;
     this.headers = {};
     this.events = [];
@@ -44,11 +48,13 @@ export class Sse {
     this.decoder = new StringDecoder('utf8');
     this.partial = '';
     if (port === null) return;
-    let req = `${method} ${urlPath} HTTP/1.1\r\nHost: 127.0.0.1\r\n`;
+    let req = `${method} ${urlPath} HTTP/${version}\r\nHost: 127.0.0.1\r\n`;
     for (const [k, v] of Object.entries(headers)) req += `${k}: ${v}\r\n`;
     const b = body === undefined ? null : Buffer.from(body);
     if (b) req += `Content-Length: ${b.length}\r\n`;
-    this.sock = net.connect({ port, host: '127.0.0.1' });
+    this.sock = tlsOptions
+      ? tls.connect({ port, host: '127.0.0.1', ...tlsOptions })
+      : net.connect({ port, host: '127.0.0.1' });
     this.sock.setNoDelay(true);
     this.sock.write(req + '\r\n');
     if (b) this.sock.write(b);

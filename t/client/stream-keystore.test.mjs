@@ -28,6 +28,7 @@ let globex;     // another organization, on the same Redis
 let inst3;      // acme's instance on Redis db 3
 let inst4;      // acme's instance on Redis db 4 (suspended below)
 let instG;      // globex's instance on db 5
+let instU;      // acme's instance on db 6 (usage)
 
 before(async () => {
   [pg, redisSrv] = await Promise.all([startPg(), startRedis()]);
@@ -37,12 +38,14 @@ before(async () => {
   inst3 = (await pg.admin('instance', 'create', 'acme', 'db3', addr, '--db', '3')).instance_id;
   inst4 = (await pg.admin('instance', 'create', 'acme', 'db4', addr, '--db', '4')).instance_id;
   instG = (await pg.admin('instance', 'create', 'globex', 'db5', addr, '--db', '5')).instance_id;
+  instU = (await pg.admin('instance', 'create', 'acme', 'db6', addr, '--db', '6')).instance_id;
   ng = await startNginx({
     workers: 2,
     logLevel: 'info',
     http: [
       `redisgate_pg "${pg.conninfo('application_name=rg-stream-ks')}";`,
       'redisgate_cache zone=stream_keys:1m ttl=60s;',
+      'redisgate_usage zone=stream_usage:1m interval=500ms;',
       'redisgate_sse_heartbeat 300ms;',
     ].join('\n'),
     location: 'redisgate_monitor on;',
@@ -228,6 +231,29 @@ test('MONITOR over the key store: the admin scope, the instance\'s database only
   // its MONITOR connection goes with the last monitor stream
   await until(async () => !/\bcmd=monitor\b/.test(await redisCall(redisSrv.port, ['CLIENT', 'LIST'])),
     5000, 'the MONITOR connection is gone');
+});
+
+test('usage: a stream is one request and one command when it opens, and the bytes of its events as they go', async () => {
+  const k = await key(acme, 'usage');
+  const ch = `${P}:usage`;
+  const s = open(instU, k.token, `/subscribe/${ch}`);
+  await started([s], 'subscribed');
+  const payloads = ['a'.repeat(1000), 'b'.repeat(2000), 'c'.repeat(3000)];
+  for (const m of payloads) assert.equal(await publish(ch, m), 1);
+  await until(() => s.messages.length === 3, 5000, 'the three messages');
+  s.close();
+  // "data: subscribe,<ch>,1\n\n" and three "data: message,<ch>,<payload>\n\n"
+  const events = `data: subscribe,${ch},1\n\n`.length +
+    payloads.reduce((n, m) => n + `data: message,${ch},${m}\n\n`.length, 0);
+  const usage = async () => (await pg.rows(`
+    select coalesce(sum(requests), 0), coalesce(sum(commands), 0), coalesce(sum(bytes_out), 0)
+      from redisgate.usage_minutes where instance_id = :'inst'`, { vars: { inst: instU } }))[0].map(Number);
+  let got;
+  await until(async () => { got = await usage(); return got[2] >= events; }, 10000,
+    () => `usage of the stream: ${JSON.stringify(got)}, expected bytes_out ${events}`);
+  assert.equal(got[0], 1, 'one request');
+  assert.equal(got[1], 1, 'one command');
+  assert.ok(got[2] >= events && got[2] < events + 100, `bytes_out ${got[2]}, events ${events}`);
 });
 
 test('the key store down, then back: open streams go on (nothing ends them for a key store that cannot answer)', async (t) => {

@@ -6,10 +6,12 @@
 // event, read the history with XRANGE, then publish).  Then raw HTTP over
 // a socket of our own, to see the wire: headers, chunked framing, one
 // event per "data: " line and an empty one, heartbeats, tokens, scopes.
-// Then the fan-out (one subscriber connection per worker and backend),
-// and faults: Redis SIGKILLed and restarted under 200 streams, Redis down
-// for longer than redisgate_timeout, 300 clients leaving at once, a
-// client that never reads, nginx -s reload.
+// Then the ways in: HTTP/2 (a stream stays a request), TLS and HTTP/1.0
+// (the stream keeps only its connection), the access log.  Then the
+// fan-out (one subscriber connection per worker and backend), and faults:
+// Redis SIGKILLed and restarted under 1,000 streams, Redis down for longer
+// than redisgate_timeout, 1,100 clients leaving at once, a client that
+// never reads, nginx -s reload.
 //
 // Two nginx: `ng` (2 workers) for all but the last two tests; `ngOne` (1
 // worker, so that a slow reader and a normal one share the worker's
@@ -18,17 +20,19 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
+import http2 from 'node:http2';
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Redis } from '@upstash/redis';
 import {
-  startRedis, startNginx, newToken, randomUUID, rg, sleep, makeTmpDir,
+  startRedis, startNginx, newToken, randomUUID, rg, sleep, makeTmpDir, freePort, testCerts,
   assertCleanErrorLog, significantLogLines, runProgram, redisCommands, NGINX_BIN,
 } from './harness.mjs';
 import { Sse, until } from './sse.mjs';
 
 const WORKERS = 2;
+const MANY = 1000;           // the streams of the fan-out and fault tests
 const P = `rgs-${randomBytes(4).toString('hex')}`;   // this run's channel names
 
 const FULL = newToken();     // read, write
@@ -36,9 +40,11 @@ const READER = newToken();   // read only
 const WRITER = newToken();   // write only
 
 let r1;       // Redis of the client, raw and fan-out tests
-let r2;       // SIGKILLed and restarted under 200 streams
+let r2;       // SIGKILLed and restarted under 1,000 streams
 let r3;       // down for longer than redisgate_timeout 1s
 let ng;       // 2 workers
+let h2Port;   // ng's HTTP/2 (h2c) server
+let tlsPort;  // ng's https server
 let ngOne;    // 1 worker: slow reader, reload
 const A = randomUUID();      // -> r1
 const B = randomUUID();      // -> r2
@@ -57,13 +63,25 @@ before(async () => {
     { token: READER, id: 'stream-reader', scopes: 'read' },
     { token: WRITER, id: 'stream-writer', scopes: 'write' },
   ];
+  [h2Port, tlsPort] = [await freePort(), await freePort()];
+  const certs = testCerts();
   [ng, ngOne] = await Promise.all([
     startNginx({
       instances: [{ uuid: A, url: r1.url }, { uuid: B, url: r2.url }, { uuid: C, url: r3.url }],
       keys,
       workers: WORKERS,
+      workerConnections: 4096,
       logLevel: 'info',
-      http: 'redisgate_timeout 5s;\nredisgate_connect_timeout 1s;',
+      http: [
+        'redisgate_timeout 5s;',
+        'redisgate_connect_timeout 1s;',
+        // a stream over HTTP/2 stays a request; over TLS it is detached
+        `server { listen 127.0.0.1:${h2Port} http2; location /redis/ { redisgate; } }`,
+        `server { listen 127.0.0.1:${tlsPort} ssl;`,
+        `  ssl_certificate ${certs.file('server.crt')};`,
+        `  ssl_certificate_key ${certs.file('server.key')};`,
+        '  location /redis/ { redisgate; } }',
+      ].join('\n'),
       servers: [
         { location: 'redisgate_sse_heartbeat 300ms;' },
         { location: 'redisgate_timeout 1s;' },
@@ -461,13 +479,93 @@ test('raw: ?_token=, GET and POST, a read-only key; 401, 403 without read, 400 w
 // ---------------------------------------------------------------------------
 // fan-out
 
-test('fan-out: 200 streams over 20 channels, one subscriber connection per worker; 300 leaving at once', async (t) => {
+test('HTTP/2: streams stay requests; two on one connection, a message each; one cancelled leaves, the other goes on', async () => {
+  const ch1 = `${P}:h2-one`;
+  const ch2 = `${P}:h2-two`;
+  const session = http2.connect(`http://127.0.0.1:${h2Port}`);
+  session.on('error', () => {});
+  const open2 = (ch) => {
+    const sse = new Sse(null, null);
+    const st = session.request({ ':path': `/redis/${A}/subscribe/${ch}`, authorization: `Bearer ${FULL}` });
+    st.on('response', (h) => { sse.status = h[':status']; sse.headers = h; });
+    st.on('data', (d) => sse.bodyBytes(d));
+    st.on('end', () => { sse.ended = true; });
+    st.on('error', () => { sse.closed = true; });
+    return { st, sse };
+  };
+  try {
+    const one = open2(ch1);
+    const two = open2(ch2);
+    await until(() => one.sse.subscribed && two.sse.subscribed, 5000,
+      () => `subscribed: ${JSON.stringify([one.sse.events, two.sse.events])}`);
+    assert.equal(one.sse.status, 200);
+    assert.equal(one.sse.headers['content-type'], 'text/event-stream');
+    assert.equal(await r1.call(['PUBLISH', ch1, 'h2 one']), 1);
+    assert.equal(await r1.call(['PUBLISH', ch2, 'h2 two']), 1);
+    await until(() => one.sse.messages.length === 1 && two.sse.messages.length === 1, 5000, 'a message each');
+    assert.deepEqual(one.sse.messages, [`message,${ch1},h2 one`]);
+    assert.deepEqual(two.sse.messages, [`message,${ch2},h2 two`]);
+
+    // RST_STREAM: the listener of that stream leaves, the other stays
+    one.st.close(http2.constants.NGHTTP2_CANCEL);
+    await until(async () => (await numsub(r1, [ch1]))[ch1] === 0, 5000, 'the cancelled stream unsubscribed');
+    assert.equal((await numsub(r1, [ch2]))[ch2], 1);
+    assert.equal(await r1.call(['PUBLISH', ch2, 'h2 again']), 1);
+    await until(() => two.sse.messages.length === 2, 5000, 'the other stream goes on');
+    assert.equal(two.sse.done, false);
+  } finally {
+    session.destroy();
+  }
+  await until(async () => (await numsub(r1, [ch2]))[ch2] === 0, 5000, 'all unsubscribed once the connection went');
+});
+
+test('TLS: a stream over https (the connection kept, the request freed): messages up to 200 kB, then the client leaves', async () => {
+  const ch = `${P}:tls`;
+  const s = new Sse(tlsPort, `/redis/${A}/subscribe/${ch}`, {
+    headers: { Authorization: `Bearer ${FULL}` },
+    tlsOptions: { ca: readFileSync(testCerts().file('ca.crt')) },
+  });
+  await until(() => s.subscribed, 5000, () => `subscribed: ${s.status} ${JSON.stringify(s.events)}`);
+  assert.equal(s.headers['transfer-encoding'], 'chunked');
+  const big = 'x'.repeat(200 * 1024);
+  for (const m of ['small', big, 'after']) assert.equal(await r1.call(['PUBLISH', ch, m]), 1);
+  await until(() => s.messages.length === 3, 10000, () => `3 messages: ${s.messages.length}`);
+  assert.deepEqual(s.messages, [`message,${ch},small`, `message,${ch},${big}`, `message,${ch},after`]);
+  s.close();
+  await until(async () => (await numsub(r1, [ch]))[ch] === 0, 5000, 'unsubscribed');
+});
+
+test('HTTP/1.0: the events unchunked, one after the other; the client leaves: unsubscribed', async () => {
+  const ch = `${P}:http10`;
+  const s = open(ng, A, `/subscribe/${ch}`, { version: '1.0' });
+  await until(() => s.subscribed, 5000, () => `subscribed: ${s.statusLine} ${JSON.stringify(s.events)}`);
+  assert.match(s.statusLine, /^HTTP\/1\.1 200/);
+  assert.equal(s.headers['transfer-encoding'], undefined, 'no chunks for HTTP/1.0');
+  assert.equal(await r1.call(['PUBLISH', ch, 'one']), 1);
+  assert.equal(await r1.call(['PUBLISH', ch, 'two']), 1);
+  await until(() => s.messages.length === 2, 5000, 'two messages');
+  assert.equal(s.text(), `data: subscribe,${ch},1\n\ndata: message,${ch},one\n\ndata: message,${ch},two\n\n`);
+  s.close();
+  await until(async () => (await numsub(r1, [ch]))[ch] === 0, 5000, 'unsubscribed');
+});
+
+test('the access log has an HTTP/1.1 stream once it runs (200), before it ends', async () => {
+  const ch = `${P}:logged`;
+  const s = open(ng, A, `/subscribe/${ch}`);
+  await until(() => s.subscribed, 5000, 'subscribed');
+  const line = new RegExp(`"GET /redis/${A}/subscribe/${ch} HTTP/1\\.1" 200 \\d+`);
+  await until(() => line.test(ng.read('access.log')), 5000, 'the access log line of the open stream');
+  assert.equal(s.done, false);
+  s.close();
+});
+
+test(`fan-out: ${MANY} streams over 20 channels, one subscriber connection per worker; ${MANY + 100} leaving at once`, async (t) => {
   const chans = Array.from({ length: 20 }, (_, i) => `${P}:fan:${i}`);
-  const streams = Array.from({ length: 200 }, (_, i) => open(ng, A, `/subscribe/${chans[i % 20]}`, { keep: false }));
+  const streams = Array.from({ length: MANY }, (_, i) => open(ng, A, `/subscribe/${chans[i % 20]}`, { keep: false }));
   const all = [...streams];
   try {
-    await until(() => streams.every((s) => s.subscribed), 10000,
-      () => `${streams.filter((s) => s.subscribed).length}/200 subscribed ${fmt(streams.filter((s) => !s.subscribed))}`);
+    await until(() => streams.every((s) => s.subscribed), 20000,
+      () => `${streams.filter((s) => s.subscribed).length}/${MANY} subscribed ${fmt(streams.filter((s) => !s.subscribed))}`);
     const subs = await subscribers(r1);
     assert.ok(subs.length >= 1 && subs.length <= WORKERS,
       `${subs.length} subscriber connections for ${WORKERS} workers:\n${subs.join('\n')}`);
@@ -489,13 +587,13 @@ test('fan-out: 200 streams over 20 channels, one subscriber connection per worke
     for (let i = 0; i < 50; i++) {
       all.push(open(ng, A, `/subscribe/${chans[i % 20]}/${P}:fan:extra`, { keep: false }));
     }
-    await until(() => all.slice(200, 250).every((s) => s.events.length === 1)
-      && all.slice(250).every((s) => s.events.length === 2), 10000,
-    () => fmt(all.slice(200).filter((s) => s.events.length < (s.events[0]?.startsWith('p') ? 1 : 2))));
-    assert.ok(all.slice(200, 250).every((s) => s.events[0] === `psubscribe,${P}:fan:1*,1`));
+    await until(() => all.slice(MANY, MANY + 50).every((s) => s.events.length === 1)
+      && all.slice(MANY + 50).every((s) => s.events.length === 2), 10000,
+    () => fmt(all.slice(MANY).filter((s) => s.events.length < (s.events[0]?.startsWith('p') ? 1 : 2))));
+    assert.ok(all.slice(MANY, MANY + 50).every((s) => s.events[0] === `psubscribe,${P}:fan:1*,1`));
     // counts in the order Redis confirmed: a channel the worker already
     // had is confirmed at once, a new one a round trip later
-    all.slice(250).forEach((s, i) => {
+    all.slice(MANY + 50).forEach((s, i) => {
       assert.deepEqual(s.events.map((e) => e.replace(/,\d+$/, '')).sort(),
         [`subscribe,${chans[i % 20]}`, `subscribe,${P}:fan:extra`].sort());
       assert.deepEqual(s.events.map((e) => e.split(',').at(-1)), ['1', '2']);
@@ -503,7 +601,7 @@ test('fan-out: 200 streams over 20 channels, one subscriber connection per worke
     assert.ok((await subscribers(r1)).length <= WORKERS);
     assert.ok((await r1.call(['PUBSUB', 'NUMPAT'])) <= WORKERS);
   } finally {
-    // 300 clients leave at once
+    // MANY + 100 clients leave at once
     for (const s of all) s.close();
   }
   const everything = [...chans, `${P}:fan:extra`];
@@ -520,15 +618,15 @@ test('fan-out: 200 streams over 20 channels, one subscriber connection per worke
 // ---------------------------------------------------------------------------
 // faults
 
-test('Redis SIGKILLed and restarted within redisgate_timeout: 200 streams go on and hear what comes after', async () => {
+test(`Redis SIGKILLed and restarted within redisgate_timeout: ${MANY} streams go on and hear what comes after`, async () => {
   const chans = Array.from({ length: 20 }, (_, i) => `${P}:k:${i}`);
-  const streams = Array.from({ length: 200 }, (_, i) => (i % 10 === 9
+  const streams = Array.from({ length: MANY }, (_, i) => (i % 10 === 9
     ? open(ng, B, `/psubscribe/${chans[i % 20]}*`, { keep: false })
     : open(ng, B, `/subscribe/${chans[i % 20]}`, { keep: false })));
   const logStart = ng.errorLog().length;
   try {
-    await until(() => streams.every((s) => s.subscribed), 10000,
-      () => `${streams.filter((s) => s.subscribed).length}/200 subscribed`);
+    await until(() => streams.every((s) => s.subscribed), 20000,
+      () => `${streams.filter((s) => s.subscribed).length}/${MANY} subscribed`);
     const baseline = await numsub(r2, chans);
 
     r2.child.kill('SIGKILL');
@@ -542,7 +640,7 @@ test('Redis SIGKILLed and restarted within redisgate_timeout: 200 streams go on 
     // subscribed again does not mean a second subscribe line
     for (const c of chans) await r2.call(['PUBLISH', c, `after ${c}`]);
     await until(() => streams.every((s) => s.events.length >= 2), 5000,
-      () => `${streams.filter((s) => s.events.length >= 2).length}/200 got it ${fmt(streams.filter((s) => s.events.length < 2))}`);
+      () => `${streams.filter((s) => s.events.length >= 2).length}/${MANY} got it ${fmt(streams.filter((s) => s.events.length < 2))}`);
     streams.forEach((s, i) => {
       const c = chans[i % 20];
       assert.deepEqual(s.events, i % 10 === 9
@@ -706,8 +804,8 @@ test('a client that never reads: its stream ends with the error line, a normal r
 
 test('nginx -s reload: each stream gets the error line within ~2 s, the old worker exits', async (t) => {
   const ch = `${P}:reload`;
-  const streams = Array.from({ length: 20 }, (_, i) => open(ngOne, A,
-    i % 2 ? `/subscribe/${ch}` : `/psubscribe/${ch}*`));
+  const streams = Array.from({ length: 200 }, (_, i) => open(ngOne, A,
+    i % 2 ? `/subscribe/${ch}` : `/psubscribe/${ch}*`, { keep: false }));
   try {
     await until(() => streams.every((s) => s.subscribed), 5000, () => fmt(streams));
     const old = workerPids(ngOne);
