@@ -457,6 +457,8 @@ ngx_http_redisgate_pg_dispatch(ngx_http_redisgate_pg_t *pg)
     ngx_http_redisgate_pg_conn_t    *pc;
     ngx_http_redisgate_pg_lookup_t  *lk;
 
+again:
+
     pending = 0;
 
     for (q = ngx_queue_head(&pg->lookups);
@@ -484,6 +486,13 @@ ngx_http_redisgate_pg_dispatch(ngx_http_redisgate_pg_t *pg)
         }
 
         ngx_http_redisgate_pg_send(pc, lk);
+
+        if (pc->state != NGX_HTTP_REDISGATE_PG_BUSY) {
+            /* the send failed and closed the connection: the lookup is
+             * answered (and freed), and its waiters may have changed the
+             * queue; from the start, with the connections left */
+            goto again;
+        }
     }
 
     if (pending == 0) {

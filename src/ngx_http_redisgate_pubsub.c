@@ -39,6 +39,7 @@
 struct ngx_http_redisgate_hub_s {
     ngx_http_redisgate_backend_t   *backend;
     ngx_http_redisgate_link_t       link;
+    ngx_http_redisgate_backend_t   *node;       /* a cluster's, held */
     ngx_queue_t                     channels;
     ngx_uint_t                      nchannels;
 
@@ -565,7 +566,18 @@ ngx_http_redisgate_hub_connect(ngx_http_redisgate_hub_t *hub)
         }
     }
 
-    return ngx_http_redisgate_hub_login(hub, &hub->link, node);
+    if (ngx_http_redisgate_hub_login(hub, &hub->link, node) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (node != b) {
+        /* the idle sweep leaves it alone while the link is to it, even
+         * once a new slot map no longer has it */
+        node->refs++;
+        hub->node = node;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -862,6 +874,11 @@ ngx_http_redisgate_hub_closed(ngx_http_redisgate_link_t *link)
     ngx_queue_t                   *q;
     ngx_msec_int_t                 left;
     ngx_http_redisgate_channel_t  *ch;
+
+    if (hub->node) {
+        hub->node->refs--;
+        hub->node = NULL;
+    }
 
     if (hub->nchannels == 0) {
         return;

@@ -49,6 +49,7 @@
 
 struct ngx_http_redisgate_stream_s {
     ngx_queue_t                     queue;      /* the worker's streams */
+    ngx_queue_t                     drain;      /* ended, lines waiting */
     ngx_connection_t               *connection;
     ngx_http_request_t             *request;    /* NULL once detached */
     ngx_pool_cleanup_t             *cleanup;    /* in the request's pool */
@@ -62,8 +63,6 @@ struct ngx_http_redisgate_stream_s {
     /* a request's: buffers through the filters */
     ngx_chain_t                    *free;
     ngx_chain_t                    *busy;
-    off_t                           written;    /* to the filters */
-    off_t                           sent_start; /* c->sent then */
 
     /* detached: what the connection did not take yet */
     u_char                         *out;
@@ -95,6 +94,7 @@ struct ngx_http_redisgate_stream_s {
     unsigned                        counted:1;  /* its request, in usage */
     unsigned                        chunked:1;
     unsigned                        detachable:1;   /* HTTP/1.x, main */
+    unsigned                        draining:1; /* in the draining queue */
 };
 
 
@@ -141,8 +141,10 @@ static ngx_uint_t ngx_http_redisgate_stream_client_left(ngx_connection_t *c);
 static void ngx_http_redisgate_stream_watch(ngx_event_t *ev);
 
 
-/* the worker's open streams, and what ends them when it exits */
+/* the worker's open streams, the ended ones whose last lines wait for the
+ * socket (detached), and what ends them when it exits */
 static ngx_queue_t  ngx_http_redisgate_streams;
+static ngx_queue_t  ngx_http_redisgate_draining;
 static ngx_event_t  ngx_http_redisgate_streams_watch;
 
 
@@ -235,7 +237,7 @@ ngx_http_redisgate_stream_open(ngx_http_request_t *r,
 {
     ngx_int_t                        rc;
     ngx_str_t                       *argv;
-    ngx_uint_t                       argc, kind;
+    ngx_uint_t                       argc, kind, ended;
     ngx_http_redisgate_stream_t     *s;
 
     kind = ngx_http_redisgate_stream_kind(ctx);
@@ -284,7 +286,16 @@ ngx_http_redisgate_stream_open(ngx_http_request_t *r,
     /* the request is counted in usage as it opens, its bytes as they go */
     ngx_http_redisgate_stream_account(s);
 
-    if (ngx_http_redisgate_stream_listen(s, ctx) != NGX_OK || s->ended) {
+    /* the stream may end in there (and finalize the request): this
+     * reference keeps the request, and the stream, until it is known */
+    r->main->count++;
+
+    rc = ngx_http_redisgate_stream_listen(s, ctx);
+    ended = (rc != NGX_OK || s->ended);
+
+    ngx_http_finalize_request(r, NGX_DONE);
+
+    if (ended) {
         return NGX_DONE;
     }
 
@@ -312,6 +323,7 @@ ngx_http_redisgate_stream_open(ngx_http_request_t *r,
 
     if (ngx_http_redisgate_streams.next == NULL) {
         ngx_queue_init(&ngx_http_redisgate_streams);
+        ngx_queue_init(&ngx_http_redisgate_draining);
         ngx_http_redisgate_streams_watch.handler =
                                             ngx_http_redisgate_stream_watch;
         ngx_http_redisgate_streams_watch.log = ngx_cycle->log;
@@ -430,7 +442,6 @@ ngx_http_redisgate_stream_create(ngx_http_request_t *r,
     s->limit = rlcf->sse_buffer;
     s->interval = rlcf->sse_heartbeat;
     s->send_timeout = clcf->send_timeout;
-    s->sent_start = r->connection->sent;
     s->usage = rmcf->usage;
     s->bytes_in = r->request_length;
     s->started = ngx_time();
@@ -487,6 +498,13 @@ ngx_http_redisgate_stream_headers(ngx_http_request_t *r)
     if (r->stream == NULL) {
         (void) ngx_tcp_nodelay(r->connection);
     }
+
+#if (NGX_HTTP_GZIP)
+    /* events are not compressed (gzip would hold them back), and a
+     * detached stream writes past nginx's filters */
+    r->gzip_tested = 1;
+    r->gzip_ok = 0;
+#endif
 
     rc = ngx_http_send_header(r);
 
@@ -774,12 +792,18 @@ ngx_http_redisgate_stream_write(ngx_http_redisgate_stream_t *s, u_char *data,
 {
     off_t              unsent;
     ngx_int_t          rc;
+    ngx_chain_t       *cl;
     ngx_connection_t  *c;
 
     c = s->connection;
 
     if (s->request) {
-        unsent = s->written - (c->sent - s->sent_start);
+        /* what the filters still hold of the stream's buffers */
+        unsent = 0;
+
+        for (cl = s->busy; cl; cl = cl->next) {
+            unsent += ngx_buf_size(cl->buf);
+        }
 
     } else {
         unsent = s->out_last - s->out_pos;
@@ -857,8 +881,6 @@ ngx_http_redisgate_stream_filter(ngx_http_redisgate_stream_t *s,
     b->temporary = 1;
     b->flush = 1;
     b->tag = (ngx_buf_tag_t) &ngx_http_redisgate_module;
-
-    s->written += len;
 
     rc = ngx_http_output_filter(r, cl);
 
@@ -1045,11 +1067,13 @@ static ngx_int_t
 ngx_http_redisgate_stream_flush(ngx_http_redisgate_stream_t *s)
 {
     ssize_t            n;
+    ngx_uint_t         moved;
     ngx_event_t       *wev;
     ngx_connection_t  *c;
 
     c = s->connection;
     wev = c->write;
+    moved = 0;
 
     while (s->out_pos < s->out_last) {
         n = c->send(c, s->out + s->out_pos, s->out_last - s->out_pos);
@@ -1059,7 +1083,8 @@ ngx_http_redisgate_stream_flush(ngx_http_redisgate_stream_t *s)
         }
 
         if (n == NGX_AGAIN) {
-            if (!wev->timer_set) {
+            /* send_timeout: between two writes that took something */
+            if (moved || !wev->timer_set) {
                 ngx_add_timer(wev, s->send_timeout);
             }
 
@@ -1071,6 +1096,7 @@ ngx_http_redisgate_stream_flush(ngx_http_redisgate_stream_t *s)
         }
 
         s->out_pos += n;
+        moved = 1;
     }
 
     if (s->out) {
@@ -1085,7 +1111,8 @@ ngx_http_redisgate_stream_flush(ngx_http_redisgate_stream_t *s)
         ngx_del_timer(wev);
     }
 
-    return NGX_OK;
+    /* level-triggered events: no write event while nothing waits */
+    return ngx_handle_write_event(wev, 0) == NGX_OK ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -1153,9 +1180,13 @@ ngx_http_redisgate_stream_end(ngx_http_redisgate_stream_t *s,
 
     if (s->out_pos == s->out_last) {
         ngx_http_redisgate_stream_close(s);
+        return;
     }
 
-    /* else the write handler closes it, once all is out or it timed out */
+    /* the write handler closes it once all is out, or it timed out; an
+     * exiting worker, at once */
+    ngx_queue_insert_tail(&ngx_http_redisgate_draining, &s->drain);
+    s->draining = 1;
 }
 
 
@@ -1193,6 +1224,10 @@ ngx_http_redisgate_stream_close(ngx_http_redisgate_stream_t *s)
 
     ngx_http_redisgate_stream_leave(s);
     s->ended = 1;
+
+    if (s->draining) {
+        ngx_queue_remove(&s->drain);
+    }
 
     /* its access-log line was written when it detached */
     ngx_log_error(NGX_LOG_INFO, c->log, 0,
@@ -1413,7 +1448,9 @@ ngx_http_redisgate_stream_detach(ngx_event_t *ev)
         return;
     }
 
-    if (r->main->count != 1 || r->blocked || r->postponed || c->error) {
+    if (r->main->count != 1 || r->blocked || r->postponed || c->error
+        || r->headers_out.content_encoding)
+    {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
                        "redisgate: the stream stays a request");
         s->detachable = 0;
@@ -1445,9 +1482,25 @@ ngx_http_redisgate_stream_detach(ngx_event_t *ev)
     c->read->handler = ngx_http_redisgate_stream_read_handler;
     c->write->handler = ngx_http_redisgate_stream_write_handler;
 
+    /* nothing of the request's own timing stays: a send_timeout it armed
+     * while the head waited, limit_rate's delay */
     if (c->read->timer_set) {
         ngx_del_timer(c->read);
     }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    c->write->delayed = 0;
+
+#if (NGX_HTTP_SSL)
+    if (c->ssl) {
+        /* what waits moves to the start of a larger buffer as it grows:
+         * OpenSSL retries a write from there */
+        SSL_set_mode(c->ssl->connection, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+#endif
 
     /* nothing more is read: the header buffers go, as in a keepalive */
 
@@ -1485,12 +1538,24 @@ ngx_http_redisgate_stream_read_handler(ngx_event_t *rev)
     c = rev->data;
     s = c->data;
 
+    if (c->close) {
+        /* the worker is shutting down (worker_shutdown_timeout) */
+        ngx_http_redisgate_stream_close(s);
+        return;
+    }
+
     if (!ngx_http_redisgate_stream_client_left(c)) {
         return;
     }
 
-    ngx_log_error(NGX_LOG_INFO, c->log, ngx_socket_errno,
+    ngx_log_error(NGX_LOG_INFO, c->log, rev->error ? ngx_socket_errno : 0,
                   "redisgate: the client closed its stream");
+
+#if (NGX_HTTP_SSL)
+    if (c->ssl) {
+        c->ssl->no_send_shutdown = 1;
+    }
+#endif
 
     ngx_http_redisgate_stream_close(s);
 }
@@ -1536,6 +1601,21 @@ ngx_http_redisgate_stream_client_left(ngx_connection_t *c)
 
     rev = c->read;
 
+#if (NGX_HAVE_KQUEUE)
+
+    if (ngx_event_flags & NGX_USE_KQUEUE_EVENT) {
+        if (!rev->pending_eof) {
+            return 0;
+        }
+
+        rev->eof = 1;
+        c->error = 1;
+
+        return 1;
+    }
+
+#endif
+
 #if (NGX_HAVE_EPOLLRDHUP)
 
     if ((ngx_event_flags & NGX_USE_EPOLL_EVENT) && ngx_use_epoll_rdhup) {
@@ -1564,9 +1644,16 @@ ngx_http_redisgate_stream_client_left(ngx_connection_t *c)
 
         if (err != NGX_EAGAIN) {
             rev->eof = 1;
+            rev->error = 1;
             c->error = 1;
             return 1;
         }
+    }
+
+    /* bytes of the client's, never read: level-triggered events would
+     * report them again and again */
+    if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && rev->active) {
+        (void) ngx_del_event(rev, NGX_READ_EVENT, 0);
     }
 
     return 0;
@@ -1601,6 +1688,13 @@ ngx_http_redisgate_stream_watch(ngx_event_t *ev)
             ngx_http_redisgate_stream_done(s, c, r);
         }
 
+        /* what did not go out by now does not keep the worker */
+        while (!ngx_queue_empty(&ngx_http_redisgate_draining)) {
+            q = ngx_queue_head(&ngx_http_redisgate_draining);
+            s = ngx_queue_data(q, ngx_http_redisgate_stream_t, drain);
+            ngx_http_redisgate_stream_close(s);
+        }
+
         return;
     }
 
@@ -1617,7 +1711,9 @@ ngx_http_redisgate_stream_watch(ngx_event_t *ev)
         }
     }
 
-    if (!ngx_queue_empty(&ngx_http_redisgate_streams)) {
+    if (!ngx_queue_empty(&ngx_http_redisgate_streams)
+        || !ngx_queue_empty(&ngx_http_redisgate_draining))
+    {
         ngx_add_timer(ev, 1000);
     }
 }

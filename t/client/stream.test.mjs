@@ -77,7 +77,8 @@ before(async () => {
         'redisgate_connect_timeout 1s;',
         // a stream over HTTP/2 stays a request; over TLS it is detached
         `server { listen 127.0.0.1:${h2Port} http2; location /redis/ { redisgate; } }`,
-        `server { listen 127.0.0.1:${tlsPort} ssl;`,
+        // sndbuf: the kernel holds little, so what waits is the stream's
+        `server { listen 127.0.0.1:${tlsPort} ssl sndbuf=16k;`,
         `  ssl_certificate ${certs.file('server.crt')};`,
         `  ssl_certificate_key ${certs.file('server.key')};`,
         '  location /redis/ { redisgate; } }',
@@ -533,6 +534,26 @@ test('TLS: a stream over https (the connection kept, the request freed): message
   assert.deepEqual(s.messages, [`message,${ch},small`, `message,${ch},${big}`, `message,${ch},after`]);
   s.close();
   await until(async () => (await numsub(r1, [ch]))[ch] === 0, 5000, 'unsubscribed');
+});
+
+test('TLS: a client that stops reading for a while, then reads: every message arrives whole (what waits moves as it grows)', async () => {
+  const ch = `${P}:tls-stall`;
+  const s = new Sse(tlsPort, `/redis/${A}/subscribe/${ch}`, {
+    headers: { Authorization: `Bearer ${FULL}` },
+    tlsOptions: { ca: readFileSync(testCerts().file('ca.crt')) },
+    keep: false,
+  });
+  await until(() => s.subscribed, 5000, () => `subscribed: ${s.status} ${JSON.stringify(s.events)}`);
+  s.sock.pause();
+  // 600 kB: past the socket buffers, under redisgate_sse_buffer (1m)
+  const sent = Array.from({ length: 30 }, (_, i) => `${i}:` + String.fromCharCode(97 + (i % 26)).repeat(20000));
+  for (const m of sent) assert.equal(await r1.call(['PUBLISH', ch, m]), 1);
+  await sleep(300);
+  s.sock.resume();
+  await until(() => s.messages.length === 30, 10000, () => `${s.messages.length} of 30, ended ${s.done}`);
+  assert.deepEqual(s.messages, sent.map((m) => `message,${ch},${m}`));
+  assert.equal(s.done, false);
+  s.close();
 });
 
 test('HTTP/1.0: the events unchunked, one after the other; the client leaves: unsubscribed', async () => {
