@@ -452,12 +452,25 @@ ngx_http_redisgate_limit_shared_state(ngx_http_redisgate_bucket_t *b,
     state->remaining = (left > 0) ? (ngx_uint_t) (left / 1000) : 0;
     state->reset = (time_t) ((max - store + per_second - 1) / per_second);
 
-    /* refused: at least a second (the estimate may hold the cost while
-     * this worker's lease is spent below it) */
-    state->retry_after = (left < need)
-                         ? (time_t) ngx_max((need - left + per_second - 1)
-                                            / per_second, 1)
-                         : 0;
+    /*
+     * a cost is given only for a refusal: then at least a second, even
+     * when the estimate holds the cost (the store said no, or this
+     * worker's lease is spent below it)
+     */
+
+    if (cost == 0) {
+        state->retry_after = 0;
+
+    } else {
+        state->retry_after = (left < need)
+                             ? (time_t) ((need - left + per_second - 1)
+                                         / per_second)
+                             : 1;
+
+        if (state->retry_after < 1) {
+            state->retry_after = 1;
+        }
+    }
 }
 
 
