@@ -5,8 +5,10 @@
 #   make deps       install the Debian and npm packages everything needs
 #   make run        start Redis, nginx and a demo instance/key; Ctrl-C stops
 #   make stop       stop what "make run" started (from another shell)
-#   make test       build, run the Test::Nginx and @upstash/redis suites,
-#                   then the short forms of fuzz, asan and valgrind below
+#   make test       build, run the Test::Nginx and @upstash/redis suites
+#                   and the Debian package's test, then the short forms of
+#                   fuzz, asan and valgrind below
+#   make deb        build/deb/libnginx-mod-http-redisgate_<version>_<arch>.deb
 
 SHELL := /bin/bash
 
@@ -40,12 +42,14 @@ export NGINX_BIN MODULE
 BUILD_PKGS := gcc make nginx nginx-dev libhiredis-dev libyajl-dev libpq-dev \
               libssl-dev libpcre2-dev zlib1g-dev
 RUN_PKGS := redis-server postgresql postgresql-client curl
+# to build the Debian package (debian/), with nginx-dev's dh_nginx
+DEB_PKGS := debhelper dpkg-dev lintian
 TEST_PKGS := libtest-base-perl libtext-diff-perl perl dnsmasq-base \
-             valgrind clang libclang-rt-14-dev
+             valgrind clang libclang-rt-14-dev $(DEB_PKGS)
 
 .PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE \
         bench bench-deps soak asan fuzz fuzz-deps valgrind faults \
-        test-short-hardening
+        test-short-hardening deb deb-deps
 
 all: $(MODULE)
 
@@ -194,6 +198,15 @@ valgrind: build-deps test-deps
 	    NGINX_BIN=$(CURDIR)/tools/valgrind-nginx NGINX_REAL=$(NGINX_BIN) \
 	    TEST_NGINX_STARTUP_TIMEOUT=30 TEST_FILES=$(TEST_FILES) t/run-tests
 	tools/valgrind-report $(VALGRIND_DIR)
+
+# make deb: the Debian package, laid out as Debian's nginx modules are
+# (the module enabled on install, Depends: on the nginx ABI), built with
+# dpkg-buildpackage from debian/ and checked by lintian (tools/build-deb)
+deb-deps: build-deps
+	$(call apt_install,$(DEB_PKGS))
+
+deb: deb-deps
+	tools/build-deb
 
 # make faults: t/client/load.test.mjs, its phases FAULT_SECONDS (60) each
 FAULT_SECONDS ?= 60
