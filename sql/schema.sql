@@ -334,7 +334,8 @@ create table if not exists redisgate.api_keys (
     token_sha256    text not null unique
                     check (token_sha256 ~ '^[0-9a-f]{64}$'),
     scopes          text[] not null default '{read,write}'
-                    check (scopes <@ array['read', 'write', 'admin']
+                    constraint api_keys_scopes_check
+                    check (scopes <@ array['read', 'write', 'admin', 'manage']
                            and cardinality(scopes) > 0),
     created_at      timestamptz not null default now(),
     expires_at      timestamptz check (isfinite(expires_at)),
@@ -353,6 +354,13 @@ comment on column redisgate.api_keys.display_prefix is
 
 create index if not exists api_keys_organization_id
     on redisgate.api_keys (organization_id);
+
+-- a key store from before the scope "manage" (the management API's) takes
+-- it too: the scopes check, as it is above
+alter table redisgate.api_keys drop constraint if exists api_keys_scopes_check;
+alter table redisgate.api_keys add constraint api_keys_scopes_check
+    check (scopes <@ array['read', 'write', 'admin', 'manage']
+           and cardinality(scopes) > 0);
 create index if not exists instances_organization_id
     on redisgate.instances (organization_id);
 
@@ -656,26 +664,29 @@ declare
     wanted text[] := '{}';
 begin
     if scopes is null or cardinality(scopes) = 0 then
-        raise exception 'a key needs at least one scope (read, write, admin)'
+        raise exception 'a key needs at least one scope (read, write, admin, manage)'
             using errcode = 'invalid_parameter_value';
     end if;
     foreach s in array scopes loop
-        if s is null or lower(btrim(s)) not in ('read', 'write', 'admin') then
-            raise exception 'unknown scope "%": scopes are read, write and admin',
+        if s is null
+           or lower(btrim(s)) not in ('read', 'write', 'admin', 'manage')
+        then
+            raise exception 'unknown scope "%": scopes are read, write, admin and manage',
                             coalesce(s, 'NULL')
                 using errcode = 'invalid_parameter_value';
         end if;
         wanted := wanted || lower(btrim(s));
     end loop;
     -- canonical order, no duplicates
-    return array(select v from unnest(array['read', 'write', 'admin'])
+    return array(select v from unnest(array['read', 'write', 'admin', 'manage'])
                                with ordinality as t(v, n)
                   where v = any (wanted) order by n);
 end
 $$;
 
 comment on function redisgate.normalize_scopes(text[]) is
-    'Scopes in canonical order (read, write, admin) without duplicates; '
+    'Scopes in canonical order (read, write, admin, manage) without '
+    'duplicates; '
     'raises on an empty list or an unknown scope.';
 
 create or replace function redisgate.new_token()
@@ -1096,7 +1107,7 @@ end
 $$;
 
 comment on function redisgate.create_key(uuid, text, text[], timestamptz) is
-    'Creates an API key with scopes (read, write, admin) and an optional '
+    'Creates an API key with scopes (read, write, admin, manage) and an optional '
     'expiry. Returns its id and its token: the only time the token exists '
     'anywhere; the database keeps its SHA-256.';
 

@@ -23,6 +23,8 @@
 #define NGX_HTTP_REDISGATE_SCOPE_READ    0x01
 #define NGX_HTTP_REDISGATE_SCOPE_WRITE   0x02
 #define NGX_HTTP_REDISGATE_SCOPE_ADMIN   0x04
+/* the management API's; no data access, and data scopes do not imply it */
+#define NGX_HTTP_REDISGATE_SCOPE_MANAGE  0x08
 
 /* longest organization name: nginx.conf's; the key store's are UUIDs */
 #define NGX_HTTP_REDISGATE_ORG_MAX       64

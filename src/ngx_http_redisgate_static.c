@@ -273,6 +273,9 @@ ngx_http_redisgate_parse_scopes(ngx_str_t *value, ngx_uint_t *scopes)
         } else if (len == 5 && ngx_strncmp(p, "admin", 5) == 0) {
             *scopes |= NGX_HTTP_REDISGATE_SCOPE_ADMIN;
 
+        } else if (len == 6 && ngx_strncmp(p, "manage", 6) == 0) {
+            *scopes |= NGX_HTTP_REDISGATE_SCOPE_MANAGE;
+
         } else {
             return NGX_ERROR;
         }

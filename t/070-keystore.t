@@ -41,6 +41,7 @@ my %keys = (
     GLOBEX => ['key', 'create', $globex, 'app'],
     DOOMED => ['key', 'create', $acme, 'doomed'],
     OLD => ['key', 'create', $acme, 'rotating'],
+    MANAGER => ['key', 'create', $acme, 'manager', '--scopes', 'manage'],
 );
 
 for my $name (keys %keys) {
@@ -388,3 +389,19 @@ redisgate_pg_query "SELECT 'legacy-key', 'legacy-org', 'read', 0::bigint,
 --- response_body eval
 ['{"result":"1"}',
  "{\"error\":\"Forbidden: this API key's scopes do not allow 'set'\"}"]
+
+
+
+=== TEST 25: a key with the manage scope alone (the management API's) runs no data command, reads included
+--- more_headers
+Authorization: Bearer $TEST_NGINX_KS_MANAGER_TOKEN
+--- request eval
+["GET /redis/$ENV{TEST_NGINX_KS_ACME_INSTANCE}/get/ks",
+ "GET /redis/$ENV{TEST_NGINX_KS_ACME_INSTANCE}/subscribe/ks"]
+--- error_code eval
+[403, 403]
+--- response_body eval
+["{\"error\":\"Forbidden: this API key's scopes do not allow 'get'\"}",
+ "{\"error\":\"Forbidden: this API key's scopes do not allow 'subscribe'\"}"]
+--- no_error_log
+invalid scopes
