@@ -47,6 +47,13 @@
 --                                   bigint[], bigint[], bigint[], bigint[],
 --                                   bigint[]) TO gateway;
 --
+-- and, for the management API, the two SECURITY DEFINER functions it
+-- calls (which check who asks; see the end of this file):
+--
+--     GRANT EXECUTE ON FUNCTION redisgate.manage_lookup(text),
+--                               redisgate.manage_request(text, text, uuid,
+--                                   text, text, text, text, text) TO gateway;
+--
 -- Changing a function's result type later needs a DROP FUNCTION first
 -- (CREATE OR REPLACE cannot do it).
 
@@ -1511,6 +1518,533 @@ $$;
 comment on function redisgate.prune_usage(interval) is
     'Deletes the usage minutes that started more than older_than ago. '
     'Returns the rows deleted.';
+
+
+-- ---------------------------------------------------------------------------
+-- The management API (docs/manage.md): what the module's redisgate_manage
+-- location asks of the key store.  The module authenticates the caller
+-- (manage_lookup() for an organization's key with the scope manage, or an
+-- operator key of nginx.conf), then hands each request to manage_request(),
+-- which answers it in one transaction: the change, through the functions
+-- above (those redisgate-admin uses), and its audit row together.
+-- ---------------------------------------------------------------------------
+
+create table if not exists redisgate.audit_log (
+    id              bigint generated always as identity primary key,
+    at              timestamptz not null default now(),
+    organization_id uuid,
+    actor_kind      text not null check (actor_kind in ('key', 'operator')),
+    actor_id        text not null,
+    address         text,
+    action          text not null,
+    target_id       text,
+    details         jsonb not null default '{}'
+);
+
+comment on table redisgate.audit_log is
+    'Every change made through the management API: who (an organization''s '
+    'key, or an operator of nginx.conf), what, on which id, when, from '
+    'which address; written in the same transaction as the change.';
+
+create index if not exists audit_log_organization_id
+    on redisgate.audit_log (organization_id, id);
+
+create or replace function redisgate.manage_lookup(token_sha256 text)
+returns table (key_id text, organization_id text)
+language sql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select k.id::text, o.id::text
+      from redisgate.api_keys k
+      join redisgate.organizations o on o.id = k.organization_id
+     where k.token_sha256 = lower($1)
+       and 'manage' = any (k.scopes)
+       and k.revoked_at is null
+       and (k.expires_at is null or k.expires_at > now())
+       and o.status = 'active'
+$$;
+
+comment on function redisgate.manage_lookup(text) is
+    'The management API''s caller: the live key with this token hash and '
+    'the scope manage, of an active organization. No row: not a manager.';
+
+-- an answer of manage_request(): a status, a JSON body (NULL: none)
+create or replace function redisgate.manage_answer(status integer,
+                                                   body jsonb,
+                                                   allow text default null)
+returns table (status integer, response text, allow text)
+language sql immutable
+as $$
+    select $1, case when $2 is null then null else $2::text end, $3
+$$;
+
+comment on function redisgate.manage_answer(integer, jsonb, text) is
+    'A manage_request() answer: a status, a JSON body (NULL: none), and the '
+    'Allow header of a 405.';
+
+create or replace function redisgate.manage_error(status integer,
+                                                  message text,
+                                                  allow text default null)
+returns table (status integer, response text, allow text)
+language sql immutable
+as $$
+    select $1, jsonb_build_object('error', $2)::text, $3
+$$;
+
+comment on function redisgate.manage_error(integer, text, text) is
+    'A manage_request() answer with {"error": message}.';
+
+-- %XX sequences (and '+' for a space) decoded, as UTF-8
+create or replace function redisgate.percent_decode(s text)
+returns text
+language plpgsql immutable
+as $$
+declare
+    bytes bytea := '';
+    i integer := 1;
+    c text;
+begin
+    while i <= length(s) loop
+        c := substr(s, i, 1);
+        if c = '%' and substr(s, i + 1, 2) ~ '^[0-9A-Fa-f]{2}$' then
+            bytes := bytes || decode(substr(s, i + 1, 2), 'hex');
+            i := i + 3;
+        else
+            bytes := bytes || convert_to(case when c = '+' then ' ' else c end,
+                                         'UTF8');
+            i := i + 1;
+        end if;
+    end loop;
+    return convert_from(bytes, 'UTF8');
+end
+$$;
+
+comment on function redisgate.percent_decode(text) is
+    'A query string''s value decoded: %XX sequences, + for a space, UTF-8.';
+
+-- a query string's parameter, decoded; NULL when it is absent
+create or replace function redisgate.manage_param(query text, name text)
+returns text
+language plpgsql immutable
+as $$
+declare
+    pair text;
+begin
+    foreach pair in array string_to_array(coalesce(query, ''), '&') loop
+        if split_part(pair, '=', 1) = name then
+            return redisgate.percent_decode(substr(pair, length(name) + 2));
+        end if;
+    end loop;
+    return null;
+end
+$$;
+
+comment on function redisgate.manage_param(text, text) is
+    'The decoded value of a query string''s parameter; NULL when absent.';
+
+-- the body's fields, each one allowed; raises naming the first other
+create or replace function redisgate.manage_fields(body jsonb,
+                                                   allowed text[])
+returns jsonb
+language plpgsql immutable
+as $$
+declare
+    f text;
+begin
+    if jsonb_typeof(body) <> 'object' then
+        raise exception 'the body must be a JSON object'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    for f in select jsonb_object_keys(body) loop
+        if not f = any (allowed) then
+            raise exception 'unknown field "%"', f
+                using errcode = 'invalid_parameter_value';
+        end if;
+    end loop;
+    return body;
+end
+$$;
+
+comment on function redisgate.manage_fields(jsonb, text[]) is
+    'The body, when it is an object of allowed fields only; else raises, '
+    'naming the first field not allowed.';
+
+-- a key as the API shows it: never its token or hash
+create or replace function redisgate.manage_key_json(k redisgate.api_keys)
+returns jsonb
+language sql stable
+as $$
+    select jsonb_build_object(
+        'id', k.id, 'organization', k.organization_id, 'name', k.name,
+        'display_prefix', k.display_prefix, 'scopes', to_jsonb(k.scopes),
+        'state', case when k.revoked_at is not null then 'revoked'
+                      when k.expires_at <= now() then 'expired'
+                      else 'active' end,
+        'created_at', k.created_at, 'expires_at', k.expires_at,
+        'last_used_at', k.last_used_at, 'revoked_at', k.revoked_at,
+        'rotated_from', k.rotated_from)
+$$;
+
+comment on function redisgate.manage_key_json(redisgate.api_keys) is
+    'A key as the management API shows it: never its token or its hash.';
+
+-- a page of a list: limit (default 100, at most 1000) and cursor (the last
+-- id of the page before, opaque to clients)
+create or replace function redisgate.manage_limit(query text)
+returns integer
+language plpgsql immutable
+as $$
+declare
+    v text := redisgate.manage_param(query, 'limit');
+begin
+    if v is null then
+        return 100;
+    end if;
+    if v !~ '^[0-9]{1,4}$' or v::integer < 1 or v::integer > 1000 then
+        raise exception 'bad limit "%": 1 to 1000', v
+            using errcode = 'invalid_parameter_value';
+    end if;
+    return v::integer;
+end
+$$;
+
+comment on function redisgate.manage_limit(text) is
+    'A list''s page size from ?limit= (default 100, 1 to 1000).';
+
+create or replace function redisgate.manage_request(
+    actor_kind text,
+    actor_id text,
+    actor_org uuid,
+    address text,
+    method text,
+    path text,
+    query text,
+    body text)
+returns table (status integer, response text, allow text)
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+as $$
+declare
+    seg text[] := string_to_array(btrim(coalesce(path, ''), '/'), '/');
+    b jsonb;
+    org uuid;
+    target uuid;
+    lim integer;
+    cur text;
+    page jsonb;
+    k redisgate.api_keys;
+    made record;
+    scopes text[];
+    expires timestamptz;
+    grace interval;
+    msg text;
+    operator boolean := (actor_kind = 'operator');
+begin
+    if actor_kind not in ('key', 'operator')
+       or (actor_kind = 'key' and actor_org is null)
+    then
+        return query select * from redisgate.manage_error(403,
+            'Forbidden: not a manager');
+        return;
+    end if;
+
+    if coalesce(seg[1], '') <> 'v1' then
+        return query select * from redisgate.manage_error(404,
+            'Not Found: the API is under /v1/');
+        return;
+    end if;
+
+    if coalesce(body, '') <> '' then
+        begin
+            b := body::jsonb;
+        exception when others then
+            return query select * from redisgate.manage_error(400,
+                'the body is not JSON');
+            return;
+        end;
+    end if;
+
+    begin
+
+    -- /v1/organization: the caller's own
+    if seg[2] = 'organization' and cardinality(seg) = 2 then
+        if method <> 'GET' then
+            return query select * from redisgate.manage_error(405,
+                'Method Not Allowed', 'GET');
+            return;
+        end if;
+        if operator then
+            return query select * from redisgate.manage_error(404,
+                'Not Found: an operator has no organization (see '
+                '/v1/organizations)');
+            return;
+        end if;
+        return query select * from redisgate.manage_answer(200,
+            (select jsonb_build_object(
+                        'id', o.id, 'name', o.name, 'plan', o.plan_id,
+                        'status', o.status,
+                        'limits', jsonb_build_object(
+                            'requests_per_second', p.requests_per_second,
+                            'burst', p.burst),
+                        'created_at', o.created_at)
+               from redisgate.organizations o
+               join redisgate.plans p on p.id = o.plan_id
+              where o.id = actor_org));
+        return;
+    end if;
+
+    -- /v1/keys, /v1/keys/{id}, /v1/keys/{id}/rotate
+    if seg[2] = 'keys' then
+        if cardinality(seg) >= 3 then
+            if seg[3] !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+            then
+                return query select * from redisgate.manage_error(404,
+                    'Not Found: no such key');
+                return;
+            end if;
+            select * into k from redisgate.api_keys x
+             where x.id = seg[3]::uuid
+               and (operator or x.organization_id = actor_org);
+            if not found then
+                -- another organization's key is no key
+                return query select * from redisgate.manage_error(404,
+                    'Not Found: no such key');
+                return;
+            end if;
+        end if;
+
+        if cardinality(seg) = 2 and method = 'GET' then
+            org := actor_org;
+            if operator then
+                org := redisgate.manage_param(query, 'organization')::uuid;
+                if org is null then
+                    raise exception 'an operator names the organization: '
+                                    '?organization=<id>'
+                        using errcode = 'invalid_parameter_value';
+                end if;
+            end if;
+            lim := redisgate.manage_limit(query);
+            cur := redisgate.manage_param(query, 'cursor');
+            select coalesce(jsonb_agg(redisgate.manage_key_json(x)
+                                      order by x.created_at, x.id), '[]')
+              into page
+              from (select * from redisgate.api_keys y
+                     where y.organization_id = org
+                       and (cur is null
+                            or (y.created_at, y.id) >
+                               (select z.created_at, z.id
+                                  from redisgate.api_keys z
+                                 where z.id = cur::uuid))
+                     order by y.created_at, y.id
+                     limit lim + 1) x;
+            return query select * from redisgate.manage_answer(200,
+                jsonb_build_object(
+                    'data', (select coalesce(jsonb_agg(e order by n), '[]')
+                               from jsonb_array_elements(page)
+                                    with ordinality t(e, n)
+                              where n <= lim),
+                    'next', case when jsonb_array_length(page) > lim
+                                 then page -> (lim - 1) -> 'id' end));
+            return;
+        end if;
+
+        if cardinality(seg) = 2 and method = 'POST' then
+            perform redisgate.manage_fields(coalesce(b, '{}'),
+                array['name', 'scopes', 'expires_at', 'organization']);
+            org := actor_org;
+            if operator then
+                org := (b ->> 'organization')::uuid;
+                if org is null then
+                    raise exception 'organization: required for an operator'
+                        using errcode = 'invalid_parameter_value';
+                end if;
+            elsif b ? 'organization'
+                  and (b ->> 'organization') is distinct from actor_org::text
+            then
+                -- a manager creates keys of its own organization only
+                return query select * from redisgate.manage_error(403,
+                    'Forbidden: organization: a manager creates keys of its '
+                    'own organization only');
+                return;
+            end if;
+            if jsonb_typeof(b -> 'name') is distinct from 'string' then
+                raise exception 'name: a string is required'
+                    using errcode = 'invalid_parameter_value';
+            end if;
+            if b ? 'scopes' then
+                if jsonb_typeof(b -> 'scopes') <> 'array' then
+                    raise exception 'scopes: an array of scopes'
+                        using errcode = 'invalid_parameter_value';
+                end if;
+                scopes := array(select jsonb_array_elements_text(b -> 'scopes'));
+            else
+                scopes := '{read,write}';
+            end if;
+            if jsonb_typeof(b -> 'expires_at') = 'string' then
+                begin
+                    expires := (b ->> 'expires_at')::timestamptz;
+                exception when others then
+                    raise exception 'expires_at: not a time (RFC 3339)'
+                        using errcode = 'invalid_parameter_value';
+                end;
+            elsif coalesce(jsonb_typeof(b -> 'expires_at'), 'null') <> 'null'
+            then
+                raise exception 'expires_at: a time (RFC 3339) or null'
+                    using errcode = 'invalid_parameter_value';
+            end if;
+            select * into made
+              from redisgate.create_key(org, b ->> 'name', scopes, expires);
+            select * into k from redisgate.api_keys x where x.id = made.key_id;
+            insert into redisgate.audit_log (organization_id, actor_kind,
+                                             actor_id, address, action,
+                                             target_id, details)
+            values (org, actor_kind, actor_id, address, 'key.create',
+                    made.key_id::text,
+                    jsonb_build_object('name', k.name,
+                                       'scopes', to_jsonb(k.scopes),
+                                       'expires_at', k.expires_at));
+            return query select * from redisgate.manage_answer(201,
+                redisgate.manage_key_json(k)
+                || jsonb_build_object('token', made.token));
+            return;
+        end if;
+
+        if cardinality(seg) = 2 then
+            return query select * from redisgate.manage_error(405,
+                'Method Not Allowed', 'GET, POST');
+            return;
+        end if;
+
+        if cardinality(seg) = 3 and method = 'GET' then
+            return query select * from redisgate.manage_answer(200,
+                redisgate.manage_key_json(k));
+            return;
+        end if;
+
+        if cardinality(seg) = 3 and method = 'DELETE' then
+            perform redisgate.revoke_key(k.id);
+            insert into redisgate.audit_log (organization_id, actor_kind,
+                                             actor_id, address, action,
+                                             target_id)
+            values (k.organization_id, actor_kind, actor_id, address,
+                    'key.revoke', k.id::text);
+            return query select * from redisgate.manage_answer(204, null);
+            return;
+        end if;
+
+        if cardinality(seg) = 3 then
+            return query select * from redisgate.manage_error(405,
+                'Method Not Allowed', 'GET, DELETE');
+            return;
+        end if;
+
+        if cardinality(seg) = 4 and seg[4] = 'rotate' then
+            if method <> 'POST' then
+                return query select * from redisgate.manage_error(405,
+                    'Method Not Allowed', 'POST');
+                return;
+            end if;
+            perform redisgate.manage_fields(coalesce(b, '{}'),
+                                            array['grace']);
+            grace := interval '1 hour';
+            if b ? 'grace' then
+                begin
+                    grace := (b ->> 'grace')::interval;
+                exception when others then
+                    raise exception 'grace: not an interval ("1 hour")'
+                        using errcode = 'invalid_parameter_value';
+                end;
+                if grace is null then
+                    raise exception 'grace: not an interval ("1 hour")'
+                        using errcode = 'invalid_parameter_value';
+                end if;
+            end if;
+            select * into made from redisgate.rotate_key(k.id, grace);
+            insert into redisgate.audit_log (organization_id, actor_kind,
+                                             actor_id, address, action,
+                                             target_id, details)
+            values (k.organization_id, actor_kind, actor_id, address,
+                    'key.rotate', k.id::text,
+                    jsonb_build_object('new_key', made.key_id,
+                                       'grace', grace::text));
+            select * into k from redisgate.api_keys x where x.id = made.key_id;
+            return query select * from redisgate.manage_answer(201,
+                redisgate.manage_key_json(k)
+                || jsonb_build_object('token', made.token));
+            return;
+        end if;
+    end if;
+
+    -- /v1/audit: the organization's (an operator's: all, or ?organization=)
+    if seg[2] = 'audit' and cardinality(seg) = 2 then
+        if method <> 'GET' then
+            return query select * from redisgate.manage_error(405,
+                'Method Not Allowed', 'GET');
+            return;
+        end if;
+        org := case when operator
+                    then redisgate.manage_param(query, 'organization')::uuid
+                    else actor_org end;
+        lim := redisgate.manage_limit(query);
+        cur := redisgate.manage_param(query, 'cursor');
+        select coalesce(jsonb_agg(jsonb_build_object(
+                   'id', a.id::text, 'at', a.at,
+                   'actor', jsonb_build_object('kind', a.actor_kind,
+                                               'id', a.actor_id),
+                   'action', a.action, 'organization', a.organization_id,
+                   'target', a.target_id, 'address', a.address,
+                   'details', a.details) order by a.id desc), '[]')
+          into page
+          from (select * from redisgate.audit_log x
+                 where (org is null or x.organization_id = org)
+                   and (cur is null or x.id < cur::bigint)
+                   and (redisgate.manage_param(query, 'from') is null
+                        or x.at >= redisgate.manage_param(query, 'from')
+                                   ::timestamptz)
+                   and (redisgate.manage_param(query, 'to') is null
+                        or x.at < redisgate.manage_param(query, 'to')
+                                  ::timestamptz)
+                 order by x.id desc
+                 limit lim + 1) a;
+        return query select * from redisgate.manage_answer(200,
+            jsonb_build_object(
+                'data', (select coalesce(jsonb_agg(e order by n), '[]')
+                           from jsonb_array_elements(page)
+                                with ordinality t(e, n)
+                          where n <= lim),
+                'next', case when jsonb_array_length(page) > lim
+                             then page -> (lim - 1) -> 'id' end));
+        return;
+    end if;
+
+    return query select * from redisgate.manage_error(404,
+        'Not Found: no such resource');
+    return;
+
+    exception
+        when invalid_parameter_value or invalid_text_representation
+             or invalid_datetime_format or datetime_field_overflow
+             or numeric_value_out_of_range or character_not_in_repertoire
+             or interval_field_overflow
+        then
+            get stacked diagnostics msg = message_text;
+            return query select * from redisgate.manage_error(400, msg);
+        when unique_violation then
+            get stacked diagnostics msg = message_text;
+            return query select * from redisgate.manage_error(409, msg);
+        when no_data_found then
+            return query select * from redisgate.manage_error(404,
+                'Not Found');
+    end;
+end
+$$;
+
+comment on function redisgate.manage_request(text, text, uuid, text, text,
+                                              text, text, text) is
+    'One request of the management API (docs/manage.md), answered in one '
+    'transaction: status, JSON body (NULL for 204) and, for 405, the Allow '
+    'header. actor_kind: key (actor_org its organization) or operator.';
 
 
 -- ---------------------------------------------------------------------------
