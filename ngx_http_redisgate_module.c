@@ -96,6 +96,20 @@ static ngx_command_t  ngx_http_redisgate_commands[] = {
       0,
       NULL },
 
+    { ngx_string("redisgate_manage"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_redisgate_manage,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("redisgate_manage_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_redisgate_manage_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("redisgate_instance"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE23,
       ngx_http_redisgate_instance,
@@ -407,6 +421,9 @@ ngx_http_redisgate_create_main_conf(ngx_conf_t *cf)
            != NGX_OK
         || ngx_array_init(&rmcf->backends, cf->pool, 4,
                           sizeof(ngx_http_redisgate_backend_t *))
+           != NGX_OK
+        || ngx_array_init(&rmcf->manage_keys, cf->pool, 1,
+                          sizeof(ngx_http_redisgate_key_t))
            != NGX_OK)
     {
         return NULL;

@@ -1550,23 +1550,23 @@ create index if not exists audit_log_organization_id
     on redisgate.audit_log (organization_id, id);
 
 create or replace function redisgate.manage_lookup(token_sha256 text)
-returns table (key_id text, organization_id text)
+returns table (key_id text, organization_id text, manager boolean)
 language sql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
-    select k.id::text, o.id::text
+    select k.id::text, o.id::text,
+           'manage' = any (k.scopes) and o.status = 'active'
       from redisgate.api_keys k
       join redisgate.organizations o on o.id = k.organization_id
      where k.token_sha256 = lower($1)
-       and 'manage' = any (k.scopes)
        and k.revoked_at is null
        and (k.expires_at is null or k.expires_at > now())
-       and o.status = 'active'
 $$;
 
 comment on function redisgate.manage_lookup(text) is
-    'The management API''s caller: the live key with this token hash and '
-    'the scope manage, of an active organization. No row: not a manager.';
+    'The management API''s caller: the live key with this token hash, and '
+    'whether it may manage (the scope manage, an active organization). No '
+    'row: an unknown, revoked or expired key (401); manager false: 403.';
 
 -- an answer of manage_request(): a status, a JSON body (NULL: none)
 create or replace function redisgate.manage_answer(status integer,

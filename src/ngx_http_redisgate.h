@@ -104,6 +104,11 @@ typedef struct {
 typedef void (*ngx_http_redisgate_pg_handler_pt)(void *data, ngx_int_t rc,
     ngx_http_redisgate_keyinfo_t *ki, const char *error);
 typedef void (*ngx_http_redisgate_pg_done_pt)(void *data, ngx_int_t rc);
+/* a call's answer: res (libpq's PGresult, freed when this returns) with rc
+ * NGX_OK, else the reason in error */
+struct pg_result;
+typedef void (*ngx_http_redisgate_pg_call_pt)(void *data, ngx_int_t rc,
+    struct pg_result *res, const char *error);
 
 
 /*
@@ -200,6 +205,7 @@ typedef struct {
     ngx_array_t                     instances;  /* instance_t, sorted */
     ngx_array_t                     keys;       /* key_t, sorted by hash */
     ngx_array_t                     backends;   /* backend_t * */
+    ngx_array_t                     manage_keys;    /* key_t: operators */
 
     ngx_msec_t                      connect_timeout;
     ngx_msec_t                      backoff_min;
@@ -531,6 +537,7 @@ ngx_http_redisgate_backend_t *ngx_http_redisgate_static_backend(
 void ngx_http_redisgate_auth_exit_process(void);
 ngx_int_t ngx_http_redisgate_keyinfo_refused(ngx_http_redisgate_keyinfo_t *ki,
     const char **error);
+ngx_int_t ngx_http_redisgate_token_hash(ngx_str_t *token, u_char *hash);
 ngx_int_t ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
     ngx_str_t *instance, ngx_http_redisgate_auth_t *auth,
     ngx_http_redisgate_resolved_pt done);
@@ -544,6 +551,8 @@ ngx_int_t ngx_http_redisgate_policy_check(ngx_http_redisgate_loc_conf_t *rlcf,
 ngx_int_t ngx_http_redisgate_policy_check_db(ngx_http_redisgate_cmd_t *cmd,
     ngx_uint_t db, ngx_str_t *other);
 
+ngx_int_t ngx_http_redisgate_key_hash(ngx_conf_t *cf, ngx_str_t *value,
+    u_char *hash);
 ngx_int_t ngx_http_redisgate_hex_decode(u_char *dst, u_char *src,
     size_t len);
 ngx_int_t ngx_http_redisgate_parse_scopes(ngx_str_t *value,
@@ -628,6 +637,10 @@ void ngx_http_redisgate_pg_exit_process(ngx_http_redisgate_pg_t *pg);
 ngx_int_t ngx_http_redisgate_pg_write(ngx_http_redisgate_pg_t *pg,
     const char *query, int n, const char **values,
     ngx_http_redisgate_pg_done_pt done, void *data);
+ngx_int_t ngx_http_redisgate_pg_call(ngx_http_redisgate_pg_t *pg,
+    ngx_pool_t *pool, ngx_log_t *log, const char *query, ngx_uint_t n,
+    ngx_str_t *values, ngx_http_redisgate_pg_call_pt handler, void *data,
+    const char **error);
 ngx_int_t ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
     ngx_pool_t *pool, ngx_log_t *log, u_char *hash, u_char *instance,
     ngx_http_redisgate_pg_handler_pt handler, void *data,
@@ -644,6 +657,15 @@ void *ngx_http_redisgate_palloc(void *pool, size_t size);
 ngx_int_t ngx_http_redisgate_log_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_redisgate_handler(ngx_http_request_t *r);
 void ngx_http_redisgate_wait_client(ngx_http_request_t *r);
+ngx_int_t ngx_http_redisgate_body_bytes(ngx_http_request_t *r,
+    ngx_str_t *body);
+
+/* manage.c: the management API (redisgate_manage) */
+ngx_int_t ngx_http_redisgate_manage_handler(ngx_http_request_t *r);
+char *ngx_http_redisgate_manage(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_redisgate_manage_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 void ngx_http_redisgate_resume(ngx_http_request_t *r, ngx_int_t rc);
 ngx_int_t ngx_http_redisgate_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *fmt, ...);

@@ -68,7 +68,6 @@ static ngx_int_t ngx_http_redisgate_front_get(ngx_http_request_t *r,
 static void ngx_http_redisgate_front_put(ngx_http_redisgate_cache_t *cache,
     u_char *hash, u_char *instance, ngx_atomic_uint_t generation,
     ngx_http_redisgate_auth_t *auth);
-static ngx_int_t ngx_http_redisgate_sha256(ngx_str_t *token, u_char *hash);
 static ngx_uint_t ngx_http_redisgate_token_shaped(ngx_str_t *token);
 
 
@@ -109,7 +108,7 @@ ngx_http_redisgate_resolve(ngx_http_request_t *r, ngx_str_t *token,
 
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
 
-    if (ngx_http_redisgate_sha256(token, hash) != NGX_OK) {
+    if (ngx_http_redisgate_token_hash(token, hash) != NGX_OK) {
         auth->error = "could not hash the API key";
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -239,8 +238,10 @@ ngx_http_redisgate_auth_exit_process(void)
 }
 
 
-static ngx_int_t
-ngx_http_redisgate_sha256(ngx_str_t *token, u_char *hash)
+/* the SHA-256 of a token: keys are known by it only */
+
+ngx_int_t
+ngx_http_redisgate_token_hash(ngx_str_t *token, u_char *hash)
 {
     unsigned int  len;
 

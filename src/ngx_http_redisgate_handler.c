@@ -44,8 +44,6 @@ static ngx_int_t ngx_http_redisgate_token(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx, ngx_str_t *token);
 static ngx_int_t ngx_http_redisgate_decode_body(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
-static ngx_int_t ngx_http_redisgate_body_bytes(ngx_http_request_t *r,
-    ngx_str_t *body);
 static ngx_int_t ngx_http_redisgate_check_commands(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx);
 static ngx_int_t ngx_http_redisgate_send_commands(ngx_http_request_t *r,
@@ -715,7 +713,7 @@ ngx_http_redisgate_decode_body(ngx_http_request_t *r,
 
 /* the raw body as one string: in place when nginx kept it in one buffer */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_redisgate_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
 {
     u_char       *p;

@@ -54,6 +54,12 @@ struct ngx_http_redisgate_pg_conn_s {
 };
 
 
+/*
+ * A query waiting for a connection, or running: a key's lookup (shared by
+ * the requests that need the same key), or a call (one caller's own
+ * statement, the management API's)
+ */
+
 struct ngx_http_redisgate_pg_lookup_s {
     ngx_queue_t                      queue;      /* pg->lookups */
     ngx_queue_t                      waiters;
@@ -61,13 +67,21 @@ struct ngx_http_redisgate_pg_lookup_s {
     u_char                           hash_hex[65];
     u_char                           instance[NGX_HTTP_REDISGATE_UUID_LEN + 1];
     ngx_atomic_uint_t                generation;  /* the cache's, at start */
+
+    const char                      *query;
+    int                              nvalues;
+    const char                     **values;
+    const char                      *params[2];  /* a lookup's */
+
     unsigned                         sent:1;
+    unsigned                         call:1;
 };
 
 
 typedef struct {
     ngx_http_redisgate_wait_t        wait;       /* in lookup->waiters */
-    ngx_http_redisgate_pg_handler_pt handler;
+    ngx_http_redisgate_pg_handler_pt handler;    /* a lookup's */
+    ngx_http_redisgate_pg_call_pt    call;       /* a call's */
     void                            *data;
 } ngx_http_redisgate_pg_waiter_t;
 
@@ -121,6 +135,9 @@ static void ngx_http_redisgate_pg_value(PGresult *res, int col,
 static void ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
     ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc,
     ngx_http_redisgate_keyinfo_t *ki, const char *error);
+static void ngx_http_redisgate_pg_finish_call(ngx_http_redisgate_pg_t *pg,
+    ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc, PGresult *res,
+    const char *error);
 static void ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg,
     const char *what, const char *detail);
 static void ngx_http_redisgate_pg_error(ngx_http_redisgate_pg_t *pg,
@@ -354,7 +371,7 @@ ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
     {
         lk = ngx_queue_data(q, ngx_http_redisgate_pg_lookup_t, queue);
 
-        if (ngx_memcmp(lk->hash, hash, 32) == 0
+        if (!lk->call && ngx_memcmp(lk->hash, hash, 32) == 0
             && ngx_memcmp(lk->instance, instance,
                           NGX_HTTP_REDISGATE_UUID_LEN) == 0)
         {
@@ -384,6 +401,12 @@ ngx_http_redisgate_pg_lookup(ngx_http_redisgate_pg_t *pg,
         ngx_memcpy(lk->hash, hash, 32);
         ngx_hex_dump(lk->hash_hex, hash, 32);
         ngx_memcpy(lk->instance, instance, NGX_HTTP_REDISGATE_UUID_LEN);
+
+        lk->query = (const char *) pg->query.data;
+        lk->params[0] = (const char *) lk->hash_hex;
+        lk->params[1] = (const char *) lk->instance;
+        lk->values = lk->params;
+        lk->nvalues = 2;
 
         if (pg->cache) {
             lk->generation = ngx_http_redisgate_cache_generation(pg->cache);
@@ -469,6 +492,14 @@ again:
 
         if (lk->sent) {
             continue;
+        }
+
+        if (lk->call && ngx_queue_empty(&lk->waiters)) {
+            /* its caller left before it went out: it does not go */
+            ngx_queue_remove(&lk->queue);
+            pg->nlookups--;
+            ngx_free(lk);
+            goto again;
         }
 
         pc = NULL;
@@ -773,13 +804,8 @@ static void
 ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc,
     ngx_http_redisgate_pg_lookup_t *lk)
 {
-    const char  *values[2];
-
-    values[0] = (const char *) lk->hash_hex;
-    values[1] = (const char *) lk->instance;
-
-    if (PQsendQueryParams(pc->conn, (const char *) pc->pg->query.data, 2,
-                          NULL, values, NULL, NULL, 0)
+    if (PQsendQueryParams(pc->conn, lk->query, lk->nvalues, NULL,
+                          lk->values, NULL, NULL, 0)
         == 0)
     {
         ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
@@ -949,6 +975,21 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         return;
     }
 
+    if (lk->call) {
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            ngx_http_redisgate_pg_error(pc->pg, "key store call failed",
+                                        PQresultErrorMessage(res));
+            ngx_http_redisgate_pg_finish_call(pc->pg, lk, NGX_ERROR, NULL,
+                                 ngx_http_redisgate_pg_unavailable(pc, res)
+                                 ? ngx_http_redisgate_pg_unavailable_text
+                                 : ngx_http_redisgate_pg_failed_text);
+            return;
+        }
+
+        ngx_http_redisgate_pg_finish_call(pc->pg, lk, NGX_OK, res, NULL);
+        return;
+    }
+
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
                                     PQresultErrorMessage(res));
@@ -1079,6 +1120,11 @@ ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
     ngx_queue_t                     *q;
     ngx_http_redisgate_pg_waiter_t  *w;
 
+    if (lk->call) {
+        ngx_http_redisgate_pg_finish_call(pg, lk, rc, NULL, error);
+        return;
+    }
+
     ngx_queue_remove(&lk->queue);
     pg->nlookups--;
 
@@ -1115,6 +1161,123 @@ ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
     }
 
     ngx_free(lk);
+}
+
+
+/* a call's answer to its caller, if still there */
+
+static void
+ngx_http_redisgate_pg_finish_call(ngx_http_redisgate_pg_t *pg,
+    ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc, PGresult *res,
+    const char *error)
+{
+    ngx_queue_t                     *q;
+    ngx_http_redisgate_pg_waiter_t  *w;
+
+    ngx_queue_remove(&lk->queue);
+    pg->nlookups--;
+
+    if (rc != NGX_OK) {
+        ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS,
+                                       1);
+    }
+
+    if (!ngx_queue_empty(&lk->waiters)) {
+        q = ngx_queue_head(&lk->waiters);
+        w = ngx_queue_data(q, ngx_http_redisgate_pg_waiter_t, wait.queue);
+
+        (void) ngx_http_redisgate_wait_done(&w->wait);
+
+        /* may finalize the request, and with it w */
+        w->call(w->data, rc, res, error);
+    }
+
+    ngx_free(lk);
+}
+
+
+/*
+ * A statement of the caller's own (the management API's): query with n
+ * values (a value without data is SQL NULL), on the lookup connections,
+ * in their queue.  NGX_AGAIN: handler(data, ...) is called from the event
+ * loop later; NGX_ERROR: the key store cannot take it (*error why).
+ */
+
+ngx_int_t
+ngx_http_redisgate_pg_call(ngx_http_redisgate_pg_t *pg, ngx_pool_t *pool,
+    ngx_log_t *log, const char *query, ngx_uint_t n, ngx_str_t *values,
+    ngx_http_redisgate_pg_call_pt handler, void *data, const char **error)
+{
+    u_char                          *p;
+    size_t                           size;
+    ngx_uint_t                       i;
+    ngx_http_redisgate_pg_lookup_t  *lk;
+    ngx_http_redisgate_pg_waiter_t  *w;
+
+    if (!ngx_http_redisgate_health_usable(&pg->health)) {
+        *error = pg->health.error;
+        return NGX_ERROR;
+    }
+
+    if (pg->nlookups >= NGX_HTTP_REDISGATE_PG_MAX_QUEUED) {
+        *error = "key store is overloaded";
+        return NGX_ERROR;
+    }
+
+    /* the job, its values' pointers and the values, NUL-terminated */
+    size = sizeof(ngx_http_redisgate_pg_lookup_t) + n * sizeof(char *);
+
+    for (i = 0; i < n; i++) {
+        size += values[i].len + 1;
+    }
+
+    lk = ngx_calloc(size, log);
+    if (lk == NULL) {
+        *error = "out of memory";
+        return NGX_ERROR;
+    }
+
+    lk->call = 1;
+    lk->query = query;
+    lk->nvalues = (int) n;
+    lk->values = (const char **) &lk[1];
+    p = (u_char *) &lk->values[n];
+
+    for (i = 0; i < n; i++) {
+        if (values[i].data == NULL) {
+            lk->values[i] = NULL;
+            continue;
+        }
+
+        lk->values[i] = (const char *) p;
+        p = ngx_cpymem(p, values[i].data, values[i].len);
+        *p++ = '\0';
+    }
+
+    ngx_queue_init(&lk->waiters);
+
+    w = ngx_palloc(pool, sizeof(ngx_http_redisgate_pg_waiter_t));
+
+    if (w == NULL
+        || ngx_http_redisgate_wait(pool, &lk->waiters, &w->wait) != NGX_OK)
+    {
+        ngx_free(lk);
+        *error = "out of memory";
+        return NGX_ERROR;
+    }
+
+    w->call = handler;
+    w->handler = NULL;
+    w->data = data;
+
+    ngx_queue_insert_tail(&pg->lookups, &lk->queue);
+    pg->nlookups++;
+
+    if (!pg->dispatch.posted) {
+        ngx_post_event(&pg->dispatch, &ngx_posted_events);
+    }
+
+    return NGX_AGAIN;
 }
 
 

@@ -120,8 +120,37 @@ ngx_http_redisgate_instance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
+ * "sha256:<64 hex digits>", the way keys are configured (redisgate_key,
+ * redisgate_manage_key): its 32 bytes into hash
+ */
+
+ngx_int_t
+ngx_http_redisgate_key_hash(ngx_conf_t *cf, ngx_str_t *value, u_char *hash)
+{
+    if (value->len != 7 + 64
+        || ngx_strncmp(value->data, "sha256:", 7) != 0)
+    {
+        /* not echoed: it may be a token pasted by mistake */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "key is not \"sha256:<64 hex digits>\": keys are "
+                           "configured by the SHA-256 of the token, never "
+                           "the token itself");
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_redisgate_hex_decode(hash, value->data + 7, 64) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid hex digits in key hash");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
  * redisgate_key sha256:<hex> [id=<name>] [organization=<name>]
- *               [scopes=read,write,admin];
+ *               [scopes=read,write,admin,manage];
  */
 
 char *
@@ -135,32 +164,17 @@ ngx_http_redisgate_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    if (value[1].len != 7 + 64
-        || ngx_strncmp(value[1].data, "sha256:", 7) != 0)
-    {
-        /* not echoed: it may be a token pasted by mistake */
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "key is not \"sha256:<64 hex digits>\": keys are "
-                           "configured by the SHA-256 of the token, never "
-                           "the token itself");
-        return NGX_CONF_ERROR;
-    }
-
     key = ngx_array_push(&rmcf->keys);
     if (key == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    hex.data = value[1].data + 7;
-    hex.len = 64;
-
-    if (ngx_http_redisgate_hex_decode(key->hash, hex.data, hex.len)
-        != NGX_OK)
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid hex digits in key hash");
+    if (ngx_http_redisgate_key_hash(cf, &value[1], key->hash) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
+
+    hex.data = value[1].data + 7;
+    hex.len = 64;
 
     key->organization = ngx_http_redisgate_default_org;
     key->scopes = NGX_HTTP_REDISGATE_SCOPE_READ|NGX_HTTP_REDISGATE_SCOPE_WRITE;
@@ -197,7 +211,8 @@ ngx_http_redisgate_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid scopes \"%V\", expected a list "
-                                   "of read, write and admin", &value[i]);
+                                   "of read, write, admin and manage",
+                                   &value[i]);
                 return NGX_CONF_ERROR;
             }
 

@@ -753,11 +753,13 @@ SQL
 mgr_out=$("$admin" key create acme api-manager --scopes manage)
 mgr=$(sed -n 's/^key_id=//p' <<<"$mgr_out")
 mgr_token=$(sed -n 's/^token=//p' <<<"$mgr_out")
-is "$(q -c "select key_id || '|' || organization_id
+is "$(q -c "select key_id || '|' || organization_id || '|' || manager
               from redisgate.manage_lookup('$(sha "$mgr_token")')")" \
-   "$mgr|$acme" "manage_lookup(): a manage key, its organization"
-is "$(q -c "select count(*) from redisgate.manage_lookup('$(sha "$admin_token")')")" \
-   0 "manage_lookup(): a key without manage is no manager"
+   "$mgr|$acme|true" "manage_lookup(): a manage key, its organization"
+is "$(q -c "select manager from redisgate.manage_lookup('$(sha "$admin_token")')")" \
+   f "manage_lookup(): a key without manage is no manager (403)"
+is "$(q -c "select count(*) from redisgate.manage_lookup('$(sha rg_nothing)')")" \
+   0 "manage_lookup(): an unknown key, no row (401)"
 
 r=$(m key "$mgr" "$acme" GET v1/organization)
 is "${r%%|*}" 200 "GET /v1/organization: 200"
