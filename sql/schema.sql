@@ -1711,6 +1711,595 @@ $$;
 comment on function redisgate.manage_limit(text) is
     'A list''s page size from ?limit= (default 100, 1 to 1000).';
 
+-- a page of a list: the first lim of page (lim + 1 rows, in order), and
+-- the cursor to the next when there is one (the last one's id)
+create or replace function redisgate.manage_page(page jsonb, lim integer)
+returns jsonb
+language sql immutable
+as $$
+    select jsonb_build_object(
+        'data', (select coalesce(jsonb_agg(e order by n), '[]')
+                   from jsonb_array_elements($1) with ordinality t(e, n)
+                  where n <= $2),
+        'next', case when jsonb_array_length($1) > $2
+                     then $1 -> ($2 - 1) -> 'id' end)
+$$;
+
+comment on function redisgate.manage_page(jsonb, integer) is
+    'A list''s answer: {"data": the first lim rows, "next": the cursor or '
+    'null}.';
+
+-- the organization a list is of: the manager's own; an operator names it
+-- (?organization=)
+create or replace function redisgate.manage_list_org(actor_kind text,
+    actor_org uuid, query text)
+returns uuid
+language plpgsql immutable
+as $$
+declare
+    org uuid := actor_org;
+begin
+    if actor_kind = 'operator' then
+        org := redisgate.manage_param(query, 'organization')::uuid;
+        if org is null then
+            raise exception 'an operator names the organization: '
+                            '?organization=<id>'
+                using errcode = 'invalid_parameter_value';
+        end if;
+    end if;
+    return org;
+end
+$$;
+
+comment on function redisgate.manage_list_org(text, uuid, text) is
+    'The organization of a list: the manager''s own, or the one an '
+    'operator names with ?organization=.';
+
+-- the organization something is made in: the manager's own (naming
+-- another is refused); an operator names it ("organization")
+create or replace function redisgate.manage_body_org(actor_kind text,
+    actor_org uuid, b jsonb)
+returns uuid
+language plpgsql immutable
+as $$
+declare
+    org uuid := actor_org;
+begin
+    if actor_kind = 'operator' then
+        org := (b ->> 'organization')::uuid;
+        if org is null then
+            raise exception 'organization: required for an operator'
+                using errcode = 'invalid_parameter_value';
+        end if;
+    elsif b ? 'organization'
+          and (b ->> 'organization') is distinct from actor_org::text
+    then
+        raise exception 'Forbidden: organization: a manager acts on its own '
+                        'organization only'
+            using errcode = 'insufficient_privilege';
+    end if;
+    return org;
+end
+$$;
+
+comment on function redisgate.manage_body_org(text, uuid, jsonb) is
+    'The organization a body makes something in: the manager''s own, or '
+    'the one an operator names; a manager naming another is refused (403).';
+
+-- a body's "status": active or suspended
+create or replace function redisgate.manage_status(b jsonb)
+returns text
+language plpgsql immutable
+as $$
+begin
+    if jsonb_typeof(b -> 'status') is distinct from 'string'
+       or (b ->> 'status') not in ('active', 'suspended')
+    then
+        raise exception 'status: "active" or "suspended"'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    return b ->> 'status';
+end
+$$;
+
+comment on function redisgate.manage_status(jsonb) is
+    'A body''s status, active or suspended; else raises naming the field.';
+
+-- an id of a path, when it is shaped as one (else no such thing: 404)
+create or replace function redisgate.manage_id(seg text)
+returns uuid
+language sql immutable
+as $$
+    select case when $1 ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                then $1::uuid end
+$$;
+
+comment on function redisgate.manage_id(text) is
+    'A path segment as an id, or NULL when it is not shaped as a UUID.';
+
+-- an instance as the API shows it: its address as a URL, never a password
+create or replace function redisgate.manage_instance_json(i redisgate.instances)
+returns jsonb
+language sql stable
+as $$
+    select jsonb_build_object(
+        'id', i.id, 'organization', i.organization_id, 'name', i.name,
+        'address', case when i.redis_address ~ '^[a-z-]+://'
+                        then i.redis_address
+                        when left(i.redis_address, 1) = '/'
+                        then 'unix://' || i.redis_address
+                        else 'redis://' || i.redis_address end
+                   || case when i.redis_address ~ '^rediss?-cluster://'
+                             or i.redis_db = 0 then ''
+                           when i.redis_address ~ '^rediss?-sentinel://'
+                             or left(i.redis_address, 1) = '/'
+                           then '?db=' || i.redis_db
+                           else '/' || i.redis_db end,
+        'db', i.redis_db, 'user', i.redis_user,
+        'has_password', i.redis_password is not null,
+        'status', i.status, 'created_at', i.created_at,
+        'updated_at', i.updated_at)
+$$;
+
+comment on function redisgate.manage_instance_json(redisgate.instances) is
+    'An instance as the management API shows it: its address as a URL, '
+    'the user, whether there is a password (never the password).';
+
+-- a Redis URL of the API split into what create_instance() takes:
+-- redis://[user[:password]@]host:port[/db], rediss://... (TLS), the
+-- sentinel and cluster forms (their credentials in the userinfo, the
+-- database as ?db=N), unix:///path/to/redis.sock[?db=N]
+create or replace function redisgate.manage_parse_url(url text,
+    out address text, out db integer, out redis_user text,
+    out redis_password text)
+language plpgsql immutable
+as $$
+declare
+    m text[];
+    scheme text;
+    userinfo text;
+    rest text;
+    q text;
+begin
+    m := regexp_match(coalesce(url, ''),
+                      '^(redis|rediss|redis-sentinel|rediss-sentinel|'
+                      'redis-cluster|rediss-cluster|unix)://'
+                      '(?:([^@/]*)@)?([^?]*)(?:\?(.*))?$');
+    if m is null then
+        raise exception 'address: not a Redis URL (redis://host:port/db, '
+                        'rediss://..., redis-sentinel://..., '
+                        'redis-cluster://..., unix:///path)'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    scheme := m[1];
+    userinfo := m[2];
+    rest := m[3];
+    q := m[4];
+    db := 0;
+
+    if userinfo is not null then
+        if position(':' in userinfo) > 0 then
+            redis_user := nullif(redisgate.percent_decode(
+                                     split_part(userinfo, ':', 1)), '');
+            redis_password := redisgate.percent_decode(
+                                  substr(userinfo,
+                                         position(':' in userinfo) + 1));
+        else
+            redis_password := redisgate.percent_decode(userinfo);
+        end if;
+    end if;
+
+    if q is not null then
+        if q !~ '^db=[0-9]{1,9}$' then
+            raise exception 'address: the only query is ?db=<number>'
+                using errcode = 'invalid_parameter_value';
+        end if;
+        db := substr(q, 4)::integer;
+    end if;
+
+    if scheme in ('redis', 'rediss') then
+        m := regexp_match(rest, '^([^/]+)(?:/([0-9]{1,9}))?/?$');
+        if m is null then
+            raise exception 'address: redis://host:port[/db]'
+                using errcode = 'invalid_parameter_value';
+        end if;
+        address := case when scheme = 'rediss' then 'rediss://' else '' end
+                   || m[1];
+        if m[2] is not null then
+            db := m[2]::integer;
+        end if;
+    elsif scheme = 'unix' then
+        address := rest;
+    else
+        address := scheme || '://' || rest;
+    end if;
+
+    perform redisgate.check_redis_address(address);
+end
+$$;
+
+comment on function redisgate.manage_parse_url(text) is
+    'A Redis URL of the management API as create_instance() takes it: '
+    'address, database, user and password.';
+
+create or replace function redisgate.manage_audit(actor_kind text,
+    actor_id text, address text, organization_id uuid, action text,
+    target_id text, details jsonb default '{}')
+returns void
+language sql
+as $$
+    insert into redisgate.audit_log (organization_id, actor_kind, actor_id,
+                                     address, action, target_id, details)
+    values ($4, $1, $2, $3, $5, $6, coalesce($7, '{}'))
+$$;
+
+comment on function redisgate.manage_audit(text, text, text, uuid, text,
+                                            text, jsonb) is
+    'One row of the audit log, in the caller''s transaction.';
+
+-- /v1/instances, /v1/instances/{id}
+create or replace function redisgate.manage_instances(
+    actor_kind text, actor_id text, actor_org uuid, address text,
+    method text, seg text[], query text, b jsonb)
+returns table (status integer, response text, allow text)
+language plpgsql
+as $$
+declare
+    operator boolean := (actor_kind = 'operator');
+    org uuid;
+    i redisgate.instances;
+    u record;
+    lim integer;
+    cur text;
+    page jsonb;
+    made uuid;
+begin
+    if cardinality(seg) = 3 then
+        if redisgate.manage_id(seg[3]) is null then
+            return query select * from redisgate.manage_error(404,
+                'Not Found: no such instance');
+            return;
+        end if;
+        select * into i from redisgate.instances x
+         where x.id = seg[3]::uuid and x.deleted_at is null
+           and (operator or x.organization_id = actor_org);
+        if not found then
+            return query select * from redisgate.manage_error(404,
+                'Not Found: no such instance');
+            return;
+        end if;
+    elsif cardinality(seg) > 3 then
+        return query select * from redisgate.manage_error(404,
+            'Not Found: no such resource');
+        return;
+    end if;
+
+    if cardinality(seg) = 2 and method = 'GET' then
+        org := redisgate.manage_list_org(actor_kind, actor_org, query);
+        lim := redisgate.manage_limit(query);
+        cur := redisgate.manage_param(query, 'cursor');
+        select coalesce(jsonb_agg(redisgate.manage_instance_json(x)
+                                  order by x.created_at, x.id), '[]')
+          into page
+          from (select * from redisgate.instances y
+                 where y.organization_id = org and y.deleted_at is null
+                   and (cur is null
+                        or (y.created_at, y.id) >
+                           (select z.created_at, z.id
+                              from redisgate.instances z
+                             where z.id = cur::uuid))
+                 order by y.created_at, y.id
+                 limit lim + 1) x;
+        return query select * from redisgate.manage_answer(200,
+            redisgate.manage_page(page, lim));
+        return;
+    end if;
+
+    if cardinality(seg) = 2 and method = 'POST' then
+        perform redisgate.manage_fields(coalesce(b, '{}'),
+            array['name', 'address', 'organization']);
+        org := redisgate.manage_body_org(actor_kind, actor_org, b);
+        if jsonb_typeof(b -> 'name') is distinct from 'string' then
+            raise exception 'name: a string is required'
+                using errcode = 'invalid_parameter_value';
+        end if;
+        if jsonb_typeof(b -> 'address') is distinct from 'string' then
+            raise exception 'address: a Redis URL is required'
+                using errcode = 'invalid_parameter_value';
+        end if;
+        u := redisgate.manage_parse_url(b ->> 'address');
+        made := redisgate.create_instance(org, b ->> 'name', u.address,
+                                          u.db, u.redis_user,
+                                          u.redis_password);
+        select * into i from redisgate.instances x where x.id = made;
+        perform redisgate.manage_audit(actor_kind, actor_id, address, org,
+            'instance.create', made::text,
+            jsonb_build_object('name', i.name));
+        return query select * from redisgate.manage_answer(201,
+            redisgate.manage_instance_json(i));
+        return;
+    end if;
+
+    if cardinality(seg) = 2 then
+        return query select * from redisgate.manage_error(405,
+            'Method Not Allowed', 'GET, POST');
+        return;
+    end if;
+
+    if method = 'GET' then
+        return query select * from redisgate.manage_answer(200,
+            redisgate.manage_instance_json(i));
+        return;
+    end if;
+
+    if method = 'PATCH' then
+        perform redisgate.manage_fields(coalesce(b, '{}'),
+                                        array['address', 'status']);
+        if b ? 'address' then
+            if jsonb_typeof(b -> 'address') is distinct from 'string' then
+                raise exception 'address: a Redis URL'
+                    using errcode = 'invalid_parameter_value';
+            end if;
+            u := redisgate.manage_parse_url(b ->> 'address');
+            -- the URL says it all: no user or password in it removes them
+            perform redisgate.update_instance(i.id, u.address, u.db,
+                                              coalesce(u.redis_user, ''),
+                                              coalesce(u.redis_password, ''));
+            perform redisgate.manage_audit(actor_kind, actor_id, address,
+                i.organization_id, 'instance.update', i.id::text);
+        end if;
+        if b ? 'status' then
+            perform redisgate.set_instance_status(i.id,
+                                                  redisgate.manage_status(b));
+            perform redisgate.manage_audit(actor_kind, actor_id, address,
+                i.organization_id,
+                case when b ->> 'status' = 'active' then 'instance.resume'
+                     else 'instance.suspend' end,
+                i.id::text);
+        end if;
+        select * into i from redisgate.instances x where x.id = i.id;
+        return query select * from redisgate.manage_answer(200,
+            redisgate.manage_instance_json(i));
+        return;
+    end if;
+
+    if method = 'DELETE' then
+        perform redisgate.delete_instance(i.id);
+        perform redisgate.manage_audit(actor_kind, actor_id, address,
+            i.organization_id, 'instance.delete', i.id::text);
+        return query select * from redisgate.manage_answer(204, null);
+        return;
+    end if;
+
+    return query select * from redisgate.manage_error(405,
+        'Method Not Allowed', 'GET, PATCH, DELETE');
+end
+$$;
+
+comment on function redisgate.manage_instances(text, text, uuid, text, text,
+                                                text[], text, jsonb) is
+    'manage_request()''s /v1/instances: list, create, show, change '
+    '(address, status), delete.';
+
+-- /v1/organizations (operators only)
+create or replace function redisgate.manage_organizations(
+    actor_kind text, actor_id text, actor_org uuid, address text,
+    method text, seg text[], query text, b jsonb)
+returns table (status integer, response text, allow text)
+language plpgsql
+as $$
+declare
+    o redisgate.organizations;
+    lim integer;
+    cur text;
+    page jsonb;
+    made uuid;
+begin
+    if actor_kind <> 'operator' then
+        return query select * from redisgate.manage_error(403,
+            'Forbidden: organizations are the operators'' (a manager has '
+            '/v1/organization)');
+        return;
+    end if;
+
+    if cardinality(seg) = 3 then
+        if redisgate.manage_id(seg[3]) is null then
+            return query select * from redisgate.manage_error(404,
+                'Not Found: no such organization');
+            return;
+        end if;
+        select * into o from redisgate.organizations x where x.id = seg[3]::uuid;
+        if not found then
+            return query select * from redisgate.manage_error(404,
+                'Not Found: no such organization');
+            return;
+        end if;
+    elsif cardinality(seg) > 3 then
+        return query select * from redisgate.manage_error(404,
+            'Not Found: no such resource');
+        return;
+    end if;
+
+    if cardinality(seg) = 2 and method = 'GET' then
+        lim := redisgate.manage_limit(query);
+        cur := redisgate.manage_param(query, 'cursor');
+        select coalesce(jsonb_agg(redisgate.manage_organization_json(x)
+                                  order by x.created_at, x.id), '[]')
+          into page
+          from (select * from redisgate.organizations y
+                 where cur is null
+                    or (y.created_at, y.id) >
+                       (select z.created_at, z.id
+                          from redisgate.organizations z
+                         where z.id = cur::uuid)
+                 order by y.created_at, y.id
+                 limit lim + 1) x;
+        return query select * from redisgate.manage_answer(200,
+            redisgate.manage_page(page, lim));
+        return;
+    end if;
+
+    if cardinality(seg) = 2 and method = 'POST' then
+        perform redisgate.manage_fields(coalesce(b, '{}'),
+                                        array['name', 'plan']);
+        if jsonb_typeof(b -> 'name') is distinct from 'string' then
+            raise exception 'name: a string is required'
+                using errcode = 'invalid_parameter_value';
+        end if;
+        made := redisgate.create_organization(b ->> 'name',
+                                              coalesce(b ->> 'plan', 'free'));
+        select * into o from redisgate.organizations x where x.id = made;
+        perform redisgate.manage_audit(actor_kind, actor_id, address, made,
+            'organization.create', made::text,
+            jsonb_build_object('name', o.name, 'plan', o.plan_id));
+        return query select * from redisgate.manage_answer(201,
+            redisgate.manage_organization_json(o));
+        return;
+    end if;
+
+    if cardinality(seg) = 2 then
+        return query select * from redisgate.manage_error(405,
+            'Method Not Allowed', 'GET, POST');
+        return;
+    end if;
+
+    if method = 'GET' then
+        return query select * from redisgate.manage_answer(200,
+            redisgate.manage_organization_json(o));
+        return;
+    end if;
+
+    if method = 'PATCH' then
+        perform redisgate.manage_fields(coalesce(b, '{}'),
+                                        array['plan', 'status']);
+        if b ? 'plan' then
+            perform redisgate.set_organization_plan(o.id, b ->> 'plan');
+            perform redisgate.manage_audit(actor_kind, actor_id, address,
+                o.id, 'organization.plan', o.id::text,
+                jsonb_build_object('plan', b ->> 'plan'));
+        end if;
+        if b ? 'status' then
+            perform redisgate.set_organization_status(o.id,
+                                                      redisgate.manage_status(b));
+            perform redisgate.manage_audit(actor_kind, actor_id, address,
+                o.id,
+                case when b ->> 'status' = 'active'
+                     then 'organization.resume'
+                     else 'organization.suspend' end,
+                o.id::text);
+        end if;
+        select * into o from redisgate.organizations x where x.id = o.id;
+        return query select * from redisgate.manage_answer(200,
+            redisgate.manage_organization_json(o));
+        return;
+    end if;
+
+    return query select * from redisgate.manage_error(405,
+        'Method Not Allowed', 'GET, PATCH');
+end
+$$;
+
+comment on function redisgate.manage_organizations(text, text, uuid, text,
+                                                    text, text[], text,
+                                                    jsonb) is
+    'manage_request()''s /v1/organizations, for operators: list, create, '
+    'show, change (plan, status).';
+
+-- /v1/usage: an organization's usage per instance, in steps
+create or replace function redisgate.manage_usage(
+    actor_kind text, actor_org uuid, method text, query text)
+returns table (status integer, response text, allow text)
+language plpgsql
+as $$
+declare
+    org uuid;
+    step text := coalesce(redisgate.manage_param(query, 'step'), 'minute');
+    inst text := redisgate.manage_param(query, 'instance');
+    span interval;
+    t_to timestamptz;
+    t_from timestamptz;
+begin
+    if method <> 'GET' then
+        return query select * from redisgate.manage_error(405,
+            'Method Not Allowed', 'GET');
+        return;
+    end if;
+    org := redisgate.manage_list_org(actor_kind, actor_org, query);
+    if step not in ('minute', 'hour', 'day') then
+        raise exception 'step: minute, hour or day'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    span := case step when 'minute' then interval '1 hour'
+                      when 'hour' then interval '1 day'
+                      else interval '30 days' end;
+    t_to := coalesce(redisgate.manage_param(query, 'to')::timestamptz,
+                     now());
+    t_from := coalesce(redisgate.manage_param(query, 'from')::timestamptz,
+                       t_to - span);
+    if t_from >= t_to then
+        raise exception 'from: before to'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if extract(epoch from t_to - t_from)
+       / extract(epoch from ('1 ' || step)::interval) > 10000
+    then
+        raise exception 'from, to: at most 10000 steps of a %', step
+            using errcode = 'invalid_parameter_value';
+    end if;
+
+    return query select * from redisgate.manage_answer(200,
+        jsonb_build_object('step', step, 'from', t_from, 'to', t_to,
+            'series', coalesce((
+                select jsonb_agg(jsonb_build_object('instance', s.instance_id,
+                                                    'points', s.points)
+                                 order by s.instance_id)
+                  from (select p.instance_id,
+                               jsonb_agg(jsonb_build_object(
+                                   't', p.t, 'requests', p.requests,
+                                   'commands', p.commands,
+                                   'bytes_in', p.bytes_in,
+                                   'bytes_out', p.bytes_out)
+                                   order by p.t) as points
+                          from (select u.instance_id,
+                                       date_trunc(step, u.minute) as t,
+                                       sum(u.requests)::bigint as requests,
+                                       sum(u.commands)::bigint as commands,
+                                       sum(u.bytes_in)::bigint as bytes_in,
+                                       sum(u.bytes_out)::bigint as bytes_out
+                                  from redisgate.usage_minutes u
+                                 where u.organization_id = org::text
+                                   and (inst is null or u.instance_id = inst)
+                                   and u.minute >= t_from
+                                   and u.minute < t_to
+                                 group by 1, 2) p
+                         group by p.instance_id) s), '[]')));
+end
+$$;
+
+comment on function redisgate.manage_usage(text, uuid, text, text) is
+    'manage_request()''s /v1/usage: requests, commands and bytes per '
+    'instance, in steps of a minute, an hour or a day.';
+
+-- an organization as the API shows it
+create or replace function redisgate.manage_organization_json(
+    o redisgate.organizations)
+returns jsonb
+language sql stable
+as $$
+    select jsonb_build_object(
+        'id', o.id, 'name', o.name, 'plan', o.plan_id, 'status', o.status,
+        'limits', (select jsonb_build_object(
+                              'requests_per_second', p.requests_per_second,
+                              'burst', p.burst)
+                     from redisgate.plans p where p.id = o.plan_id),
+        'created_at', o.created_at)
+$$;
+
+comment on function redisgate.manage_organization_json(
+    redisgate.organizations) is
+    'An organization as the management API shows it, with its plan''s '
+    'limits.';
+
 create or replace function redisgate.manage_request(
     actor_kind text,
     actor_id text,
@@ -1781,24 +2370,34 @@ begin
             return;
         end if;
         return query select * from redisgate.manage_answer(200,
-            (select jsonb_build_object(
-                        'id', o.id, 'name', o.name, 'plan', o.plan_id,
-                        'status', o.status,
-                        'limits', jsonb_build_object(
-                            'requests_per_second', p.requests_per_second,
-                            'burst', p.burst),
-                        'created_at', o.created_at)
+            (select redisgate.manage_organization_json(o)
                from redisgate.organizations o
-               join redisgate.plans p on p.id = o.plan_id
               where o.id = actor_org));
+        return;
+    end if;
+
+    if seg[2] = 'instances' then
+        return query select * from redisgate.manage_instances(actor_kind,
+            actor_id, actor_org, address, method, seg, query, b);
+        return;
+    end if;
+
+    if seg[2] = 'organizations' then
+        return query select * from redisgate.manage_organizations(
+            actor_kind, actor_id, actor_org, address, method, seg, query, b);
+        return;
+    end if;
+
+    if seg[2] = 'usage' and cardinality(seg) = 2 then
+        return query select * from redisgate.manage_usage(actor_kind,
+            actor_org, method, query);
         return;
     end if;
 
     -- /v1/keys, /v1/keys/{id}, /v1/keys/{id}/rotate
     if seg[2] = 'keys' then
         if cardinality(seg) >= 3 then
-            if seg[3] !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-            then
+            if redisgate.manage_id(seg[3]) is null then
                 return query select * from redisgate.manage_error(404,
                     'Not Found: no such key');
                 return;
@@ -1815,15 +2414,7 @@ begin
         end if;
 
         if cardinality(seg) = 2 and method = 'GET' then
-            org := actor_org;
-            if operator then
-                org := redisgate.manage_param(query, 'organization')::uuid;
-                if org is null then
-                    raise exception 'an operator names the organization: '
-                                    '?organization=<id>'
-                        using errcode = 'invalid_parameter_value';
-                end if;
-            end if;
+            org := redisgate.manage_list_org(actor_kind, actor_org, query);
             lim := redisgate.manage_limit(query);
             cur := redisgate.manage_param(query, 'cursor');
             select coalesce(jsonb_agg(redisgate.manage_key_json(x)
@@ -1839,35 +2430,14 @@ begin
                      order by y.created_at, y.id
                      limit lim + 1) x;
             return query select * from redisgate.manage_answer(200,
-                jsonb_build_object(
-                    'data', (select coalesce(jsonb_agg(e order by n), '[]')
-                               from jsonb_array_elements(page)
-                                    with ordinality t(e, n)
-                              where n <= lim),
-                    'next', case when jsonb_array_length(page) > lim
-                                 then page -> (lim - 1) -> 'id' end));
+                redisgate.manage_page(page, lim));
             return;
         end if;
 
         if cardinality(seg) = 2 and method = 'POST' then
             perform redisgate.manage_fields(coalesce(b, '{}'),
                 array['name', 'scopes', 'expires_at', 'organization']);
-            org := actor_org;
-            if operator then
-                org := (b ->> 'organization')::uuid;
-                if org is null then
-                    raise exception 'organization: required for an operator'
-                        using errcode = 'invalid_parameter_value';
-                end if;
-            elsif b ? 'organization'
-                  and (b ->> 'organization') is distinct from actor_org::text
-            then
-                -- a manager creates keys of its own organization only
-                return query select * from redisgate.manage_error(403,
-                    'Forbidden: organization: a manager creates keys of its '
-                    'own organization only');
-                return;
-            end if;
+            org := redisgate.manage_body_org(actor_kind, actor_org, b);
             if jsonb_typeof(b -> 'name') is distinct from 'string' then
                 raise exception 'name: a string is required'
                     using errcode = 'invalid_parameter_value';
@@ -2008,13 +2578,7 @@ begin
                  order by x.id desc
                  limit lim + 1) a;
         return query select * from redisgate.manage_answer(200,
-            jsonb_build_object(
-                'data', (select coalesce(jsonb_agg(e order by n), '[]')
-                           from jsonb_array_elements(page)
-                                with ordinality t(e, n)
-                          where n <= lim),
-                'next', case when jsonb_array_length(page) > lim
-                             then page -> (lim - 1) -> 'id' end));
+            redisgate.manage_page(page, lim));
         return;
     end if;
 
@@ -2033,6 +2597,9 @@ begin
         when unique_violation then
             get stacked diagnostics msg = message_text;
             return query select * from redisgate.manage_error(409, msg);
+        when insufficient_privilege then
+            get stacked diagnostics msg = message_text;
+            return query select * from redisgate.manage_error(403, msg);
         when no_data_found then
             return query select * from redisgate.manage_error(404,
                 'Not Found');

@@ -36,7 +36,13 @@
 #define NGX_HTTP_REDISGATE_MANAGE_BODY  65536
 
 
+/*
+ * Not the module's request context (ngx_http_set_ctx): the log phase reads
+ * that one as a data request's.  The key store's answers get it as data.
+ */
+
 typedef struct {
+    ngx_http_request_t             *request;
     u_char                          hash_hex[64];
     ngx_str_t                       kind;       /* "key" or "operator" */
     ngx_str_t                       actor;      /* a key id, an operator id */
@@ -48,10 +54,11 @@ static void ngx_http_redisgate_manage_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_redisgate_manage_start(ngx_http_request_t *r);
 static void ngx_http_redisgate_manage_caller(void *data, ngx_int_t rc,
     PGresult *res, const char *error);
-static ngx_int_t ngx_http_redisgate_manage_ask(ngx_http_request_t *r,
-    const char *sql, ngx_uint_t n, ngx_str_t *values,
-    ngx_http_redisgate_pg_call_pt handler);
-static ngx_int_t ngx_http_redisgate_manage_call(ngx_http_request_t *r);
+static ngx_int_t ngx_http_redisgate_manage_ask(
+    ngx_http_redisgate_manage_ctx_t *ctx, const char *sql, ngx_uint_t n,
+    ngx_str_t *values, ngx_http_redisgate_pg_call_pt handler);
+static ngx_int_t ngx_http_redisgate_manage_call(
+    ngx_http_redisgate_manage_ctx_t *ctx);
 static void ngx_http_redisgate_manage_answered(void *data, ngx_int_t rc,
     PGresult *res, const char *error);
 static ngx_int_t ngx_http_redisgate_manage_send(ngx_http_request_t *r,
@@ -127,7 +134,7 @@ ngx_http_redisgate_manage_start(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_set_ctx(r, ctx, ngx_http_redisgate_module);
+    ctx->request = r;
 
     /* Bearer only: no token in a URL (access logs) or a cookie (CSRF) */
 
@@ -158,7 +165,7 @@ ngx_http_redisgate_manage_start(ngx_http_request_t *r)
         if (ngx_memcmp(op[i].hash, hash, 32) == 0) {
             ngx_str_set(&ctx->kind, "operator");
             ctx->actor = op[i].id;
-            return ngx_http_redisgate_manage_call(r);
+            return ngx_http_redisgate_manage_call(ctx);
         }
     }
 
@@ -172,7 +179,7 @@ ngx_http_redisgate_manage_start(ngx_http_request_t *r)
     value.data = ctx->hash_hex;
     value.len = 64;
 
-    return ngx_http_redisgate_manage_ask(r,
+    return ngx_http_redisgate_manage_ask(ctx,
                                          ngx_http_redisgate_manage_lookup_sql,
                                          1, &value,
                                          ngx_http_redisgate_manage_caller);
@@ -182,17 +189,20 @@ ngx_http_redisgate_manage_start(ngx_http_request_t *r)
 /* a statement to the key store, the request waiting for its answer */
 
 static ngx_int_t
-ngx_http_redisgate_manage_ask(ngx_http_request_t *r, const char *sql,
-    ngx_uint_t n, ngx_str_t *values, ngx_http_redisgate_pg_call_pt handler)
+ngx_http_redisgate_manage_ask(ngx_http_redisgate_manage_ctx_t *ctx,
+    const char *sql, ngx_uint_t n, ngx_str_t *values,
+    ngx_http_redisgate_pg_call_pt handler)
 {
     ngx_int_t                        rc;
     const char                      *error;
+    ngx_http_request_t              *r;
     ngx_http_redisgate_main_conf_t  *rmcf;
 
+    r = ctx->request;
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
 
     rc = ngx_http_redisgate_pg_call(rmcf->pg, r->pool, r->connection->log,
-                                    sql, n, values, handler, r, &error);
+                                    sql, n, values, handler, ctx, &error);
 
     if (rc == NGX_AGAIN) {
         ngx_http_redisgate_wait_client(r);
@@ -210,12 +220,12 @@ static void
 ngx_http_redisgate_manage_caller(void *data, ngx_int_t rc, PGresult *res,
     const char *error)
 {
-    ngx_http_request_t *r = data;
+    ngx_http_redisgate_manage_ctx_t *ctx = data;
 
-    ngx_str_t                         v;
-    ngx_http_redisgate_manage_ctx_t  *ctx;
+    ngx_str_t            v;
+    ngx_http_request_t  *r;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
+    r = ctx->request;
 
     if (rc != NGX_OK) {
         rc = ngx_http_redisgate_manage_error(r,
@@ -256,7 +266,7 @@ ngx_http_redisgate_manage_caller(void *data, ngx_int_t rc, PGresult *res,
 
     ngx_str_set(&ctx->kind, "key");
 
-    rc = ngx_http_redisgate_manage_call(r);
+    rc = ngx_http_redisgate_manage_call(ctx);
 
 done:
 
@@ -267,16 +277,16 @@ done:
 /* the request, to redisgate.manage_request() */
 
 static ngx_int_t
-ngx_http_redisgate_manage_call(ngx_http_request_t *r)
+ngx_http_redisgate_manage_call(ngx_http_redisgate_manage_ctx_t *ctx)
 {
     ngx_str_t                         values[8], body;
+    ngx_http_request_t               *r;
     ngx_http_core_loc_conf_t         *clcf;
-    ngx_http_redisgate_manage_ctx_t  *ctx;
     ngx_http_redisgate_main_conf_t   *rmcf;
 
+    r = ctx->request;
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-    ctx = ngx_http_get_module_ctx(r, ngx_http_redisgate_module);
 
     if (rmcf->pg == NULL) {
         return ngx_http_redisgate_manage_error(r,
@@ -331,7 +341,7 @@ ngx_http_redisgate_manage_call(ngx_http_request_t *r)
         ngx_str_set(&values[7], "");
     }
 
-    return ngx_http_redisgate_manage_ask(r,
+    return ngx_http_redisgate_manage_ask(ctx,
                                          ngx_http_redisgate_manage_request_sql,
                                          8, values,
                                          ngx_http_redisgate_manage_answered);
@@ -342,10 +352,13 @@ static void
 ngx_http_redisgate_manage_answered(void *data, ngx_int_t rc, PGresult *res,
     const char *error)
 {
-    ngx_http_request_t *r = data;
+    ngx_http_redisgate_manage_ctx_t *ctx = data;
 
-    ngx_int_t   status;
-    ngx_str_t   json, allow, *jp, *ap;
+    ngx_int_t            status;
+    ngx_str_t            json, allow, *jp, *ap;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
 
     if (rc != NGX_OK) {
         rc = ngx_http_redisgate_manage_error(r,

@@ -12,7 +12,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startRedis, startNginx, startPg, freePort, newToken, sha256Hex, sleep,
-  assertCleanErrorLog, nginxTest,
+  assertCleanErrorLog, nginxTest, redisCommands,
 } from './harness.mjs';
 
 const OPERATOR = newToken();   // redisgate_manage_key ... id=ops
@@ -43,6 +43,7 @@ before(async () => {
     http: [
       `redisgate_pg "${pg.conninfo('application_name=rg-manage')}";`,
       'redisgate_cache zone=manage_keys:1m ttl=60s;',
+      'redisgate_usage zone=manage_usage:1m interval=500ms;',
       `redisgate_manage_key sha256:${sha256Hex(OPERATOR)} id=ops;`,
       `server { listen 127.0.0.1:${apiPort};`,
       '  location /redisgate/api/ { redisgate_manage; } }',
@@ -234,4 +235,71 @@ test('nginx -t: redisgate_manage_key takes a SHA-256, never a token (which it do
   assert.match(r.out, /invalid parameter "name=ops"/);
   r = await nginxTest([`redisgate_manage_key sha256:${sha256Hex(token)} id=ops;`]);
   assert.equal(r.code, 0, r.out);
+});
+
+test('instances: one made over HTTP serves /redis/ at once (its database), suspended answers 403, usage appears', async (t) => {
+  let r = await api('POST', 'v1/instances', {
+    body: { name: 'made-here', address: `redis://127.0.0.1:${redisSrv.port}/5` },
+  });
+  assert.equal(r.status, 201, r.text);
+  const inst = r.json;
+  assert.equal(inst.address, `redis://127.0.0.1:${redisSrv.port}/5`);
+  assert.equal(inst.has_password, false);
+  r = await api('POST', 'v1/keys', { body: { name: 'for-made-here', scopes: ['read', 'write'] } });
+  const k = r.json;
+  const call = async (rest) => {
+    const x = await fetch(`${ng.base}/redis/${inst.id}${rest}`, { headers: { authorization: `Bearer ${k.token}` } });
+    return { status: x.status, json: await x.json() };
+  };
+  assert.deepEqual((await call('/set/made/here')).json, { result: 'OK' });
+  assert.deepEqual(await redisCommands(redisSrv.port, [['SELECT', '5'], ['GET', 'made']]), ['OK', 'here']);
+
+  r = await api('GET', 'v1/instances');
+  assert.ok(r.json.data.some((i) => i.id === inst.id));
+
+  r = await api('PATCH', `v1/instances/${inst.id}`, { body: { status: 'suspended' } });
+  assert.equal(r.json.status, 'suspended');
+  let after;
+  for (let i = 0; i < 60; i++) {
+    after = await call('/get/made');
+    if (after.status === 403) break;
+    await sleep(50);
+  }
+  assert.deepEqual(after, { status: 403, json: { error: 'Forbidden: the instance is suspended' } });
+  await api('PATCH', `v1/instances/${inst.id}`, { body: { status: 'active' } });
+
+  // the usage of the requests above, once the module wrote it (500 ms)
+  let usage;
+  for (let i = 0; i < 60; i++) {
+    r = await api('GET', `v1/usage?instance=${inst.id}&step=minute`);
+    usage = r.json.series?.[0]?.points ?? [];
+    if (usage.reduce((n, p) => n + p.requests, 0) >= 1) break;
+    await sleep(100);
+  }
+  t.diagnostic(`usage of the new instance: ${JSON.stringify(usage)}`);
+  assert.equal(r.status, 200);
+  assert.ok(usage.reduce((n, p) => n + p.requests, 0) >= 1, 'the SET is counted');
+  assert.ok(usage.every((p) => typeof p.t === 'string' && p.bytes_out >= 0));
+
+  r = await api('DELETE', `v1/instances/${inst.id}`);
+  assert.equal(r.status, 204);
+  for (let i = 0; i < 60; i++) {
+    after = await call('/get/made');
+    if (after.status === 404) break;
+    await sleep(50);
+  }
+  assert.equal(after.status, 404, 'a deleted instance is gone from /redis/');
+});
+
+test('organizations are the operator\'s: create, change the plan; a manager gets 403', async () => {
+  let r = await api('GET', 'v1/organizations');
+  assert.equal(r.status, 403);
+  r = await api('POST', 'v1/organizations', { token: OPERATOR, body: { name: 'initech', plan: 'pro' } });
+  assert.equal(r.status, 201, r.text);
+  const org = r.json;
+  assert.deepEqual([org.name, org.plan, org.limits.requests_per_second], ['initech', 'pro', 1000]);
+  r = await api('PATCH', `v1/organizations/${org.id}`, { token: OPERATOR, body: { plan: 'free' } });
+  assert.deepEqual([r.status, r.json.plan], [200, 'free']);
+  r = await api('GET', 'v1/organizations?limit=1000', { token: OPERATOR });
+  assert.ok(r.json.data.some((o) => o.id === org.id));
 });

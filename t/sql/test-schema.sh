@@ -860,6 +860,87 @@ if [[ $r == *"ops-made"* ]]; then
 else
     ok "... the organization's rows only"
 fi
+# parse URL: "address|db|user|password"
+purl() {
+    q -v u="$1" <<'SQL'
+select address || '|' || db || '|' || coalesce(redis_user, '') || '|'
+       || coalesce(redis_password, '')
+  from redisgate.manage_parse_url(:'u')
+SQL
+}
+is "$(purl 'redis://10.0.0.5:6379/3')" "10.0.0.5:6379|3||" \
+   "manage_parse_url(): redis://host:port/db"
+is "$(purl 'rediss://app:p%40ss@10.0.0.5:6380')" \
+   "rediss://10.0.0.5:6380|0|app|p@ss" "... rediss://, user and password"
+is "$(purl 'redis://:secret@[::1]:6379/0')" "[::1]:6379|0||secret" \
+   "... a password alone, IPv6"
+is "$(purl 'redis-sentinel://10.0.0.1:26379,10.0.0.2/mymaster?db=2')" \
+   "redis-sentinel://10.0.0.1:26379,10.0.0.2/mymaster|2||" \
+   "... the sentinel form, ?db="
+is "$(purl 'unix:///run/redis.sock?db=1')" "/run/redis.sock|1||" \
+   "... a unix socket"
+raises "manage_parse_url(): not a Redis URL" 'not a Redis URL' \
+    purl 'http://10.0.0.5/'
+
+r=$(m key "$mgr" "$acme" POST v1/instances '' \
+      '{"name":"api-made","address":"redis://app:pw@127.0.0.1:6379/7"}')
+is "${r%%|*}" 201 "POST /v1/instances: 201"
+body=$(cut -d'|' -f2 <<<"$r")
+minst=$(j "$body" id)
+is "$(j "$body" address)|$(j "$body" user)|$(j "$body" has_password)" \
+   "redis://127.0.0.1:6379/7|app|true" "... its URL, user, no password shown"
+if [[ $body == *'"pw"'* ]]; then
+    not_ok "... the password is never shown"
+else
+    ok "... the password is never shown"
+fi
+r=$(m key "$mgr" "$acme" GET v1/instances)
+like "$r" "\"id\": \"$minst\"" "GET /v1/instances lists it"
+r=$(m key "$mgr" "$acme" GET "v1/instances/$ginst")
+is "${r%%|*}" 404 "another organization's instance: 404"
+r=$(m key "$mgr" "$acme" PATCH "v1/instances/$minst" '' '{"status":"suspended"}')
+is "${r%%|*}|$(j "$(cut -d'|' -f2 <<<"$r")" status)" "200|suspended" \
+   "PATCH /v1/instances/{id} {status}: suspended"
+r=$(m key "$mgr" "$acme" PATCH "v1/instances/$minst" '' \
+      '{"address":"redis://127.0.0.1:6380/2"}')
+is "$(j "$(cut -d'|' -f2 <<<"$r")" address)|$(j "$(cut -d'|' -f2 <<<"$r")" has_password)" \
+   "redis://127.0.0.1:6380/2|false" "... {address}: the URL is the whole of it"
+r=$(m key "$mgr" "$acme" PATCH "v1/instances/$minst" '' '{"name":"x"}')
+is "$(cut -d'|' -f1,2 <<<"$r")" '400|{"error": "unknown field \"name\""}' \
+   "... an unknown field: 400"
+r=$(m key "$mgr" "$acme" DELETE "v1/instances/$minst")
+is "${r%%|*}" 204 "DELETE /v1/instances/{id}: 204"
+r=$(m key "$mgr" "$acme" GET "v1/instances/$minst")
+is "${r%%|*}" 404 "... then 404"
+is "$(q -c "select string_agg(action, ',' order by id) from redisgate.audit_log
+             where target_id = '$minst'")" \
+   "instance.create,instance.suspend,instance.update,instance.delete" \
+   "... every change audited"
+
+r=$(m key "$mgr" "$acme" GET v1/organizations)
+is "${r%%|*}" 403 "GET /v1/organizations: operators only"
+r=$(m operator ops "" POST v1/organizations '' '{"name":"initech","plan":"pro"}')
+is "${r%%|*}" 201 "POST /v1/organizations (operator): 201"
+norg=$(j "$(cut -d'|' -f2 <<<"$r")" id)
+r=$(m operator ops "" PATCH "v1/organizations/$norg" '' '{"plan":"free","status":"suspended"}')
+is "$(j "$(cut -d'|' -f2 <<<"$r")" plan)|$(j "$(cut -d'|' -f2 <<<"$r")" status)" \
+   "free|suspended" "PATCH /v1/organizations/{id}: plan and status"
+r=$(m operator ops "" POST v1/organizations '' '{"name":"initech"}')
+is "${r%%|*}" 409 "a duplicate name: 409"
+
+q -c "insert into redisgate.usage_minutes
+      values ('$acme', '$inst', '2030-01-01 10:01Z', 2, 3, 40, 50),
+             ('$acme', '$inst', '2030-01-01 10:59Z', 1, 1, 10, 10),
+             ('$acme', '$inst', '2030-01-01 11:00Z', 5, 5, 5, 5)" >/dev/null
+r=$(m key "$mgr" "$acme" GET v1/usage \
+      'step=hour&from=2030-01-01T10:00:00Z&to=2030-01-01T12:00:00Z')
+body=$(cut -d'|' -f2 <<<"$r")
+is "${r%%|*}|$(j "$body" series.0.instance)" "200|$inst" "GET /v1/usage: a series per instance"
+is "$(j "$body" series.0.points.0.requests)|$(j "$body" series.0.points.0.bytes_out)|$(j "$body" series.0.points.1.commands)" \
+   "3|60|5" "... points summed per hour"
+r=$(m key "$mgr" "$acme" GET v1/usage 'step=week')
+is "${r%%|*}" 400 "... step=week: 400"
+
 is "$(q -c "select count(*) from redisgate.manage_request('key', '$mgr', null,
               '', 'GET', 'v1/organization', '', '')
              where status = 403")" 1 "a key without its organization: 403"
@@ -879,7 +960,8 @@ like "$("$admin" -q key create acme new-manager --scopes manage)" \
      '^rg_[0-9a-f]{64}$' "... and takes it once the schema is applied again"
 is "$(lookup "$token" "$inst" | cut -d'|' -f1,11,12)" "$key|1500|3000" \
    "data and changed plans survive a new apply"
-is "$(q -c "select count(*) from redisgate.organizations")" 3 \
+# acme, globex, the tricky name, initech (made by the management API)
+is "$(q -c "select count(*) from redisgate.organizations")" 4 \
    "organizations survive a new apply"
 is "$(q -c "select sum(requests) from redisgate.usage_minutes
              where organization_id = 'conc'")" 800 "usage survives a new apply"
