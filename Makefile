@@ -44,8 +44,9 @@ BUILD_PKGS := gcc make nginx nginx-dev libhiredis-dev libyajl-dev libpq-dev \
 RUN_PKGS := redis-server postgresql postgresql-client curl
 # to build the Debian package (debian/), with nginx-dev's dh_nginx
 DEB_PKGS := debhelper dpkg-dev lintian
+# chromium: the dashboard's browser tests (driven by npm's playwright-core)
 TEST_PKGS := libtest-base-perl libtext-diff-perl perl dnsmasq-base \
-             valgrind clang libclang-rt-14-dev $(DEB_PKGS)
+             valgrind clang libclang-rt-14-dev chromium $(DEB_PKGS)
 
 .PHONY: all deps build-deps run-deps test-deps run stop test clean FORCE \
         bench bench-deps soak asan fuzz fuzz-deps valgrind faults \
@@ -113,6 +114,7 @@ test-deps: run-deps
 	    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	         apt-get install -y -qq nodejs npm >/dev/null; }
 	@test -d t/client/node_modules/@upstash/redis \
+	    -a -d t/client/node_modules/playwright-core \
 	    || npm ci --prefix t/client --no-audit --no-fund --loglevel=error
 
 run: build-deps run-deps

@@ -709,7 +709,7 @@ export async function startCluster({ primaries = 3, replicas = 0, nodeTimeoutMs 
  *            directives, e.g. a shorter redisgate_timeout); their bases are
  *            in nginx.bases[1..]
  */
-export async function startNginx({ instances = [], keys = [], http = '', location = '', servers = [], workers = 1, timeoutMs = 10000, logLevel = 'debug', workerConnections = 1024 }) {
+export async function startNginx({ instances = [], keys = [], http = '', location = '', servers = [], locations = [], workers = 1, timeoutMs = 10000, logLevel = 'debug', workerConnections = 1024 }) {
   if (!existsSync(REDISGATE_MODULE)) {
     throw new Error(`module not found at ${REDISGATE_MODULE} (run make, or set REDISGATE_MODULE)`);
   }
@@ -756,6 +756,8 @@ export async function startNginx({ instances = [], keys = [], http = '', locatio
     lines.push('      redisgate;');
     if (srv.location) lines.push(srv.location.split('\n').map((l) => '      ' + l).join('\n'));
     lines.push('    }');
+    // other locations of the first server (the management API, files)
+    if (i === 0) for (const l of locations) lines.push(`    ${l}`);
     lines.push('  }');
   });
   lines.push('}');
@@ -879,7 +881,10 @@ export function assertCleanErrorLog(log, { allowCrit = false } = {}) {
 export async function stopAll(nginx, ...servers) {
   try {
     if (nginx) {
+      // a master that died during the suite is a failure of its own
+      const running = nginx.running;
       await nginx.stop();
+      assert.ok(running, 'nginx master was still running at the end');
       assertCleanErrorLog(nginx.errorLog());
     }
   } finally {

@@ -12,7 +12,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startRedis, startNginx, startPg, freePort, newToken, sha256Hex, sleep,
-  assertCleanErrorLog, nginxTest, redisCommands,
+  stopAll, nginxTest, redisCommands,
 } from './harness.mjs';
 
 const OPERATOR = newToken();   // redisgate_manage_key ... id=ops
@@ -53,19 +53,7 @@ before(async () => {
   for (let i = 0; i < 100 && !(await pg.listening('rg-manage')); i++) await sleep(50);
 });
 
-after(async () => {
-  try {
-    if (ng) {
-      const running = ng.running;
-      await ng.stop();
-      assert.ok(running, 'nginx master was still running at the end');
-      assertCleanErrorLog(ng.errorLog());
-    }
-  } finally {
-    await redisSrv?.stop();
-    await pg?.stop();
-  }
-});
+after(() => stopAll(ng, redisSrv, pg));
 
 // one call of the API: { status, headers, json, text }
 async function api(method, path, { token = manager.token, body, headers = {} } = {}) {

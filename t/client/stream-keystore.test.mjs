@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
   startRedis, startNginx, startPg, redisCall, redisCommands, sleep,
-  assertCleanErrorLog,
+  stopAll,
 } from './harness.mjs';
 import { Sse, until } from './sse.mjs';
 
@@ -54,19 +54,7 @@ before(async () => {
   await until(() => pg.listening('rg-stream-ks'), 10000, 'the key store listener never LISTENed');
 });
 
-after(async () => {
-  try {
-    if (ng) {
-      const running = ng.running;
-      await ng.stop();
-      assert.ok(running, 'nginx master was still running at the end');
-      assertCleanErrorLog(ng.errorLog());
-    }
-  } finally {
-    await redisSrv?.stop();
-    await pg?.stop();
-  }
-});
+after(() => stopAll(ng, redisSrv, pg));
 
 // ---------------------------------------------------------------------------
 // helpers
