@@ -19,8 +19,8 @@ function when(t) {
   return t ? new Date(t).toLocaleString() : '—';
 }
 
-// one call; throws an Error with the API's message
-async function api(method, path, body) {
+// one call: { json, headers }; throws an Error with the API's message
+async function call(method, path, body) {
   const r = await fetch(new URL(path, API), {
     method,
     headers: {
@@ -38,8 +38,10 @@ async function api(method, path, body) {
     e.status = r.status;
     throw e;
   }
-  return json;
+  return { json, headers: r.headers };
 }
+
+const api = async (method, path, body) => (await call(method, path, body)).json;
 
 // every page of a list
 async function all(path) {
@@ -115,15 +117,21 @@ async function show(tab) {
 }
 
 async function loadOrganization() {
-  const org = await api('GET', 'organization');
+  const { json: org, headers } = await call('GET', 'organization');
   const dl = $('org-details');
   dl.replaceChildren();
+  // the bucket now, as the gateway counts it (with redisgate_limit only)
+  const left = headers.get('ratelimit-remaining');
+  const now = left === null ? 'not counted on this server'
+    : `${left} of ${headers.get('ratelimit-limit')} commands left`
+      + (headers.get('ratelimit-reset') !== '0' ? `, full again in ${headers.get('ratelimit-reset')} s` : '');
   for (const [k, v] of [
     ['Name', org.name], ['Id', org.id], ['Status', org.status], ['Plan', org.plan],
     ['Rate limit', `${org.limits.requests_per_second} commands/s, bursts of ${org.limits.burst}`],
+    ['Now', now],
     ['Created', when(org.created_at)],
   ]) {
-    dl.append(el('dt', k), el('dd', v));
+    dl.append(el('dt', k), el('dd', v, k === 'Now' ? { id: 'rate-now' } : {}));
   }
 }
 

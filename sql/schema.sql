@@ -1550,23 +1550,27 @@ create index if not exists audit_log_organization_id
     on redisgate.audit_log (organization_id, id);
 
 create or replace function redisgate.manage_lookup(token_sha256 text)
-returns table (key_id text, organization_id text, manager boolean)
+returns table (key_id text, organization_id text, manager boolean,
+               requests_per_second integer, burst integer)
 language sql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
     select k.id::text, o.id::text,
-           'manage' = any (k.scopes) and o.status = 'active'
+           'manage' = any (k.scopes) and o.status = 'active',
+           p.requests_per_second, p.burst
       from redisgate.api_keys k
       join redisgate.organizations o on o.id = k.organization_id
+      join redisgate.plans p on p.id = o.plan_id
      where k.token_sha256 = lower($1)
        and k.revoked_at is null
        and (k.expires_at is null or k.expires_at > now())
 $$;
 
 comment on function redisgate.manage_lookup(text) is
-    'The management API''s caller: the live key with this token hash, and '
-    'whether it may manage (the scope manage, an active organization). No '
-    'row: an unknown, revoked or expired key (401); manager false: 403.';
+    'The management API''s caller: the live key with this token hash, '
+    'whether it may manage (the scope manage, an active organization), and '
+    'its plan''s limits (for the live rate-limit state). No row: an '
+    'unknown, revoked or expired key (401); manager false: 403.';
 
 -- an answer of manage_request(): a status, a JSON body (NULL: none)
 create or replace function redisgate.manage_answer(status integer,

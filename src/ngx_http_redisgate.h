@@ -607,6 +607,9 @@ ngx_int_t ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
     ngx_http_request_t *r, ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst,
     ngx_uint_t cost, ngx_http_redisgate_limit_state_t *state,
     ngx_http_redisgate_limited_pt done);
+void ngx_http_redisgate_limit_peek(ngx_http_redisgate_limit_t *limit,
+    ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst,
+    ngx_http_redisgate_limit_state_t *state);
 
 /* usage.c: what each organization used, to the key store */
 ngx_http_redisgate_usage_t *ngx_http_redisgate_usage_add(ngx_conf_t *cf,
@@ -659,6 +662,8 @@ ngx_int_t ngx_http_redisgate_handler(ngx_http_request_t *r);
 void ngx_http_redisgate_wait_client(ngx_http_request_t *r);
 ngx_int_t ngx_http_redisgate_body_bytes(ngx_http_request_t *r,
     ngx_str_t *body);
+ngx_int_t ngx_http_redisgate_add_header(ngx_http_request_t *r, char *name,
+    u_char *value, size_t len);
 
 /* manage.c: the management API (redisgate_manage) */
 ngx_int_t ngx_http_redisgate_manage_handler(ngx_http_request_t *r);

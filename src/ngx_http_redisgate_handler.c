@@ -66,8 +66,6 @@ static ngx_int_t ngx_http_redisgate_send(ngx_http_request_t *r,
 static ngx_int_t ngx_http_redisgate_sync_token(ngx_http_request_t *r);
 static ngx_int_t ngx_http_redisgate_allow_header(ngx_http_request_t *r);
 static ngx_int_t ngx_http_redisgate_rate_headers(ngx_http_request_t *r);
-static ngx_int_t ngx_http_redisgate_add_header(ngx_http_request_t *r,
-    char *name, u_char *value, size_t len);
 
 
 static ngx_str_t  ngx_http_redisgate_json_type =
@@ -1507,7 +1505,7 @@ ngx_http_redisgate_rate_headers(ngx_http_request_t *r)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_redisgate_add_header(ngx_http_request_t *r, char *name,
     u_char *value, size_t len)
 {

@@ -118,6 +118,8 @@ static ngx_int_t ngx_http_redisgate_limit_local(
 static ngx_http_redisgate_bucket_t *ngx_http_redisgate_limit_bucket(
     ngx_http_redisgate_limit_t *limit, ngx_str_t *org, int64_t max,
     ngx_msec_t now);
+static void ngx_http_redisgate_limit_plan(ngx_http_redisgate_limit_t *limit,
+    ngx_uint_t *rate, ngx_uint_t *burst);
 static void ngx_http_redisgate_limit_uncounted(
     ngx_http_redisgate_limit_state_t *state, ngx_uint_t burst);
 static int64_t ngx_http_redisgate_limit_estimate(
@@ -212,13 +214,7 @@ ngx_http_redisgate_limit_take(ngx_http_redisgate_limit_t *limit,
     ngx_msec_t                    now;
     ngx_http_redisgate_bucket_t  *b;
 
-    if (rate == 0) {
-        rate = limit->rate;
-        burst = limit->burst;
-
-    } else if (burst == 0) {
-        burst = rate;
-    }
+    ngx_http_redisgate_limit_plan(limit, &rate, &burst);
 
     now = ngx_current_msec;
 
@@ -338,6 +334,81 @@ ngx_http_redisgate_limit_local(ngx_http_redisgate_limit_t *limit,
                              / ((int64_t) rate * 1000));
 
     return rc;
+}
+
+
+/* a plan's rate and burst: 0 takes the zone's defaults, no burst the rate */
+
+static void
+ngx_http_redisgate_limit_plan(ngx_http_redisgate_limit_t *limit,
+    ngx_uint_t *rate, ngx_uint_t *burst)
+{
+    if (*rate == 0) {
+        *rate = limit->rate;
+        *burst = limit->burst;
+
+    } else if (*burst == 0) {
+        *burst = *rate;
+    }
+}
+
+
+/*
+ * What the organization's bucket holds now, taking nothing (the management
+ * API shows it): the zone's count, or with a store what it said last,
+ * refilled since, and this server's lease.  An organization not counted
+ * yet has a full bucket.
+ */
+
+void
+ngx_http_redisgate_limit_peek(ngx_http_redisgate_limit_t *limit,
+    ngx_str_t *org, ngx_uint_t rate, ngx_uint_t burst,
+    ngx_http_redisgate_limit_state_t *state)
+{
+    int64_t                       max, tokens, per_second;
+    uint32_t                      hash;
+    ngx_msec_t                    now;
+    ngx_http_redisgate_bucket_t  *b;
+
+    ngx_http_redisgate_limit_plan(limit, &rate, &burst);
+
+    if (limit->store == NULL) {
+        /* counted here: this node's share, as limit_local() counts */
+        rate = ngx_max(rate / limit->nodes, 1);
+        burst = ngx_max(burst / limit->nodes, 1);
+    }
+
+    max = (int64_t) burst * 1000;
+    per_second = (int64_t) rate * 1000;
+    now = ngx_current_msec;
+    tokens = max;
+
+    hash = ngx_crc32_short(org->data, ngx_min(org->len,
+                                              NGX_HTTP_REDISGATE_ORG_MAX));
+
+    ngx_shmtx_lock(&limit->zone.shpool->mutex);
+
+    b = ngx_http_redisgate_limit_lookup(limit, hash, org);
+
+    if (b) {
+        if (limit->store == NULL) {
+            tokens = ngx_min(b->millitokens
+                             + (int64_t) (now - b->last) * (int64_t) rate,
+                             max);
+
+        } else {
+            tokens = ngx_http_redisgate_limit_estimate(b, rate, max, now)
+                     + b->lease;
+        }
+    }
+
+    ngx_shmtx_unlock(&limit->zone.shpool->mutex);
+
+    state->limit = burst;
+    state->remaining = (tokens > 0) ? (ngx_uint_t) (tokens / 1000) : 0;
+    state->reset = (tokens >= max) ? 0
+                   : (time_t) ((max - tokens + per_second - 1) / per_second);
+    state->retry_after = 0;
 }
 
 

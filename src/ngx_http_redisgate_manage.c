@@ -18,7 +18,9 @@
  *     the body                           at most 64 kB, else 413
  *     the answer                         the key store's status and JSON,
  *                                        Cache-Control: no-store, and
- *                                        Allow for a 405
+ *                                        Allow for a 405; for a manager's
+ *                                        GET /v1/organization, its rate
+ *                                        limit's live state (RateLimit-*)
  *
  * The token is hashed at once and never logged; only the key's id is.
  */
@@ -47,6 +49,9 @@ typedef struct {
     ngx_str_t                       kind;       /* "key" or "operator" */
     ngx_str_t                       actor;      /* a key id, an operator id */
     ngx_str_t                       org;        /* a key's organization */
+    ngx_uint_t                      rate;       /* its plan's */
+    ngx_uint_t                      burst;
+    ngx_str_t                       path;       /* after the location */
 } ngx_http_redisgate_manage_ctx_t;
 
 
@@ -61,6 +66,8 @@ static ngx_int_t ngx_http_redisgate_manage_call(
     ngx_http_redisgate_manage_ctx_t *ctx);
 static void ngx_http_redisgate_manage_answered(void *data, ngx_int_t rc,
     PGresult *res, const char *error);
+static ngx_int_t ngx_http_redisgate_manage_rate(
+    ngx_http_redisgate_manage_ctx_t *ctx);
 static ngx_int_t ngx_http_redisgate_manage_send(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *json, ngx_str_t *allow);
 static ngx_int_t ngx_http_redisgate_manage_error(ngx_http_request_t *r,
@@ -68,7 +75,7 @@ static ngx_int_t ngx_http_redisgate_manage_error(ngx_http_request_t *r,
 
 
 static const char  ngx_http_redisgate_manage_lookup_sql[] =
-    "SELECT key_id, organization_id, manager "
+    "SELECT key_id, organization_id, manager, requests_per_second, burst "
     "FROM redisgate.manage_lookup($1)";
 
 static const char  ngx_http_redisgate_manage_request_sql[] =
@@ -233,7 +240,7 @@ ngx_http_redisgate_manage_caller(void *data, ngx_int_t rc, PGresult *res,
         goto done;
     }
 
-    if (PQntuples(res) == 0 || PQnfields(res) < 3) {
+    if (PQntuples(res) == 0 || PQnfields(res) < 5) {
         rc = ngx_http_redisgate_manage_error(r, NGX_HTTP_UNAUTHORIZED,
                                   "Unauthorized: invalid API key");
         goto done;
@@ -263,6 +270,11 @@ ngx_http_redisgate_manage_caller(void *data, ngx_int_t rc, PGresult *res,
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
         goto done;
     }
+
+    ctx->rate = ngx_atoi((u_char *) PQgetvalue(res, 0, 3),
+                         PQgetlength(res, 0, 3));
+    ctx->burst = ngx_atoi((u_char *) PQgetvalue(res, 0, 4),
+                          PQgetlength(res, 0, 4));
 
     ngx_str_set(&ctx->kind, "key");
 
@@ -328,6 +340,8 @@ ngx_http_redisgate_manage_call(ngx_http_redisgate_manage_ctx_t *ctx)
             values[5].len -= clcf->name.len;
         }
     }
+
+    ctx->path = values[5];
 
     values[6] = r->args;
 
@@ -412,11 +426,77 @@ ngx_http_redisgate_manage_answered(void *data, ngx_int_t rc, PGresult *res,
         ap = &allow;
     }
 
+    if (status == NGX_HTTP_OK && ctx->org.len
+        && ngx_http_redisgate_manage_rate(ctx) != NGX_OK)
+    {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        goto done;
+    }
+
     rc = ngx_http_redisgate_manage_send(r, (ngx_uint_t) status, jp, ap);
 
 done:
 
     ngx_http_redisgate_resume(r, rc);
+}
+
+
+/*
+ * A manager's GET /v1/organization: what its plan's bucket holds now, in
+ * the headers the data API answers with (RateLimit-Limit, -Remaining,
+ * -Reset), taking nothing from it; none without redisgate_limit
+ */
+
+static ngx_int_t
+ngx_http_redisgate_manage_rate(ngx_http_redisgate_manage_ctx_t *ctx)
+{
+    u_char                            *p;
+    ngx_http_request_t                *r;
+    ngx_http_redisgate_limit_state_t   state;
+    ngx_http_redisgate_main_conf_t    *rmcf;
+
+    r = ctx->request;
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
+
+    if (rmcf->limit == NULL
+        || ctx->path.len != sizeof("v1/organization") - 1
+        || ngx_strncmp(ctx->path.data, "v1/organization",
+                       sizeof("v1/organization") - 1) != 0
+        || r->method != NGX_HTTP_GET
+        || ctx->rate == (ngx_uint_t) NGX_ERROR
+        || ctx->burst == (ngx_uint_t) NGX_ERROR)
+    {
+        return NGX_OK;
+    }
+
+    ngx_http_redisgate_limit_peek(rmcf->limit, &ctx->org, ctx->rate,
+                                  ctx->burst, &state);
+
+    p = ngx_pnalloc(r->pool, 3 * NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_redisgate_add_header(r, "RateLimit-Limit", p,
+                            ngx_sprintf(p, "%ui", state.limit) - p)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    p += NGX_INT_T_LEN;
+
+    if (ngx_http_redisgate_add_header(r, "RateLimit-Remaining", p,
+                            ngx_sprintf(p, "%ui", state.remaining) - p)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    p += NGX_INT_T_LEN;
+
+    return ngx_http_redisgate_add_header(r, "RateLimit-Reset", p,
+                            ngx_sprintf(p, "%T", state.reset) - p);
 }
 
 
@@ -426,10 +506,9 @@ static ngx_int_t
 ngx_http_redisgate_manage_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *json, ngx_str_t *allow)
 {
-    ngx_int_t         rc;
-    ngx_buf_t        *b;
-    ngx_chain_t       out;
-    ngx_table_elt_t  *h;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = json ? (off_t) json->len : 0;
@@ -439,24 +518,15 @@ ngx_http_redisgate_manage_send(ngx_http_request_t *r, ngx_uint_t status,
         r->headers_out.content_type_len = r->headers_out.content_type.len;
     }
 
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
+    if (ngx_http_redisgate_add_header(r, "Cache-Control",
+                                         (u_char *) "no-store", 8)
+        != NGX_OK
+        || (allow
+            && ngx_http_redisgate_add_header(r, "Allow", allow->data,
+                                                allow->len)
+               != NGX_OK))
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, "Cache-Control");
-    ngx_str_set(&h->value, "no-store");
-
-    if (allow) {
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        h->hash = 1;
-        ngx_str_set(&h->key, "Allow");
-        h->value = *allow;
     }
 
     if (json == NULL || r->method == NGX_HTTP_HEAD) {

@@ -45,6 +45,7 @@ before(async () => {
       `redisgate_pg "${pg.conninfo('application_name=rg-dashboard')}";`,
       'redisgate_cache zone=dash_keys:1m ttl=60s;',
       'redisgate_usage zone=dash_usage:1m interval=500ms;',
+      'redisgate_limit zone=dash_rates:1m;',
     ].join('\n'),
     locations: [
       'location /redisgate/api/ { redisgate_manage; }',
@@ -98,6 +99,7 @@ test('the page loads, and signs in by keyboard; the token lives in sessionStorag
   assert.deepEqual(await page.context().cookies(), [], 'no cookie');
   assert.ok(!page.url().includes(manager.token), 'not in the URL');
   assert.match(await page.textContent('#org-details'), /1000 commands\/s/);
+  assert.match(await page.textContent('#rate-now'), /^\d+ of 2000 commands left/, 'the live state');
   const shot = path.join(SHOTS, 'organization-1280.png');
   await page.screenshot({ path: shot, fullPage: true });
   t.diagnostic(`screenshot: ${shot}`);

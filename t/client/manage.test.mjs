@@ -44,6 +44,7 @@ before(async () => {
       `redisgate_pg "${pg.conninfo('application_name=rg-manage')}";`,
       'redisgate_cache zone=manage_keys:1m ttl=60s;',
       'redisgate_usage zone=manage_usage:1m interval=500ms;',
+      'redisgate_limit zone=manage_rates:1m;',
       `redisgate_manage_key sha256:${sha256Hex(OPERATOR)} id=ops;`,
       `server { listen 127.0.0.1:${apiPort};`,
       '  location /redisgate/api/ { redisgate_manage; } }',
@@ -290,4 +291,32 @@ test('organizations are the operator\'s: create, change the plan; a manager gets
   assert.deepEqual([r.status, r.json.plan], [200, 'free']);
   r = await api('GET', 'v1/organizations?limit=1000', { token: OPERATOR });
   assert.ok(r.json.data.some((o) => o.id === org.id));
+});
+
+test('a manager\'s GET /v1/organization carries its rate limit\'s live state (RateLimit-*), taking nothing', async () => {
+  await pg.admin('org', 'create', 'smallco', '--plan', 'free');    // 10/s, bursts of 20
+  const inst = (await pg.admin('instance', 'create', 'smallco', 'main',
+    `127.0.0.1:${redisSrv.port}`, '--db', '6')).instance_id;
+  const mgr = await pg.admin('key', 'create', 'smallco', 'console', '--scopes', 'manage');
+  const app = await pg.admin('key', 'create', 'smallco', 'app', '--scopes', 'read,write');
+  let r = await api('GET', 'v1/organization', { token: mgr.token });
+  assert.deepEqual([r.headers.get('ratelimit-limit'), r.headers.get('ratelimit-remaining')], ['20', '20'],
+    'untouched: full');
+  // the bucket drained by the data path (20 commands in one pipeline)
+  const pipe = await fetch(`${ng.base}/redis/${inst}/pipeline`, {
+    method: 'POST', headers: { authorization: `Bearer ${app.token}` },
+    body: JSON.stringify(Array.from({ length: 20 }, (_, i) => ['SET', `s${i}`, 'v'])),
+  });
+  assert.equal(pipe.status, 200);
+  r = await api('GET', 'v1/organization', { token: mgr.token });
+  const left = Number(r.headers.get('ratelimit-remaining'));
+  assert.equal(r.headers.get('ratelimit-limit'), '20');
+  assert.ok(left <= 15, `${left} left right after 20 commands`);
+  assert.ok(Number(r.headers.get('ratelimit-reset')) >= 1);
+  // looking takes nothing
+  const again = Number((await api('GET', 'v1/organization', { token: mgr.token })).headers.get('ratelimit-remaining'));
+  assert.ok(again >= left, `${again} after looking again, ${left} before`);
+  // an operator's organization answer is 404 (it has none): no headers there
+  r = await api('GET', 'v1/organization', { token: OPERATOR });
+  assert.equal(r.headers.get('ratelimit-limit'), null);
 });
