@@ -66,6 +66,8 @@ static ngx_int_t ngx_http_redisgate_manage_call(
     ngx_http_redisgate_manage_ctx_t *ctx);
 static void ngx_http_redisgate_manage_answered(void *data, ngx_int_t rc,
     PGresult *res, const char *error);
+static ngx_int_t ngx_http_redisgate_manage_value(ngx_pool_t *pool,
+    PGresult *res, int col, ngx_str_t *v);
 static ngx_int_t ngx_http_redisgate_manage_rate(
     ngx_http_redisgate_manage_ctx_t *ctx);
 static ngx_int_t ngx_http_redisgate_manage_send(ngx_http_request_t *r,
@@ -229,7 +231,6 @@ ngx_http_redisgate_manage_caller(void *data, ngx_int_t rc, PGresult *res,
 {
     ngx_http_redisgate_manage_ctx_t *ctx = data;
 
-    ngx_str_t            v;
     ngx_http_request_t  *r;
 
     r = ctx->request;
@@ -254,19 +255,11 @@ ngx_http_redisgate_manage_caller(void *data, ngx_int_t rc, PGresult *res,
         goto done;
     }
 
-    /* the answer lives only while this runs: copied */
-
-    v.data = (u_char *) PQgetvalue(res, 0, 0);
-    v.len = PQgetlength(res, 0, 0);
-    ctx->actor.data = ngx_pstrdup(r->pool, &v);
-    ctx->actor.len = v.len;
-
-    v.data = (u_char *) PQgetvalue(res, 0, 1);
-    v.len = PQgetlength(res, 0, 1);
-    ctx->org.data = ngx_pstrdup(r->pool, &v);
-    ctx->org.len = v.len;
-
-    if (ctx->actor.data == NULL || ctx->org.data == NULL) {
+    if (ngx_http_redisgate_manage_value(r->pool, res, 0, &ctx->actor)
+        == NGX_ERROR
+        || ngx_http_redisgate_manage_value(r->pool, res, 1, &ctx->org)
+           == NGX_ERROR)
+    {
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
         goto done;
     }
@@ -368,8 +361,8 @@ ngx_http_redisgate_manage_answered(void *data, ngx_int_t rc, PGresult *res,
 {
     ngx_http_redisgate_manage_ctx_t *ctx = data;
 
-    ngx_int_t            status;
-    ngx_str_t            json, allow, *jp, *ap;
+    ngx_int_t            status, has_json, has_allow;
+    ngx_str_t            json, allow;
     ngx_http_request_t  *r;
 
     r = ctx->request;
@@ -397,33 +390,13 @@ ngx_http_redisgate_manage_answered(void *data, ngx_int_t rc, PGresult *res,
         goto done;
     }
 
-    jp = NULL;
-    ap = NULL;
+    /* a 204 has no body; only a 405 an Allow */
+    has_json = ngx_http_redisgate_manage_value(r->pool, res, 1, &json);
+    has_allow = ngx_http_redisgate_manage_value(r->pool, res, 2, &allow);
 
-    /* the answer lives only while this runs: sent from copies */
-
-    if (!PQgetisnull(res, 0, 1)) {
-        json.len = PQgetlength(res, 0, 1);
-        json.data = ngx_pnalloc(r->pool, json.len);
-        if (json.data == NULL) {
-            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-            goto done;
-        }
-
-        ngx_memcpy(json.data, PQgetvalue(res, 0, 1), json.len);
-        jp = &json;
-    }
-
-    if (!PQgetisnull(res, 0, 2)) {
-        allow.len = PQgetlength(res, 0, 2);
-        allow.data = ngx_pnalloc(r->pool, allow.len);
-        if (allow.data == NULL) {
-            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-            goto done;
-        }
-
-        ngx_memcpy(allow.data, PQgetvalue(res, 0, 2), allow.len);
-        ap = &allow;
+    if (has_json == NGX_ERROR || has_allow == NGX_ERROR) {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        goto done;
     }
 
     if (status == NGX_HTTP_OK && ctx->org.len
@@ -433,11 +406,39 @@ ngx_http_redisgate_manage_answered(void *data, ngx_int_t rc, PGresult *res,
         goto done;
     }
 
-    rc = ngx_http_redisgate_manage_send(r, (ngx_uint_t) status, jp, ap);
+    rc = ngx_http_redisgate_manage_send(r, (ngx_uint_t) status,
+                                        has_json == NGX_OK ? &json : NULL,
+                                        has_allow == NGX_OK ? &allow : NULL);
 
 done:
 
     ngx_http_redisgate_resume(r, rc);
+}
+
+
+/*
+ * A value of the key store's answer, copied: the answer lives only while
+ * its handler runs.  NGX_DECLINED: SQL NULL.
+ */
+
+static ngx_int_t
+ngx_http_redisgate_manage_value(ngx_pool_t *pool, PGresult *res, int col,
+    ngx_str_t *v)
+{
+    if (PQgetisnull(res, 0, col)) {
+        ngx_str_null(v);
+        return NGX_DECLINED;
+    }
+
+    v->len = PQgetlength(res, 0, col);
+    v->data = ngx_pnalloc(pool, v->len + 1);
+    if (v->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(v->data, PQgetvalue(res, 0, col), v->len);
+
+    return NGX_OK;
 }
 
 

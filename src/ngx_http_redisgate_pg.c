@@ -134,10 +134,7 @@ static void ngx_http_redisgate_pg_value(PGresult *res, int col,
     ngx_str_t *value);
 static void ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
     ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc,
-    ngx_http_redisgate_keyinfo_t *ki, const char *error);
-static void ngx_http_redisgate_pg_finish_call(ngx_http_redisgate_pg_t *pg,
-    ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc, PGresult *res,
-    const char *error);
+    ngx_http_redisgate_keyinfo_t *ki, PGresult *res, const char *error);
 static void ngx_http_redisgate_pg_down(ngx_http_redisgate_pg_t *pg,
     const char *what, const char *detail);
 static void ngx_http_redisgate_pg_error(ngx_http_redisgate_pg_t *pg,
@@ -565,7 +562,7 @@ again:
         while (!ngx_queue_empty(&pg->lookups)) {
             q = ngx_queue_head(&pg->lookups);
             lk = ngx_queue_data(q, ngx_http_redisgate_pg_lookup_t, queue);
-            ngx_http_redisgate_pg_finish(pg, lk, NGX_ERROR, NULL,
+            ngx_http_redisgate_pg_finish(pg, lk, NGX_ERROR, NULL, NULL,
                                       ngx_http_redisgate_pg_unavailable_text);
         }
     }
@@ -781,7 +778,7 @@ ngx_http_redisgate_pg_close(ngx_http_redisgate_pg_conn_t *pc,
     pc->lookup = NULL;
 
     if (lk) {
-        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL,
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL, NULL,
                                      ngx_http_redisgate_pg_unavailable_text);
     }
 
@@ -975,29 +972,22 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         return;
     }
 
-    if (lk->call) {
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-            ngx_http_redisgate_pg_error(pc->pg, "key store call failed",
-                                        PQresultErrorMessage(res));
-            ngx_http_redisgate_pg_finish_call(pc->pg, lk, NGX_ERROR, NULL,
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ngx_http_redisgate_pg_error(pc->pg, lk->call
+                                            ? "key store call failed"
+                                            : "key store lookup failed",
+                                    PQresultErrorMessage(res));
+
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL, NULL,
                                  ngx_http_redisgate_pg_unavailable(pc, res)
                                  ? ngx_http_redisgate_pg_unavailable_text
                                  : ngx_http_redisgate_pg_failed_text);
-            return;
-        }
-
-        ngx_http_redisgate_pg_finish_call(pc->pg, lk, NGX_OK, res, NULL);
         return;
     }
 
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
-                                    PQresultErrorMessage(res));
-
-        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL,
-                                 ngx_http_redisgate_pg_unavailable(pc, res)
-                                 ? ngx_http_redisgate_pg_unavailable_text
-                                 : ngx_http_redisgate_pg_failed_text);
+    if (lk->call) {
+        /* the caller reads the rows itself */
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, NULL, res, NULL);
         return;
     }
 
@@ -1005,7 +995,7 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
 
     if (PQntuples(res) == 0) {
         ki.status = NGX_HTTP_REDISGATE_KEY_UNKNOWN;
-        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki, NULL);
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki, NULL, NULL);
         return;
     }
 
@@ -1013,7 +1003,7 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
                                     "the query returned fewer than 12 "
                                     "columns");
-        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL,
+        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL, NULL,
                                      ngx_http_redisgate_pg_failed_text);
         return;
     }
@@ -1073,7 +1063,7 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         ki.status = NGX_HTTP_REDISGATE_KEY_OK;
     }
 
-    ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki, NULL);
+    ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki, NULL, NULL);
 }
 
 
@@ -1109,21 +1099,19 @@ ngx_http_redisgate_pg_value(PGresult *res, int col, ngx_str_t *value)
 }
 
 
-/* the answer to everyone waiting on it, and to the cache */
+/*
+ * The answer to everyone waiting on it: a lookup's (ki) also to the cache;
+ * a call's (res, valid while its caller runs) to its caller, if still there
+ */
 
 static void
 ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
     ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc,
-    ngx_http_redisgate_keyinfo_t *ki, const char *error)
+    ngx_http_redisgate_keyinfo_t *ki, PGresult *res, const char *error)
 {
     time_t                           ttl;
     ngx_queue_t                     *q;
     ngx_http_redisgate_pg_waiter_t  *w;
-
-    if (lk->call) {
-        ngx_http_redisgate_pg_finish_call(pg, lk, rc, NULL, error);
-        return;
-    }
 
     ngx_queue_remove(&lk->queue);
     pg->nlookups--;
@@ -1138,7 +1126,7 @@ ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
      * to those who asked, but do not cache it.
      */
 
-    if (rc == NGX_OK && pg->cache
+    if (rc == NGX_OK && !lk->call && pg->cache
         && ngx_http_redisgate_cache_generation(pg->cache) == lk->generation)
     {
         ttl = (ki->status == NGX_HTTP_REDISGATE_KEY_UNKNOWN)
@@ -1157,39 +1145,12 @@ ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
         (void) ngx_http_redisgate_wait_done(&w->wait);
 
         /* may finalize the request, and with it w */
-        w->handler(w->data, rc, ki, error);
-    }
+        if (lk->call) {
+            w->call(w->data, rc, res, error);
 
-    ngx_free(lk);
-}
-
-
-/* a call's answer to its caller, if still there */
-
-static void
-ngx_http_redisgate_pg_finish_call(ngx_http_redisgate_pg_t *pg,
-    ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc, PGresult *res,
-    const char *error)
-{
-    ngx_queue_t                     *q;
-    ngx_http_redisgate_pg_waiter_t  *w;
-
-    ngx_queue_remove(&lk->queue);
-    pg->nlookups--;
-
-    if (rc != NGX_OK) {
-        ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS,
-                                       1);
-    }
-
-    if (!ngx_queue_empty(&lk->waiters)) {
-        q = ngx_queue_head(&lk->waiters);
-        w = ngx_queue_data(q, ngx_http_redisgate_pg_waiter_t, wait.queue);
-
-        (void) ngx_http_redisgate_wait_done(&w->wait);
-
-        /* may finalize the request, and with it w */
-        w->call(w->data, rc, res, error);
+        } else {
+            w->handler(w->data, rc, ki, error);
+        }
     }
 
     ngx_free(lk);

@@ -93,6 +93,9 @@ static void ngx_http_redisgate_hub_forget(ngx_http_redisgate_hub_t *hub,
     ngx_http_redisgate_channel_t *ch);
 static void ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
     redisReply *reply);
+static void ngx_http_redisgate_hub_deliver(ngx_http_redisgate_hub_t *hub,
+    ngx_http_redisgate_link_t *link, ngx_queue_t *listeners,
+    ngx_http_redisgate_channel_t *ch, ngx_str_t *line);
 static void ngx_http_redisgate_hub_closed(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_hub_reconnect(ngx_event_t *ev);
 static void ngx_http_redisgate_hub_end(ngx_http_redisgate_hub_t *hub,
@@ -329,10 +332,8 @@ ngx_http_redisgate_monitor_push(ngx_http_redisgate_link_t *link,
 {
     ngx_http_redisgate_hub_t *hub = link->data;
 
-    ngx_str_t                       line, part;
-    ngx_uint_t                      began, generation;
-    ngx_queue_t                    *q, *next;
-    ngx_http_redisgate_listener_t  *l;
+    ngx_str_t   line, part;
+    ngx_uint_t  began;
 
     if (reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, hub->log, 0,
@@ -376,27 +377,9 @@ ngx_http_redisgate_monitor_push(ngx_http_redisgate_link_t *link,
         }
     }
 
-    generation = link->generation;
-
-    for (q = ngx_queue_head(&hub->monitors);
-         q != ngx_queue_sentinel(&hub->monitors);
-         q = next)
-    {
-        next = ngx_queue_next(q);
-        l = ngx_queue_data(q, ngx_http_redisgate_listener_t, queue);
-
-        /* a stream may end in there, and the last close the link */
-        if (began) {
-            ngx_http_redisgate_stream_subscribed(l);
-
-        } else {
-            ngx_http_redisgate_stream_message(l, &line);
-        }
-
-        if (link->generation != generation) {
-            break;
-        }
-    }
+    /* a stream may end in there, and the last close the link */
+    ngx_http_redisgate_hub_deliver(hub, link, &hub->monitors, NULL,
+                                   began ? NULL : &line);
 
     if (!began) {
         ngx_free(line.data);
@@ -725,12 +708,10 @@ ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
 {
     ngx_http_redisgate_hub_t *hub = link->data;
 
-    ngx_str_t                       line, part[4];
-    ngx_uint_t                      i, pattern, generation;
-    ngx_queue_t                    *q, *next;
-    redisReply                     *name;
-    ngx_http_redisgate_channel_t   *ch;
-    ngx_http_redisgate_listener_t  *l;
+    ngx_str_t                      line, part[4];
+    ngx_uint_t                     i, pattern;
+    redisReply                    *name;
+    ngx_http_redisgate_channel_t  *ch;
 
     if (reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, hub->log, 0,
@@ -774,28 +755,7 @@ ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
             hub->deadline = 0;
         }
 
-        /* a stream may end in there (its buffer full) and leave */
-
-        generation = link->generation;
-        hub->delivering = ch;
-
-        for (q = ngx_queue_head(&ch->listeners);
-             q != ngx_queue_sentinel(&ch->listeners);
-             q = next)
-        {
-            next = ngx_queue_next(q);
-            l = ngx_queue_data(q, ngx_http_redisgate_listener_t, queue);
-
-            ngx_http_redisgate_stream_subscribed(l);
-
-            if (link->generation != generation || hub->delivering != ch) {
-                /* the link closed, or the channel went with its last */
-                return;
-            }
-        }
-
-        hub->delivering = NULL;
-
+        ngx_http_redisgate_hub_deliver(hub, link, &ch->listeners, ch, NULL);
         return;
     }
 
@@ -834,29 +794,51 @@ ngx_http_redisgate_hub_push(ngx_http_redisgate_link_t *link,
         return;
     }
 
+    ngx_http_redisgate_hub_deliver(hub, link, &ch->listeners, ch, &line);
+
+    ngx_free(line.data);
+}
+
+
+/*
+ * Each listener hears it: its subscription confirmed (line NULL), or a
+ * message's line.  A stream may end in there (its buffer full) and leave;
+ * it stops once the link closed, or ch (when a channel's) went with its
+ * last listener.
+ */
+
+static void
+ngx_http_redisgate_hub_deliver(ngx_http_redisgate_hub_t *hub,
+    ngx_http_redisgate_link_t *link, ngx_queue_t *listeners,
+    ngx_http_redisgate_channel_t *ch, ngx_str_t *line)
+{
+    ngx_uint_t                      generation;
+    ngx_queue_t                    *q, *next;
+    ngx_http_redisgate_listener_t  *l;
+
     generation = link->generation;
     hub->delivering = ch;
 
-    for (q = ngx_queue_head(&ch->listeners);
-         q != ngx_queue_sentinel(&ch->listeners);
+    for (q = ngx_queue_head(listeners);
+         q != ngx_queue_sentinel(listeners);
          q = next)
     {
         next = ngx_queue_next(q);
         l = ngx_queue_data(q, ngx_http_redisgate_listener_t, queue);
 
-        /* a stream over its buffer ends, and leaves, in there */
-        ngx_http_redisgate_stream_message(l, &line);
+        if (line) {
+            ngx_http_redisgate_stream_message(l, line);
+
+        } else {
+            ngx_http_redisgate_stream_subscribed(l);
+        }
 
         if (link->generation != generation || hub->delivering != ch) {
-            break;
+            return;
         }
     }
 
-    if (hub->delivering == ch) {
-        hub->delivering = NULL;
-    }
-
-    ngx_free(line.data);
+    hub->delivering = NULL;
 }
 
 

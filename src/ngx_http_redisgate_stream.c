@@ -127,8 +127,8 @@ static void ngx_http_redisgate_stream_end(ngx_http_redisgate_stream_t *s,
 static void ngx_http_redisgate_stream_leave(ngx_http_redisgate_stream_t *s);
 static void ngx_http_redisgate_stream_close(ngx_http_redisgate_stream_t *s);
 static void ngx_http_redisgate_stream_account(ngx_http_redisgate_stream_t *s);
-static void ngx_http_redisgate_stream_done(ngx_http_redisgate_stream_t *s,
-    ngx_connection_t *c, ngx_http_request_t *r);
+static void ngx_http_redisgate_stream_done(ngx_connection_t *c,
+    ngx_http_request_t *r);
 static void ngx_http_redisgate_stream_beat(ngx_event_t *ev);
 static void ngx_http_redisgate_stream_revoked(void *data, const char *error);
 static void ngx_http_redisgate_stream_reading(ngx_http_request_t *r);
@@ -1272,11 +1272,13 @@ ngx_http_redisgate_stream_account(ngx_http_redisgate_stream_t *s)
 }
 
 
-/* after an event that may have ended a stream which was a request */
+/*
+ * After an event that may have ended the stream (and freed it): r, the
+ * request it was then, if any; the posted requests run only for one
+ */
 
 static void
-ngx_http_redisgate_stream_done(ngx_http_redisgate_stream_t *s,
-    ngx_connection_t *c, ngx_http_request_t *r)
+ngx_http_redisgate_stream_done(ngx_connection_t *c, ngx_http_request_t *r)
 {
     if (r) {
         /* c->data is the request's, unless the stream was detached */
@@ -1304,7 +1306,7 @@ ngx_http_redisgate_stream_beat(ngx_event_t *ev)
         ngx_add_timer(&s->heartbeat, s->interval);
     }
 
-    ngx_http_redisgate_stream_done(s, c, r);
+    ngx_http_redisgate_stream_done(c, r);
 }
 
 
@@ -1326,7 +1328,7 @@ ngx_http_redisgate_stream_revoked(void *data, const char *error)
                   error);
 
     ngx_http_redisgate_stream_end(s, error);
-    ngx_http_redisgate_stream_done(s, c, r);
+    ngx_http_redisgate_stream_done(c, r);
 }
 
 
@@ -1597,28 +1599,24 @@ ngx_http_redisgate_stream_client_left(ngx_connection_t *c)
     int           n;
     char          buf[1];
     ngx_err_t     err;
+    ngx_uint_t    told;
     ngx_event_t  *rev;
 
     rev = c->read;
 
+    /* kqueue and epoll's EPOLLRDHUP say when the peer closed */
+    told = 0;
+
 #if (NGX_HAVE_KQUEUE)
-
-    if (ngx_event_flags & NGX_USE_KQUEUE_EVENT) {
-        if (!rev->pending_eof) {
-            return 0;
-        }
-
-        rev->eof = 1;
-        c->error = 1;
-
-        return 1;
-    }
-
+    told = (ngx_event_flags & NGX_USE_KQUEUE_EVENT) != 0;
 #endif
 
 #if (NGX_HAVE_EPOLLRDHUP)
+    told = told || ((ngx_event_flags & NGX_USE_EPOLL_EVENT)
+                    && ngx_use_epoll_rdhup);
+#endif
 
-    if ((ngx_event_flags & NGX_USE_EPOLL_EVENT) && ngx_use_epoll_rdhup) {
+    if (told) {
         if (!rev->pending_eof) {
             return 0;
         }
@@ -1628,8 +1626,6 @@ ngx_http_redisgate_stream_client_left(ngx_connection_t *c)
 
         return 1;
     }
-
-#endif
 
     n = recv(c->fd, buf, 1, MSG_PEEK);
 
@@ -1685,7 +1681,7 @@ ngx_http_redisgate_stream_watch(ngx_event_t *ev)
             /* it leaves the queue */
             ngx_http_redisgate_stream_end(s, "nginx is reloading or "
                                           "stopping");
-            ngx_http_redisgate_stream_done(s, c, r);
+            ngx_http_redisgate_stream_done(c, r);
         }
 
         /* what did not go out by now does not keep the worker */
