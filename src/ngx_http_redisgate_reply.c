@@ -18,7 +18,18 @@
 
 #include "ngx_http_redisgate_parse.h"
 
+/* NGX_HTTP_REDISGATE_NO_SIMD: the portable code, as the fuzzer tests it */
+#if (defined __SSE2__ && (defined __GNUC__ || defined __clang__)           \
+     && !defined NGX_HTTP_REDISGATE_NO_SIMD)
+#define NGX_HTTP_REDISGATE_SSE2  1
+#include <emmintrin.h>
+#else
+#define NGX_HTTP_REDISGATE_SSE2  0
+#endif
 
+
+static u_char *ngx_http_redisgate_json_plain(u_char *s, u_char *last);
+static u_char *ngx_http_redisgate_base64(u_char *p, u_char *s, size_t n);
 static size_t ngx_http_redisgate_utf8_seq(u_char *p, u_char *last);
 static size_t ngx_http_redisgate_number_len(long long n);
 static size_t ngx_http_redisgate_digits(unsigned long long u);
@@ -29,6 +40,51 @@ static u_char  ngx_http_redisgate_base64_table[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 static u_char  ngx_http_redisgate_hex_digits[] = "0123456789abcdef";
+
+
+/*
+ * What JSON makes of an ASCII byte in a string: PLAIN as it is, SHORT as a
+ * backslash and a letter, HEX as \u00XX; bytes from 0x80 start UTF-8
+ */
+
+#define NGX_HTTP_REDISGATE_JSON_PLAIN  0
+#define NGX_HTTP_REDISGATE_JSON_SHORT  1
+#define NGX_HTTP_REDISGATE_JSON_HEX    2
+#define NGX_HTTP_REDISGATE_JSON_UTF8   3
+
+static u_char  ngx_http_redisgate_json_class[256] = {
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 2, 2, 1, 2, 2,   /* \t \n \r */
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,   /* " */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,   /* \ */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3
+};
+
+#if !(NGX_HTTP_REDISGATE_SSE2)
+
+/* a byte c in every byte of a 64-bit word */
+#define ngx_http_redisgate_bytes(c)  (0x0101010101010101ULL * (c))
+
+/* the high bit of every byte of x that is zero, and maybe of those above */
+#define ngx_http_redisgate_zero_bytes(x)                                      \
+    (((x) - ngx_http_redisgate_bytes(0x01)) & ~(x))
+
+#endif
+
+/* two base64 digits for each 12 bits, made on first use */
+static u_char  ngx_http_redisgate_base64_pairs[4096][2];
+static ngx_uint_t  ngx_http_redisgate_base64_ready;
 
 
 size_t
@@ -153,7 +209,7 @@ ngx_http_redisgate_json_value(u_char *p, redisReply *reply, ngx_uint_t flags)
 size_t
 ngx_http_redisgate_json_string_len(u_char *s, size_t n, ngx_uint_t base64)
 {
-    u_char  *last;
+    u_char  *last, *plain;
     size_t   len, seq;
 
     if (base64) {
@@ -165,19 +221,23 @@ ngx_http_redisgate_json_string_len(u_char *s, size_t n, ngx_uint_t base64)
 
     while (s < last) {
 
-        if (*s < 0x80) {
-            if (*s == '"' || *s == '\\' || *s == '\n' || *s == '\r'
-                || *s == '\t')
-            {
-                len += 2;
+        plain = ngx_http_redisgate_json_plain(s, last);
+        len += plain - s;
+        s = plain;
 
-            } else if (*s < 0x20) {
-                len += 6;              /* \u00XX */
+        if (s == last) {
+            break;
+        }
 
-            } else {
-                len++;
-            }
+        switch (ngx_http_redisgate_json_class[*s]) {
 
+        case NGX_HTTP_REDISGATE_JSON_SHORT:
+            len += 2;
+            s++;
+            continue;
+
+        case NGX_HTTP_REDISGATE_JSON_HEX:
+            len += 6;
             s++;
             continue;
         }
@@ -208,39 +268,13 @@ u_char *
 ngx_http_redisgate_json_string(u_char *p, u_char *s, size_t n,
     ngx_uint_t base64)
 {
-    u_char  *last, *t;
+    u_char  *last, *plain;
     size_t   seq;
 
     *p++ = '"';
 
     if (base64) {
-        t = ngx_http_redisgate_base64_table;
-
-        while (n > 2) {
-            *p++ = t[(s[0] >> 2) & 0x3f];
-            *p++ = t[((s[0] & 3) << 4) | (s[1] >> 4)];
-            *p++ = t[((s[1] & 0x0f) << 2) | (s[2] >> 6)];
-            *p++ = t[s[2] & 0x3f];
-
-            s += 3;
-            n -= 3;
-        }
-
-        if (n) {
-            *p++ = t[(s[0] >> 2) & 0x3f];
-
-            if (n == 1) {
-                *p++ = t[(s[0] & 3) << 4];
-                *p++ = '=';
-
-            } else {
-                *p++ = t[((s[0] & 3) << 4) | (s[1] >> 4)];
-                *p++ = t[(s[1] & 0x0f) << 2];
-            }
-
-            *p++ = '=';
-        }
-
+        p = ngx_http_redisgate_base64(p, s, n);
         *p++ = '"';
 
         return p;
@@ -250,41 +284,40 @@ ngx_http_redisgate_json_string(u_char *p, u_char *s, size_t n,
 
     while (s < last) {
 
-        if (*s < 0x80) {
+        plain = ngx_http_redisgate_json_plain(s, last);
+        p = ngx_cpymem(p, s, plain - s);
+        s = plain;
+
+        if (s == last) {
+            break;
+        }
+
+        switch (ngx_http_redisgate_json_class[*s]) {
+
+        case NGX_HTTP_REDISGATE_JSON_SHORT:
+            *p++ = '\\';
+
             switch (*s) {
-
-            case '"':
-            case '\\':
-                *p++ = '\\';
-                *p++ = *s;
-                break;
-
             case '\n':
-                *p++ = '\\';
                 *p++ = 'n';
                 break;
-
             case '\r':
-                *p++ = '\\';
                 *p++ = 'r';
                 break;
-
             case '\t':
-                *p++ = '\\';
                 *p++ = 't';
                 break;
-
             default:
-                if (*s < 0x20) {
-                    p = ngx_cpymem(p, "\\u00", 4);
-                    *p++ = ngx_http_redisgate_hex_digits[*s >> 4];
-                    *p++ = ngx_http_redisgate_hex_digits[*s & 0x0f];
-
-                } else {
-                    *p++ = *s;
-                }
+                *p++ = *s;
             }
 
+            s++;
+            continue;
+
+        case NGX_HTTP_REDISGATE_JSON_HEX:
+            p = ngx_cpymem(p, "\\u00", 4);
+            *p++ = ngx_http_redisgate_hex_digits[*s >> 4];
+            *p++ = ngx_http_redisgate_hex_digits[*s & 0x0f];
             s++;
             continue;
         }
@@ -308,6 +341,126 @@ ngx_http_redisgate_json_string(u_char *p, u_char *s, size_t n,
     }
 
     *p++ = '"';
+
+    return p;
+}
+
+
+/*
+ * The end of the run from s of bytes JSON takes as they are (printable
+ * ASCII but '"' and '\\'), many at a time: long values are mostly such
+ * runs.  With SSE2 (every x86-64), 16 bytes by signed comparison: a byte
+ * from 0x80 is negative, so "less than 0x20" finds it too.  Elsewhere 8,
+ * as a word: the tests may flag a byte wrongly only above one that fails,
+ * so a word that passes is all plain.
+ */
+
+static u_char *
+ngx_http_redisgate_json_plain(u_char *s, u_char *last)
+{
+#if (NGX_HTTP_REDISGATE_SSE2)
+    int        mask;
+    __m128i    v, space, quote, backslash;
+
+    space = _mm_set1_epi8(0x20);
+    quote = _mm_set1_epi8('"');
+    backslash = _mm_set1_epi8('\\');
+
+    while (last - s >= 16) {
+        v = _mm_loadu_si128((__m128i *) s);
+
+        mask = _mm_movemask_epi8(
+                   _mm_or_si128(_mm_cmplt_epi8(v, space),
+                                _mm_or_si128(_mm_cmpeq_epi8(v, quote),
+                                             _mm_cmpeq_epi8(v, backslash))));
+
+        if (mask) {
+            return s + __builtin_ctz(mask);
+        }
+
+        s += 16;
+    }
+
+#else
+    uint64_t   x, q, b;
+
+    while (last - s >= 8) {
+        ngx_memcpy(&x, s, 8);
+
+        q = x ^ ngx_http_redisgate_bytes('"');
+        b = x ^ ngx_http_redisgate_bytes('\\');
+
+        if (((x | ((x - ngx_http_redisgate_bytes(0x20)) & ~x)
+              | ngx_http_redisgate_zero_bytes(q)
+              | ngx_http_redisgate_zero_bytes(b))
+             & ngx_http_redisgate_bytes(0x80))
+            != 0)
+        {
+            break;
+        }
+
+        s += 8;
+    }
+#endif
+
+    for ( /* void */ ; s < last; s++) {
+        if (ngx_http_redisgate_json_class[*s]
+            != NGX_HTTP_REDISGATE_JSON_PLAIN)
+        {
+            break;
+        }
+    }
+
+    return s;
+}
+
+
+/* RFC 4648 base64, with padding: 3 bytes, two table reads of 12 bits */
+
+static u_char *
+ngx_http_redisgate_base64(u_char *p, u_char *s, size_t n)
+{
+    u_char      *t;
+    uint32_t     v;
+    ngx_uint_t   i;
+
+    if (!ngx_http_redisgate_base64_ready) {
+        t = ngx_http_redisgate_base64_table;
+
+        for (i = 0; i < 4096; i++) {
+            ngx_http_redisgate_base64_pairs[i][0] = t[i >> 6];
+            ngx_http_redisgate_base64_pairs[i][1] = t[i & 0x3f];
+        }
+
+        ngx_http_redisgate_base64_ready = 1;
+    }
+
+    while (n > 2) {
+        v = ((uint32_t) s[0] << 16) | ((uint32_t) s[1] << 8) | s[2];
+
+        p = ngx_cpymem(p, ngx_http_redisgate_base64_pairs[v >> 12], 2);
+        p = ngx_cpymem(p, ngx_http_redisgate_base64_pairs[v & 0xfff], 2);
+
+        s += 3;
+        n -= 3;
+    }
+
+    if (n) {
+        t = ngx_http_redisgate_base64_table;
+
+        *p++ = t[s[0] >> 2];
+
+        if (n == 1) {
+            *p++ = t[(s[0] & 3) << 4];
+            *p++ = '=';
+
+        } else {
+            *p++ = t[((s[0] & 3) << 4) | (s[1] >> 4)];
+            *p++ = t[(s[1] & 0x0f) << 2];
+        }
+
+        *p++ = '=';
+    }
 
     return p;
 }
