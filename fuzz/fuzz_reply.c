@@ -362,6 +362,72 @@ fuzz_json_string(u_char *s, size_t n)
 }
 
 
+/*
+ * Piece by piece, cut where the input says, into output buffers of sizes
+ * it says too (down to NGX_HTTP_REDISGATE_PIECE_ROOM): the same bytes as
+ * the whole string at once, between its quotes.
+ */
+
+static void
+fuzz_json_pieces(u_char *s, size_t n, ngx_uint_t base64)
+{
+    u_char                      *whole, *out, *p, *end, *in, *last, *cut;
+    size_t                       len, room, step;
+    uint32_t                     x;
+    ngx_uint_t                   final;
+    ngx_http_redisgate_piece_t   enc;
+
+    len = ngx_http_redisgate_json_string_len(s, n, base64);
+    whole = malloc(len);
+    FUZZ_CHECK(whole != NULL);
+    p = ngx_http_redisgate_json_string(whole, s, n, base64);
+    FUZZ_CHECK((size_t) (p - whole) == len);
+
+    /* the output may be a little longer only if something is wrong */
+    out = malloc(len + 64);
+    FUZZ_CHECK(out != NULL);
+
+    memset(&enc, 0, sizeof(enc));
+    enc.base64 = base64;
+
+    x = 2166136261u ^ (uint32_t) n;
+    in = s;
+    last = s + n;
+    p = out;
+
+    do {
+        x = x * 16777619u ^ (in < last ? *in : 0x5a);
+        step = (x >> 8) % 23;                    /* 0 to 22 bytes */
+        cut = (size_t) (last - in) > step ? in + step : last;
+        final = (cut == last);
+
+        for ( ;; ) {
+            x = x * 16777619u ^ 0x3c;
+            room = NGX_HTTP_REDISGATE_PIECE_ROOM + (x >> 8) % 17;
+            end = p + room;
+            FUZZ_CHECK(end <= out + len + 64);
+
+            p = ngx_http_redisgate_json_piece(&enc, p, end, &in, cut, final);
+
+            if (in == cut && (!final || enc.ncarry == 0)) {
+                break;
+            }
+
+            /* only a lack of room stops it short */
+            FUZZ_CHECK(end - p < NGX_HTTP_REDISGATE_PIECE_ROOM);
+        }
+
+    } while (!final);
+
+    FUZZ_CHECK(enc.ncarry == 0);
+    FUZZ_CHECK((size_t) (p - out) == len - 2);
+    FUZZ_CHECK(memcmp(out, whole + 1, len - 2) == 0);
+
+    free(out);
+    free(whole);
+}
+
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -383,6 +449,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(s, data, size);
 
     fuzz_json_string(s, size);
+    fuzz_json_pieces(s, size, 0);
+    fuzz_json_pieces(s, size, 1);
 
     free(s);
     fuzz_free_all();

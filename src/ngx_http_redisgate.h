@@ -36,6 +36,7 @@
 typedef struct ngx_http_redisgate_backend_s  ngx_http_redisgate_backend_t;
 typedef struct ngx_http_redisgate_conn_s     ngx_http_redisgate_conn_t;
 typedef struct ngx_http_redisgate_op_s       ngx_http_redisgate_op_t;
+typedef struct ngx_http_redisgate_bulk_s     ngx_http_redisgate_bulk_t;
 typedef struct ngx_http_redisgate_cache_s    ngx_http_redisgate_cache_t;
 typedef struct ngx_http_redisgate_pg_s       ngx_http_redisgate_pg_t;
 typedef struct ngx_http_redisgate_limit_s    ngx_http_redisgate_limit_t;
@@ -304,6 +305,17 @@ typedef void (*ngx_http_redisgate_limited_pt)(ngx_http_request_t *r,
 typedef void (*ngx_http_redisgate_reply_pt)(void *data, redisReply *reply,
     const char *error);
 
+/*
+ * The last command's reply in pieces when it is a large bulk string (see
+ * transport.h's ngx_http_redisgate_link_bulk_pt); the reply handler then
+ * gets &ngx_http_redisgate_link_streamed.  NGX_AGAIN: hold the connection
+ * until ngx_http_redisgate_redis_resume(op).  p == NULL and left < 0: the
+ * request was too slow to read it and is cut from it (the rest is read
+ * and dropped), so that the replies behind it on the connection go on.
+ */
+typedef ngx_int_t (*ngx_http_redisgate_bulk_pt)(void *data,
+    ngx_http_redisgate_op_t *op, u_char *p, size_t n, off_t left);
+
 
 /* one request's state, from route to reply */
 
@@ -334,6 +346,7 @@ typedef struct {
     ngx_http_redisgate_limit_state_t  limit;
     void                           *lease;      /* limit.c's, with a store */
     ngx_http_redisgate_stream_t    *stream;     /* a subscription's */
+    ngx_http_redisgate_bulk_t      *bulk;       /* a large reply streamed */
 
     ngx_msec_t                      redis_start;
     ngx_msec_t                      redis_time;
@@ -352,7 +365,9 @@ extern ngx_module_t  ngx_http_redisgate_module;
 /* redis.c: pools and pipelining over the transport's links */
 ngx_int_t ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     ngx_http_request_t *r, ngx_str_t *cmds, ngx_uint_t n, ngx_msec_t timeout,
-    ngx_http_redisgate_reply_pt handler, void *data, const char **error);
+    ngx_http_redisgate_reply_pt handler, ngx_http_redisgate_bulk_pt bulk,
+    void *data, const char **error);
+void ngx_http_redisgate_redis_resume(ngx_http_redisgate_op_t *op);
 ngx_int_t ngx_http_redisgate_redis_init_backend(
     ngx_http_redisgate_backend_t *backend,
     ngx_http_redisgate_main_conf_t *rmcf, ngx_cycle_t *cycle);
@@ -376,7 +391,8 @@ ngx_int_t ngx_http_redisgate_backend_ready(ngx_http_redisgate_backend_t *b,
 ngx_int_t ngx_http_redisgate_backend_send(ngx_http_redisgate_backend_t *b,
     ngx_http_request_t *r, ngx_http_redisgate_cmd_t *cmds, ngx_str_t *resp,
     ngx_uint_t n, ngx_uint_t multi, ngx_msec_t timeout,
-    ngx_http_redisgate_reply_pt handler, void *data, const char **error);
+    ngx_http_redisgate_reply_pt handler, ngx_http_redisgate_bulk_pt bulk,
+    void *data, const char **error);
 void ngx_http_redisgate_backend_wake(ngx_http_redisgate_backend_t *b);
 void ngx_http_redisgate_backend_move(ngx_http_redisgate_backend_t *b,
     ngx_sockaddr_t *sa, socklen_t socklen);
@@ -664,6 +680,16 @@ ngx_int_t ngx_http_redisgate_body_bytes(ngx_http_request_t *r,
     ngx_str_t *body);
 ngx_int_t ngx_http_redisgate_add_header(ngx_http_request_t *r, char *name,
     u_char *value, size_t len);
+ngx_int_t ngx_http_redisgate_send_header(ngx_http_request_t *r,
+    ngx_uint_t status, off_t length, ngx_uint_t raw);
+
+/* bulk.c: a large value streamed to the client */
+ngx_int_t ngx_http_redisgate_bulk_piece(void *data,
+    ngx_http_redisgate_op_t *op, u_char *p, size_t n, off_t left);
+void ngx_http_redisgate_bulk_replied(ngx_http_redisgate_ctx_t *ctx,
+    const char *error);
+ngx_int_t ngx_http_redisgate_bulk_finish(ngx_http_request_t *r,
+    ngx_http_redisgate_ctx_t *ctx);
 
 /* manage.c: the management API (redisgate_manage) */
 ngx_int_t ngx_http_redisgate_manage_handler(ngx_http_request_t *r);

@@ -589,15 +589,17 @@ ngx_int_t
 ngx_http_redisgate_backend_send(ngx_http_redisgate_backend_t *b,
     ngx_http_request_t *r, ngx_http_redisgate_cmd_t *cmds, ngx_str_t *resp,
     ngx_uint_t n, ngx_uint_t multi, ngx_msec_t timeout,
-    ngx_http_redisgate_reply_pt handler, void *data, const char **error)
+    ngx_http_redisgate_reply_pt handler, ngx_http_redisgate_bulk_pt bulk,
+    void *data, const char **error)
 {
     if (b->cluster) {
+        /* replies come whole: a cluster's may be gathered from nodes */
         return ngx_http_redisgate_scatter(b, r, cmds, resp, n, multi,
                                           timeout, handler, data, error);
     }
 
     return ngx_http_redisgate_redis_send(b, r, resp, n + (multi ? 2 : 0),
-                                         timeout, handler, data, error);
+                                         timeout, handler, bulk, data, error);
 }
 
 

@@ -967,6 +967,7 @@ ngx_http_redisgate_dispatch(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx)
 {
     ngx_int_t                       rc;
+    ngx_uint_t                      single;
     const char                     *error;
     ngx_http_redisgate_loc_conf_t  *rlcf;
 
@@ -977,10 +978,16 @@ ngx_http_redisgate_dispatch(ngx_http_request_t *r,
                                           &error);
 
     if (rc == NGX_OK) {
+        /* a single command's large value goes to the client as it comes */
+        single = (ctx->route.kind == NGX_HTTP_REDISGATE_ROUTE_JSON
+                  || ctx->route.kind == NGX_HTTP_REDISGATE_ROUTE_PATH)
+                 && ctx->ncmds == 1 && r->method != NGX_HTTP_HEAD;
+
         rc = ngx_http_redisgate_backend_send(ctx->auth.backend, r, ctx->cmds,
                          ctx->resp, ctx->ncmds,
                          ctx->route.kind == NGX_HTTP_REDISGATE_ROUTE_MULTI,
-                         rlcf->timeout, ngx_http_redisgate_on_reply, ctx,
+                         rlcf->timeout, ngx_http_redisgate_on_reply,
+                         single ? ngx_http_redisgate_bulk_piece : NULL, ctx,
                          &error);
 
         if (rc == NGX_OK) {
@@ -1056,6 +1063,15 @@ ngx_http_redisgate_on_reply(void *data, redisReply *reply, const char *error)
     }
 
     index = ctx->replies++;
+
+    if (ctx->bulk) {
+        ngx_http_redisgate_bulk_replied(ctx, error);
+    }
+
+    if (reply == &ngx_http_redisgate_link_streamed) {
+        /* it went to the client in pieces (bulk.c) */
+        return;
+    }
 
     if (reply == NULL) {
         if (ctx->error == NULL) {
@@ -1301,6 +1317,10 @@ ngx_http_redisgate_finish(ngx_http_request_t *r, ngx_http_redisgate_ctx_t *ctx)
     ngx_buf_t    *b;
     ngx_chain_t  *open, *close;
 
+    if (ctx->bulk) {
+        return ngx_http_redisgate_bulk_finish(r, ctx);
+    }
+
     if (ctx->error) {
         return ngx_http_redisgate_send_error(r,
                                   NGX_HTTP_INTERNAL_SERVER_ERROR, "%s",
@@ -1359,6 +1379,31 @@ ngx_http_redisgate_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_int_t     rc;
     ngx_chain_t  *cl;
 
+    if (out == NULL) {
+        r->header_only = 1;
+    }
+
+    rc = ngx_http_redisgate_send_header(r, status, length, raw);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    for (cl = out; cl->next; cl = cl->next) { /* void */ }
+
+    cl->buf->last_buf = (r == r->main) ? 1 : 0;
+    cl->buf->last_in_chain = 1;
+
+    return ngx_http_output_filter(r, out);
+}
+
+
+/* a response's headers, with the token's and the rate limit's */
+
+ngx_int_t
+ngx_http_redisgate_send_header(ngx_http_request_t *r, ngx_uint_t status,
+    off_t length, ngx_uint_t raw)
+{
     r->headers_out.status = status;
     r->headers_out.content_length_n = length;
     r->headers_out.content_type = raw ? ngx_http_redisgate_resp_type
@@ -1372,22 +1417,11 @@ ngx_http_redisgate_send(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (out == NULL || r->method == NGX_HTTP_HEAD) {
+    if (r->method == NGX_HTTP_HEAD) {
         r->header_only = 1;
     }
 
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    for (cl = out; cl->next; cl = cl->next) { /* void */ }
-
-    cl->buf->last_buf = (r == r->main) ? 1 : 0;
-    cl->buf->last_in_chain = 1;
-
-    return ngx_http_output_filter(r, out);
+    return ngx_http_send_header(r);
 }
 
 
@@ -1588,7 +1622,9 @@ ngx_http_redisgate_log_handler(ngx_http_request_t *r)
                                  == NGX_HTTP_REDISGATE_SOURCE_STATIC)
                                 ? NULL : &ctx->auth.key_id,
                                 1, ctx->ncmds, r->request_length,
-                                r->headers_out.content_length_n);
+                                r->headers_out.content_length_n >= 0
+                                ? r->headers_out.content_length_n
+                                : ctx->length);
     }
 
     return NGX_OK;

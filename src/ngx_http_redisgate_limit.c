@@ -665,7 +665,7 @@ ngx_http_redisgate_limit_send(ngx_http_redisgate_lease_t *lease)
                                              &lease->cmd, &lease->resp, 1, 0,
                                              limit->timeout,
                                              ngx_http_redisgate_limit_reply,
-                                             lease, &error);
+                                             NULL, lease, &error);
         if (rc == NGX_OK) {
             return NGX_AGAIN;
         }

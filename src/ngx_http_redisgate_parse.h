@@ -127,6 +127,30 @@ u_char *ngx_http_redisgate_json_string(u_char *p, u_char *s, size_t n,
     ngx_uint_t base64);
 
 /* RESP2 bytes of a reply, and of a command to send */
+
+/*
+ * A string encoded piece by piece as it arrives (a large reply streamed):
+ * the same bytes as ngx_http_redisgate_json_string() between the quotes.
+ * Each call encodes from *s towards last into p..end and returns the new
+ * p; *s says how far it read.  It stops short of last when fewer than
+ * NGX_HTTP_REDISGATE_PIECE_ROOM bytes are left in p..end: call again with
+ * more room.  Bytes that may start a character the next piece finishes
+ * are kept in enc; final: this is the last piece, and everything is
+ * written.
+ */
+
+#define NGX_HTTP_REDISGATE_PIECE_ROOM      8
+
+typedef struct {
+    u_char                  carry[4];   /* bytes of the last piece */
+    size_t                  ncarry;
+    ngx_uint_t              base64;
+    ngx_uint_t              skip;       /* of an invalid sequence */
+} ngx_http_redisgate_piece_t;
+
+u_char *ngx_http_redisgate_json_piece(ngx_http_redisgate_piece_t *enc,
+    u_char *p, u_char *end, u_char **s, u_char *last, ngx_uint_t final);
+
 size_t ngx_http_redisgate_resp_reply_len(redisReply *reply);
 u_char *ngx_http_redisgate_resp_reply(u_char *p, redisReply *reply);
 size_t ngx_http_redisgate_resp_command_len(ngx_http_redisgate_cmd_t *cmd);

@@ -36,8 +36,10 @@ struct ngx_http_redisgate_op_s {
     ngx_http_redisgate_wait_t      wait;      /* over when the request left */
     ngx_http_redisgate_conn_t     *conn;
     ngx_http_redisgate_reply_pt    handler;
+    ngx_http_redisgate_bulk_pt     bulk;
     void                          *data;
     ngx_event_t                    timer;
+    ngx_msec_t                     timeout;
     ngx_uint_t                     left;      /* replies to come */
     ngx_uint_t                     sent;
     const char                    *error;
@@ -58,6 +60,9 @@ static void ngx_http_redisgate_redis_ready(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_redis_closed(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
     const char *error);
+static ngx_int_t ngx_http_redisgate_redis_bulk(void *data, u_char *p,
+    size_t n, off_t left);
+static void ngx_http_redisgate_redis_cut(ngx_http_redisgate_conn_t *conn);
 static void ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev);
 static void ngx_http_redisgate_redis_retire_idle(
     ngx_http_redisgate_conn_t *conn);
@@ -212,7 +217,8 @@ ngx_http_redisgate_redis_close_backend(ngx_http_redisgate_backend_t *backend)
 ngx_int_t
 ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     ngx_http_request_t *r, ngx_str_t *cmds, ngx_uint_t n, ngx_msec_t timeout,
-    ngx_http_redisgate_reply_pt handler, void *data, const char **error)
+    ngx_http_redisgate_reply_pt handler, ngx_http_redisgate_bulk_pt bulk,
+    void *data, const char **error)
 {
     ngx_int_t                   rc;
     ngx_http_redisgate_op_t    *op;
@@ -234,12 +240,17 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
 
     op->conn = conn;
     op->handler = handler;
+    op->bulk = bulk;
     op->data = data;
+    op->timeout = timeout;
 
     /* all the commands or none: MULTI...EXEC stays whole */
 
-    rc = ngx_http_redisgate_link_send(&conn->link, cmds, n,
-                                      ngx_http_redisgate_redis_reply, op);
+    rc = ngx_http_redisgate_link_send_bulk(&conn->link, cmds, n,
+                                      ngx_http_redisgate_redis_reply,
+                                      bulk ? ngx_http_redisgate_redis_bulk
+                                           : NULL,
+                                      op);
 
     if (rc != NGX_OK) {
         ngx_free(op);
@@ -660,6 +671,73 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
 }
 
 
+/*
+ * A piece of a large reply, to the request if it is still there (else it
+ * is dropped); each one restarts the op's timer: a reply that takes long
+ * but moves is not late.
+ */
+
+static ngx_int_t
+ngx_http_redisgate_redis_bulk(void *data, u_char *p, size_t n, off_t left)
+{
+    ngx_http_redisgate_op_t *op = data;
+
+    /* not ngx_add_timer() alone: it keeps a timer moved by less than
+     * NGX_TIMER_LAZY_DELAY where it was */
+    if (op->timer.timer_set) {
+        ngx_del_timer(&op->timer);
+    }
+
+    ngx_add_timer(&op->timer, op->timeout);
+
+    if (!ngx_http_redisgate_waiting(&op->wait)) {
+        return NGX_OK;
+    }
+
+    return op->bulk(op->data, op, p, n, left);
+}
+
+
+void
+ngx_http_redisgate_redis_resume(ngx_http_redisgate_op_t *op)
+{
+    ngx_http_redisgate_link_t  *link;
+
+    link = &op->conn->link;
+
+    if (link->bulk_left && link->bulk.data == op) {
+        ngx_http_redisgate_link_resume(link);
+    }
+}
+
+
+/*
+ * The request reading a large reply has not taken its pieces in time, and
+ * holds the connection: it is cut from the reply, whose rest is read and
+ * dropped, rather than failing everyone behind it on the connection.
+ */
+
+static void
+ngx_http_redisgate_redis_cut(ngx_http_redisgate_conn_t *conn)
+{
+    ngx_http_redisgate_op_t  *op;
+
+    op = conn->link.bulk.data;
+
+    ngx_log_error(NGX_LOG_ERR, conn->backend->log, 0,
+                  "redisgate: a client read a large reply from %V too "
+                  "slowly, its response is cut so that the connection's "
+                  "other replies go on", &conn->backend->address.url);
+
+    ngx_http_redisgate_link_resume(&conn->link);
+
+    if (ngx_http_redisgate_wait_done(&op->wait) == NGX_OK) {
+        /* may finalize the request */
+        op->bulk(op->data, op, NULL, 0, -1);
+    }
+}
+
+
 static void
 ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev)
 {
@@ -667,6 +745,15 @@ ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev)
     ngx_http_redisgate_conn_t  *conn;
 
     conn = op->conn;
+
+    if (conn->link.paused) {
+        ngx_http_redisgate_redis_cut(conn);
+
+        /* the connection moves again: its time starts again */
+        ngx_add_timer(&op->timer, op->timeout);
+
+        return;
+    }
 
     ngx_log_error(NGX_LOG_ERR, ev->log, 0,
                   "redisgate: Redis at %V did not answer in time, "

@@ -28,9 +28,14 @@
 #endif
 
 
+static u_char *ngx_http_redisgate_json_escape(ngx_http_redisgate_piece_t *enc,
+    u_char *p, u_char *end, u_char **sp, u_char *last, ngx_uint_t final);
 static u_char *ngx_http_redisgate_json_plain(u_char *s, u_char *last);
-static u_char *ngx_http_redisgate_base64(u_char *p, u_char *s, size_t n);
+static u_char *ngx_http_redisgate_base64(u_char *p, u_char *end, u_char **sp,
+    u_char *last, ngx_uint_t final);
 static size_t ngx_http_redisgate_utf8_seq(u_char *p, u_char *last);
+static ngx_uint_t ngx_http_redisgate_utf8_lead(u_char c, u_char *lo,
+    u_char *hi);
 static size_t ngx_http_redisgate_number_len(long long n);
 static size_t ngx_http_redisgate_digits(unsigned long long u);
 static u_char *ngx_http_redisgate_number(u_char *p, long long n);
@@ -80,6 +85,19 @@ static u_char  ngx_http_redisgate_json_class[256] = {
 #define ngx_http_redisgate_zero_bytes(x)                                      \
     (((x) - ngx_http_redisgate_bytes(0x01)) & ~(x))
 
+#endif
+
+/* 8 bytes read as a big-endian number: the first is the highest */
+#if (NGX_HAVE_LITTLE_ENDIAN && (defined __GNUC__ || defined __clang__)       \
+     && !defined NGX_HTTP_REDISGATE_NO_SIMD)
+#define ngx_http_redisgate_be64(x)  __builtin_bswap64(x)
+#elif (NGX_HAVE_LITTLE_ENDIAN)
+#define ngx_http_redisgate_be64(x)                                            \
+    (((x) >> 56) | (((x) >> 40) & 0xff00) | (((x) >> 24) & 0xff0000)          \
+     | (((x) >> 8) & 0xff000000) | (((x) & 0xff000000) << 8)                  \
+     | (((x) & 0xff0000) << 24) | (((x) & 0xff00) << 40) | ((x) << 56))
+#else
+#define ngx_http_redisgate_be64(x)  (x)
 #endif
 
 /* two base64 digits for each 12 bits, made on first use */
@@ -268,28 +286,142 @@ u_char *
 ngx_http_redisgate_json_string(u_char *p, u_char *s, size_t n,
     ngx_uint_t base64)
 {
-    u_char  *last, *plain;
-    size_t   seq;
+    ngx_http_redisgate_piece_t  enc;
+
+    /* the caller counted the bytes: no end to watch */
+
+    ngx_memzero(&enc, sizeof(ngx_http_redisgate_piece_t));
+    enc.base64 = base64;
 
     *p++ = '"';
 
-    if (base64) {
-        p = ngx_http_redisgate_base64(p, s, n);
-        *p++ = '"';
+    p = base64 ? ngx_http_redisgate_base64(p, NULL, &s, s + n, 1)
+               : ngx_http_redisgate_json_escape(&enc, p, NULL, &s, s + n, 1);
 
+    *p++ = '"';
+
+    return p;
+}
+
+
+u_char *
+ngx_http_redisgate_json_piece(ngx_http_redisgate_piece_t *enc, u_char *p,
+    u_char *end, u_char **s, u_char *last, ngx_uint_t final)
+{
+    u_char      *t, tmp[sizeof(enc->carry) + 4];
+    size_t       k, m, used;
+    ngx_uint_t   all;
+
+    if (end - p < NGX_HTTP_REDISGATE_PIECE_ROOM) {
         return p;
     }
 
-    last = s + n;
+    /*
+     * The bytes kept from the last piece first, with the few of this one
+     * that may finish them (a character is 4 bytes at most, a base64
+     * group 3)
+     */
+
+    if (enc->ncarry) {
+        k = enc->ncarry;
+        m = ngx_min(4, (size_t) (last - *s));
+
+        ngx_memcpy(tmp, enc->carry, k);
+        ngx_memcpy(tmp + k, *s, m);
+
+        t = tmp;
+        all = final && (size_t) (last - *s) == m;
+
+        p = enc->base64
+            ? ngx_http_redisgate_base64(p, end, &t, tmp + k + m, all)
+            : ngx_http_redisgate_json_escape(enc, p, end, &t, tmp + k + m,
+                                             all);
+
+        used = t - tmp;
+
+        if (used < k) {
+            if (end - p < NGX_HTTP_REDISGATE_PIECE_ROOM) {
+                /* out of room: what is left of them, next time */
+                enc->ncarry = k - used;
+                ngx_memmove(enc->carry, t, enc->ncarry);
+
+                return p;
+            }
+
+            /* this piece was too short to finish them: all of it kept */
+            enc->ncarry = k + m - used;
+            ngx_memmove(enc->carry, t, enc->ncarry);
+            *s += m;
+
+            return p;
+        }
+
+        enc->ncarry = 0;
+        *s += used - k;
+    }
+
+    p = enc->base64 ? ngx_http_redisgate_base64(p, end, s, last, final)
+                    : ngx_http_redisgate_json_escape(enc, p, end, s, last,
+                                                     final);
+
+    if (!final && *s < last && end - p >= NGX_HTTP_REDISGATE_PIECE_ROOM) {
+        /* it stopped at what the next piece finishes: at most 3 bytes */
+        enc->ncarry = last - *s;
+        ngx_memcpy(enc->carry, *s, enc->ncarry);
+        *s = last;
+    }
+
+    return p;
+}
+
+
+/*
+ * Escapes from *sp towards last: until end - p is too small for the
+ * longest thing one byte may become (end NULL: no end), and, unless
+ * final, not into a character that last cuts.
+ */
+
+static u_char *
+ngx_http_redisgate_json_escape(ngx_http_redisgate_piece_t *enc, u_char *p,
+    u_char *end, u_char **sp, u_char *last, ngx_uint_t final)
+{
+    u_char  *s, *plain, lo, hi;
+    size_t   seq, n, i;
+
+    s = *sp;
 
     while (s < last) {
 
-        plain = ngx_http_redisgate_json_plain(s, last);
+        if (end && end - p < NGX_HTTP_REDISGATE_PIECE_ROOM) {
+            break;
+        }
+
+        if (enc->skip) {
+            /* the rest of an invalid sequence: its U+FFFD is written */
+            if ((*s & 0xc0) == 0x80) {
+                s++;
+                continue;
+            }
+
+            enc->skip = 0;
+        }
+
+        /* a run that leaves room for what may follow it (6 bytes) */
+        n = end ? (size_t) (end - p) - NGX_HTTP_REDISGATE_PIECE_ROOM + 1
+                : (size_t) (last - s);
+
+        plain = ngx_http_redisgate_json_plain(s,
+                                        (size_t) (last - s) > n ? s + n
+                                                                : last);
         p = ngx_cpymem(p, s, plain - s);
         s = plain;
 
-        if (s == last) {
-            break;
+        if (s == last
+            || ngx_http_redisgate_json_class[*s]
+               == NGX_HTTP_REDISGATE_JSON_PLAIN)
+        {
+            /* the end, or the run reached its limit: the loop checks */
+            continue;
         }
 
         switch (ngx_http_redisgate_json_class[*s]) {
@@ -330,17 +462,35 @@ ngx_http_redisgate_json_string(u_char *p, u_char *s, size_t n,
             continue;
         }
 
+        if (!final) {
+            /* a good start that last cuts: the next piece finishes it */
+            n = ngx_http_redisgate_utf8_lead(*s, &lo, &hi);
+
+            if (n && (size_t) (last - s) < n
+                && (last - s < 2 || (s[1] >= lo && s[1] <= hi)))
+            {
+                for (i = 2; i < (size_t) (last - s); i++) {
+                    if ((s[i] & 0xc0) != 0x80) {
+                        break;
+                    }
+                }
+
+                if (i >= (size_t) (last - s)) {
+                    break;
+                }
+            }
+        }
+
+        /* U+FFFD for the maximal invalid subpart */
+
         *p++ = 0xef;
         *p++ = 0xbf;
         *p++ = 0xbd;
         s++;
-
-        while (s < last && (*s & 0xc0) == 0x80) {
-            s++;
-        }
+        enc->skip = 1;
     }
 
-    *p++ = '"';
+    *sp = s;
 
     return p;
 }
@@ -415,13 +565,19 @@ ngx_http_redisgate_json_plain(u_char *s, u_char *last)
 }
 
 
-/* RFC 4648 base64, with padding: 3 bytes, two table reads of 12 bits */
+/*
+ * RFC 4648 base64: 3 bytes, two table reads of 12 bits.  Whole groups
+ * while end - p has room (end NULL: no end); the padded rest if final.
+ */
 
 static u_char *
-ngx_http_redisgate_base64(u_char *p, u_char *s, size_t n)
+ngx_http_redisgate_base64(u_char *p, u_char *end, u_char **sp, u_char *last,
+    ngx_uint_t final)
 {
-    u_char      *t;
+    u_char      *s, *t, out[8];
+    size_t       n;
     uint32_t     v;
+    uint64_t     x;
     ngx_uint_t   i;
 
     if (!ngx_http_redisgate_base64_ready) {
@@ -435,6 +591,34 @@ ngx_http_redisgate_base64(u_char *p, u_char *s, size_t n)
         ngx_http_redisgate_base64_ready = 1;
     }
 
+    s = *sp;
+    n = last - s;
+
+    if (end && (size_t) (end - p) / 4 < n / 3) {
+        n = (end - p) / 4 * 3;
+        final = 0;
+    }
+
+    /* 6 bytes into 8: one load (of 8), four table reads, one store */
+
+    while (n >= 8) {
+        ngx_memcpy(&x, s, 8);
+        x = ngx_http_redisgate_be64(x);
+
+        ngx_memcpy(&out[0], ngx_http_redisgate_base64_pairs[x >> 52], 2);
+        ngx_memcpy(&out[2],
+                   ngx_http_redisgate_base64_pairs[(x >> 40) & 0xfff], 2);
+        ngx_memcpy(&out[4],
+                   ngx_http_redisgate_base64_pairs[(x >> 28) & 0xfff], 2);
+        ngx_memcpy(&out[6],
+                   ngx_http_redisgate_base64_pairs[(x >> 16) & 0xfff], 2);
+
+        p = ngx_cpymem(p, out, 8);
+
+        s += 6;
+        n -= 6;
+    }
+
     while (n > 2) {
         v = ((uint32_t) s[0] << 16) | ((uint32_t) s[1] << 8) | s[2];
 
@@ -445,7 +629,7 @@ ngx_http_redisgate_base64(u_char *p, u_char *s, size_t n)
         n -= 3;
     }
 
-    if (n) {
+    if (n && final && (end == NULL || end - p >= 4)) {
         t = ngx_http_redisgate_base64_table;
 
         *p++ = t[s[0] >> 2];
@@ -460,7 +644,10 @@ ngx_http_redisgate_base64(u_char *p, u_char *s, size_t n)
         }
 
         *p++ = '=';
+        s += n;
     }
+
+    *sp = s;
 
     return p;
 }
@@ -474,41 +661,12 @@ ngx_http_redisgate_base64(u_char *p, u_char *s, size_t n)
 static size_t
 ngx_http_redisgate_utf8_seq(u_char *p, u_char *last)
 {
-    u_char  c, lo, hi;
+    u_char  lo, hi;
     size_t  n, i;
 
-    c = p[0];
-    lo = 0x80;
-    hi = 0xbf;
+    n = ngx_http_redisgate_utf8_lead(p[0], &lo, &hi);
 
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2;
-
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-
-        if (c == 0xe0) {
-            lo = 0xa0;
-
-        } else if (c == 0xed) {
-            hi = 0x9f;
-        }
-
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-
-        if (c == 0xf0) {
-            lo = 0x90;
-
-        } else if (c == 0xf4) {
-            hi = 0x8f;
-        }
-
-    } else {
-        return 0;
-    }
-
-    if ((size_t) (last - p) < n) {
+    if (n == 0 || (size_t) (last - p) < n) {
         return 0;
     }
 
@@ -523,6 +681,44 @@ ngx_http_redisgate_utf8_seq(u_char *p, u_char *last)
     }
 
     return n;
+}
+
+
+/* the length a lead byte c announces (0: none), and its second byte's range */
+
+static ngx_uint_t
+ngx_http_redisgate_utf8_lead(u_char c, u_char *lo, u_char *hi)
+{
+    *lo = 0x80;
+    *hi = 0xbf;
+
+    if (c >= 0xc2 && c <= 0xdf) {
+        return 2;
+    }
+
+    if (c >= 0xe0 && c <= 0xef) {
+        if (c == 0xe0) {
+            *lo = 0xa0;
+
+        } else if (c == 0xed) {
+            *hi = 0x9f;
+        }
+
+        return 3;
+    }
+
+    if (c >= 0xf0 && c <= 0xf4) {
+        if (c == 0xf0) {
+            *lo = 0x90;
+
+        } else if (c == 0xf4) {
+            *hi = 0x8f;
+        }
+
+        return 4;
+    }
+
+    return 0;
 }
 
 

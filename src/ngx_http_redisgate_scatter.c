@@ -905,7 +905,7 @@ ngx_http_redisgate_scatter_to(ngx_http_redisgate_scatter_t *sc,
                                        sc->multi
                                        ? ngx_http_redisgate_scatter_multi_reply
                                        : ngx_http_redisgate_scatter_reply,
-                                       send, &error);
+                                       NULL, send, &error);
 
     if (rc == NGX_OK) {
         sc->sends++;

@@ -37,6 +37,10 @@ static void ngx_http_redisgate_link_connected(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_link_ready(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_link_write(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link);
+static ngx_int_t ngx_http_redisgate_link_bulk_start(
+    ngx_http_redisgate_link_t *link);
+static size_t ngx_http_redisgate_link_bulk(ngx_http_redisgate_link_t *link,
+    u_char *p, size_t n);
 static void ngx_http_redisgate_link_timeout(ngx_event_t *ev);
 static void ngx_http_redisgate_link_lost(ngx_http_redisgate_link_t *link,
     const char *what);
@@ -93,6 +97,11 @@ static const char  *ngx_http_redisgate_link_log_what[] = {
 
 /* replies are fed to hiredis from here, one worker at a time */
 static u_char  ngx_http_redisgate_link_buffer[64 * 1024];
+
+
+/* what a bulk handler's reply handler gets: the reply went in pieces */
+redisReply  ngx_http_redisgate_link_streamed = { REDIS_REPLY_STRING, 0, 0,
+                                                 NULL, 0, NULL };
 
 
 const char *
@@ -192,6 +201,16 @@ ngx_int_t
 ngx_http_redisgate_link_send(ngx_http_redisgate_link_t *link, ngx_str_t *cmds,
     ngx_uint_t n, ngx_http_redisgate_link_reply_pt handler, void *data)
 {
+    return ngx_http_redisgate_link_send_bulk(link, cmds, n, handler, NULL,
+                                             data);
+}
+
+
+ngx_int_t
+ngx_http_redisgate_link_send_bulk(ngx_http_redisgate_link_t *link,
+    ngx_str_t *cmds, ngx_uint_t n, ngx_http_redisgate_link_reply_pt handler,
+    ngx_http_redisgate_link_bulk_pt bulk, void *data)
+{
     size_t                           len;
     ngx_uint_t                       i, tail;
     ngx_event_t                     *wev;
@@ -229,6 +248,7 @@ ngx_http_redisgate_link_send(ngx_http_redisgate_link_t *link, ngx_str_t *cmds,
         tail = (link->wait_head + link->nwaits) & (link->wait_size - 1);
         w = &link->waits[tail];
         w->handler = handler;
+        w->bulk = (i == n - 1) ? bulk : NULL;
         w->data = data;
         link->nwaits++;
     }
@@ -371,10 +391,17 @@ ngx_http_redisgate_link_close(ngx_http_redisgate_link_t *link,
     }
 
     /*
-     * Those that waited, in order.  A handler may finish its request and
-     * run others: they cannot queue here, nor open the link again, until
-     * it is CLOSED.
+     * Those that waited, in order, from the reply half handed over.  A
+     * handler may finish its request and run others: they cannot queue
+     * here, nor open the link again, until it is CLOSED.
      */
+
+    link->paused = 0;
+
+    if (link->bulk_left) {
+        link->bulk_left = 0;
+        link->bulk.handler(link->bulk.data, NULL, link->error);
+    }
 
     n = link->nwaits;
 
@@ -630,7 +657,8 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
 {
     int                              rc;
     void                            *r;
-    size_t                           total;
+    u_char                          *p;
+    size_t                           total, size, taken;
     ssize_t                          n;
     ngx_uint_t                       generation;
     ngx_connection_t                *c;
@@ -641,6 +669,18 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
     total = 0;
 
     for ( ;; ) {
+
+        if (link->paused) {
+            /* a bulk handler's reader is slow: its bytes stay in the
+             * socket; level-triggered events are switched off meanwhile */
+            if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+                ngx_http_redisgate_link_fail(link,
+                                             NGX_HTTP_REDISGATE_FAIL_LOST, 0,
+                                             "could not wait to read");
+            }
+
+            return;
+        }
 
         n = c->recv(c, ngx_http_redisgate_link_buffer,
                     sizeof(ngx_http_redisgate_link_buffer));
@@ -668,9 +708,24 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
             return;
         }
 
-        if (redisReaderFeed(link->reader, (const char *)
-                            ngx_http_redisgate_link_buffer, n)
-            != REDIS_OK)
+        p = ngx_http_redisgate_link_buffer;
+        size = n;
+
+        if (link->bulk_left) {
+            /* a large bulk goes on: its bytes skip hiredis */
+            taken = ngx_http_redisgate_link_bulk(link, p, size);
+
+            if (link->generation != generation) {
+                return;
+            }
+
+            p += taken;
+            size -= taken;
+        }
+
+        if (size
+            && redisReaderFeed(link->reader, (const char *) p, size)
+               != REDIS_OK)
         {
             ngx_http_redisgate_link_fail(link,
                                          NGX_HTTP_REDISGATE_FAIL_PROTOCOL, 0,
@@ -679,6 +734,29 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
         }
 
         for ( ;; ) {
+
+            if (link->bulk_left) {
+                /* the rest of it comes in the next reads */
+                break;
+            }
+
+            if (link->nwaits && link->waits[link->wait_head].bulk) {
+                rc = ngx_http_redisgate_link_bulk_start(link);
+
+                if (link->generation != generation) {
+                    return;
+                }
+
+                if (rc == NGX_OK) {
+                    continue;
+                }
+
+                if (rc == NGX_AGAIN) {
+                    /* its first line is not all here yet */
+                    break;
+                }
+            }
+
             r = NULL;
             rc = redisReaderGetReply(link->reader, &r);
 
@@ -742,6 +820,172 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
     if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
         ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_LOST, 0,
                                      "could not wait to read");
+    }
+}
+
+
+/*
+ * Between two replies, a large bulk string for a waiter that takes it in
+ * pieces: its first line ("$<length>\r\n") is read here, and what came
+ * with it is handed over, instead of hiredis building the whole reply.
+ * hiredis 0.14's reader is read and moved at a reply's boundary only
+ * (nothing of the next reply parsed: no task, or one not typed yet), the
+ * way redisReaderGetReply itself moves it.  NGX_DECLINED: hiredis reads
+ * it; NGX_AGAIN: its first line is cut, wait for more.
+ */
+
+static ngx_int_t
+ngx_http_redisgate_link_bulk_start(ngx_http_redisgate_link_t *link)
+{
+    u_char        *p, *nl, *d;
+    off_t          size;
+    size_t         avail, taken;
+    ngx_uint_t     generation;
+    redisReader   *reader;
+
+    reader = link->reader;
+
+    if (reader->ridx > 0
+        || (reader->ridx == 0 && reader->rstack[0].type >= 0))
+    {
+        return NGX_DECLINED;
+    }
+
+    p = (u_char *) reader->buf + reader->pos;
+    avail = reader->len - reader->pos;
+
+    if (avail == 0 || p[0] != '$') {
+        return NGX_DECLINED;
+    }
+
+    /* "$" and 19 digits at most, CR, LF */
+    nl = ngx_strlchr(p, p + ngx_min(avail, NGX_OFF_T_LEN + 3), '\n');
+
+    if (nl == NULL) {
+        return (avail < NGX_OFF_T_LEN + 3) ? NGX_AGAIN : NGX_DECLINED;
+    }
+
+    if (nl - p < 3 || nl[-1] != '\r') {
+        return NGX_DECLINED;
+    }
+
+    size = 0;
+
+    for (d = p + 1; d < nl - 1; d++) {
+        if (*d < '0' || *d > '9') {
+            /* "$-1": nil, and anything odd is hiredis' to judge */
+            return NGX_DECLINED;
+        }
+
+        size = size * 10 + (*d - '0');
+    }
+
+    if (size < NGX_HTTP_REDISGATE_LINK_BULK_MIN
+        || size > NGX_MAX_OFF_T_VALUE - 2)
+    {
+        return NGX_DECLINED;
+    }
+
+    link->bulk = link->waits[link->wait_head];
+    link->wait_head = (link->wait_head + 1) & (link->wait_size - 1);
+    link->nwaits--;
+    link->replied = 1;
+    link->bulk_left = size + 2;
+
+    reader->pos += nl + 1 - p;
+
+    generation = link->generation;
+
+    (void) link->bulk.bulk(link->bulk.data, NULL, 0, size);
+
+    if (link->generation != generation) {
+        return NGX_OK;
+    }
+
+    taken = ngx_http_redisgate_link_bulk(link,
+                                       (u_char *) reader->buf + reader->pos,
+                                       reader->len - reader->pos);
+
+    if (link->generation == generation) {
+        /* the reader is still the link's */
+        reader->pos += taken;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the bulk's bytes among p..p+n, to its handler; how many were its own */
+
+static size_t
+ngx_http_redisgate_link_bulk(ngx_http_redisgate_link_t *link, u_char *p,
+    size_t n)
+{
+    off_t                            data;
+    size_t                           take, i;
+    ngx_int_t                        rc;
+    ngx_uint_t                       generation;
+    ngx_http_redisgate_link_wait_t   w;
+
+    take = (off_t) n < link->bulk_left ? n : (size_t) link->bulk_left;
+
+    /* its bytes among them; the rest is its CRLF, or some of it */
+    data = ngx_min((off_t) take, link->bulk_left - 2);
+
+    if (data < 0) {
+        data = 0;
+    }
+
+    for (i = data; i < take; i++) {
+        if (p[i] != (link->bulk_left - (off_t) i == 2 ? '\r' : '\n')) {
+            ngx_http_redisgate_link_fail(link,
+                                         NGX_HTTP_REDISGATE_FAIL_PROTOCOL, 0,
+                                         "a bulk string without its CRLF");
+            return take;
+        }
+    }
+
+    link->bulk_left -= take;
+    generation = link->generation;
+
+    if (data) {
+        rc = link->bulk.bulk(link->bulk.data, p, data,
+                             ngx_max(link->bulk_left - 2, 0));
+
+        if (link->generation != generation) {
+            return take;
+        }
+
+        if (rc == NGX_AGAIN && link->bulk_left) {
+            link->paused = 1;
+        }
+    }
+
+    if (link->bulk_left == 0) {
+        link->paused = 0;
+
+        w = link->bulk;
+        w.handler(w.data, &ngx_http_redisgate_link_streamed, NULL);
+    }
+
+    return take;
+}
+
+
+void
+ngx_http_redisgate_link_resume(ngx_http_redisgate_link_t *link)
+{
+    ngx_connection_t  *c;
+
+    if (!link->paused) {
+        return;
+    }
+
+    link->paused = 0;
+    c = link->peer.connection;
+
+    if (c && !c->read->posted) {
+        ngx_post_event(c->read, &ngx_posted_events);
     }
 }
 

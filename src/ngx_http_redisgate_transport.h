@@ -79,6 +79,24 @@ typedef struct {
 typedef void (*ngx_http_redisgate_link_reply_pt)(void *data,
     redisReply *reply, const char *error);
 
+/*
+ * A bulk string reply of NGX_HTTP_REDISGATE_LINK_BULK_MIN bytes or more,
+ * to a command queued with a bulk handler, is never whole in memory: it is
+ * handed over in pieces as they are read.  First p == NULL and left its
+ * length, then its bytes in order, left counting those still to come.
+ * NGX_AGAIN: taken, but the link reads no more (its other replies wait)
+ * until ngx_http_redisgate_link_resume().  Then the reply handler is
+ * called with &ngx_http_redisgate_link_streamed; or, when the link fails
+ * first, with NULL and why, as for any reply.
+ */
+typedef ngx_int_t (*ngx_http_redisgate_link_bulk_pt)(void *data, u_char *p,
+    size_t n, off_t left);
+
+#define NGX_HTTP_REDISGATE_LINK_BULK_MIN    (64 * 1024)
+
+extern redisReply  ngx_http_redisgate_link_streamed;
+
+
 /* the owner hears that a link became ready, or closed */
 typedef void (*ngx_http_redisgate_link_event_pt)(
     ngx_http_redisgate_link_t *link);
@@ -90,6 +108,7 @@ typedef void (*ngx_http_redisgate_link_push_pt)(
 
 typedef struct {
     ngx_http_redisgate_link_reply_pt  handler;
+    ngx_http_redisgate_link_bulk_pt   bulk;     /* NULL: replies whole */
     void                             *data;
 } ngx_http_redisgate_link_wait_t;
 
@@ -112,6 +131,11 @@ struct ngx_http_redisgate_link_s {
     ngx_uint_t                      nwaits;
     ngx_uint_t                      wait_size;
 
+    /* the large bulk reply being handed over, and what is left of it
+     * (its bytes and CRLF) */
+    ngx_http_redisgate_link_wait_t  bulk;
+    off_t                           bulk_left;
+
     ngx_uint_t                      state;
     ngx_uint_t                      generation; /* bumped at each close */
     ngx_uint_t                      failure;    /* FAIL_* of the last close */
@@ -123,6 +147,7 @@ struct ngx_http_redisgate_link_s {
     void                           *data;       /* the owner's */
     ngx_log_t                      *log;
 
+    unsigned                        paused:1;   /* by a bulk handler */
     unsigned                        was_ready:1;
     unsigned                        replied:1;  /* a reply came on it */
     unsigned                        cert_requested:1;  /* and none set */
@@ -140,6 +165,14 @@ ngx_int_t ngx_http_redisgate_link_connect(ngx_http_redisgate_link_t *link,
 ngx_int_t ngx_http_redisgate_link_send(ngx_http_redisgate_link_t *link,
     ngx_str_t *cmds, ngx_uint_t n, ngx_http_redisgate_link_reply_pt handler,
     void *data);
+
+/* the same, the last command's reply in pieces when it is a large bulk */
+ngx_int_t ngx_http_redisgate_link_send_bulk(ngx_http_redisgate_link_t *link,
+    ngx_str_t *cmds, ngx_uint_t n, ngx_http_redisgate_link_reply_pt handler,
+    ngx_http_redisgate_link_bulk_pt bulk, void *data);
+
+/* reads again after a bulk handler said NGX_AGAIN */
+void ngx_http_redisgate_link_resume(ngx_http_redisgate_link_t *link);
 
 /* closes it; each reply awaited is called with error */
 void ngx_http_redisgate_link_close(ngx_http_redisgate_link_t *link,
