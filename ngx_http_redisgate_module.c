@@ -1172,4 +1172,7 @@ ngx_http_redisgate_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_redisgate_auth_exit_process();
+
+    /* the ops the closed connections gave back */
+    ngx_http_redisgate_redis_exit_process();
 }

@@ -368,6 +368,7 @@ ngx_int_t ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     ngx_http_redisgate_reply_pt handler, ngx_http_redisgate_bulk_pt bulk,
     void *data, const char **error);
 void ngx_http_redisgate_redis_resume(ngx_http_redisgate_op_t *op);
+void ngx_http_redisgate_redis_exit_process(void);
 ngx_int_t ngx_http_redisgate_redis_init_backend(
     ngx_http_redisgate_backend_t *backend,
     ngx_http_redisgate_main_conf_t *rmcf, ngx_cycle_t *cycle);

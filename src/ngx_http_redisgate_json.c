@@ -21,6 +21,7 @@
 
 struct ngx_http_redisgate_json_s {
     yajl_handle                  handle;
+    yajl_alloc_funcs             yajl_funcs;
     ngx_http_redisgate_alloc_t  *alloc;
 
     ngx_uint_t                   pipeline;
@@ -59,6 +60,10 @@ static int ngx_http_redisgate_json_arg(ngx_http_redisgate_json_t *j,
     const u_char *s, size_t len, ngx_uint_t is_string);
 static void *ngx_http_redisgate_json_alloc(ngx_http_redisgate_json_t *j,
     size_t size, size_t align);
+static void *ngx_http_redisgate_json_yajl_malloc(void *ctx, size_t size);
+static void *ngx_http_redisgate_json_yajl_realloc(void *ctx, void *old,
+    size_t size);
+static void ngx_http_redisgate_json_yajl_free(void *ctx, void *p);
 static void *ngx_http_redisgate_json_grow(ngx_http_redisgate_json_t *j,
     void *old, ngx_uint_t n, ngx_uint_t *cap, size_t size);
 
@@ -95,7 +100,14 @@ ngx_http_redisgate_json_create(ngx_uint_t pipeline, ngx_uint_t max_commands,
     j->pipeline = pipeline;
     j->max_commands = max_commands;
 
-    j->handle = yajl_alloc(&ngx_http_redisgate_json_callbacks, NULL, j);
+    /* yajl's own memory from the allocator (the request's pool) too */
+    j->yajl_funcs.malloc = ngx_http_redisgate_json_yajl_malloc;
+    j->yajl_funcs.realloc = ngx_http_redisgate_json_yajl_realloc;
+    j->yajl_funcs.free = ngx_http_redisgate_json_yajl_free;
+    j->yajl_funcs.ctx = j;
+
+    j->handle = yajl_alloc(&ngx_http_redisgate_json_callbacks, &j->yajl_funcs,
+                           j);
     if (j->handle == NULL) {
         return NULL;
     }
@@ -366,6 +378,69 @@ ngx_http_redisgate_json_grow(ngx_http_redisgate_json_t *j, void *old,
     *cap = want;
 
     return p;
+}
+
+
+/*
+ * yajl's allocations (its handle, lexer, stacks): from the allocator,
+ * never freed one by one.  A block's size is kept before it, for realloc,
+ * which yajl uses to double its buffers: what they outgrow stays in the
+ * pool until the request ends, twice their size at most.
+ */
+
+#define NGX_HTTP_REDISGATE_JSON_YAJL_HEAD  16
+
+static void *
+ngx_http_redisgate_json_yajl_malloc(void *ctx, size_t size)
+{
+    ngx_http_redisgate_json_t *j = ctx;
+
+    u_char  *p;
+
+    p = j->alloc->alloc(j->alloc->data,
+                        NGX_HTTP_REDISGATE_JSON_YAJL_HEAD + size);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, &size, sizeof(size_t));
+
+    return p + NGX_HTTP_REDISGATE_JSON_YAJL_HEAD;
+}
+
+
+static void *
+ngx_http_redisgate_json_yajl_realloc(void *ctx, void *old, size_t size)
+{
+    u_char  *p;
+    size_t   was;
+
+    if (old == NULL) {
+        return ngx_http_redisgate_json_yajl_malloc(ctx, size);
+    }
+
+    ngx_memcpy(&was, (u_char *) old - NGX_HTTP_REDISGATE_JSON_YAJL_HEAD,
+               sizeof(size_t));
+
+    if (size <= was) {
+        return old;
+    }
+
+    p = ngx_http_redisgate_json_yajl_malloc(ctx, size);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, old, was);
+
+    return p;
+}
+
+
+static void
+ngx_http_redisgate_json_yajl_free(void *ctx, void *p)
+{
+    /* the allocator's owner frees it all at once */
 }
 
 

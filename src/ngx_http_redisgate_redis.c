@@ -26,6 +26,9 @@
 /* replies awaited on a connection before the next one takes requests */
 #define NGX_HTTP_REDISGATE_BUSY  64
 
+/* ops kept for the next requests, at most */
+#define NGX_HTTP_REDISGATE_OPS_KEPT  1024
+
 
 /* asked first on a connection to what the sentinels named */
 static ngx_str_t  ngx_http_redisgate_redis_role =
@@ -43,6 +46,7 @@ struct ngx_http_redisgate_op_s {
     ngx_uint_t                     left;      /* replies to come */
     ngx_uint_t                     sent;
     const char                    *error;
+    ngx_http_redisgate_op_t       *next;      /* in the free list */
 };
 
 
@@ -66,6 +70,18 @@ static void ngx_http_redisgate_redis_cut(ngx_http_redisgate_conn_t *conn);
 static void ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev);
 static void ngx_http_redisgate_redis_retire_idle(
     ngx_http_redisgate_conn_t *conn);
+static ngx_http_redisgate_op_t *ngx_http_redisgate_redis_op_get(
+    ngx_log_t *log);
+static void ngx_http_redisgate_redis_op_free(ngx_http_redisgate_op_t *op);
+
+
+/*
+ * Ops outlive their requests, so they are not the request pool's: they
+ * are allocated once and kept on a free list of the worker, as nginx's
+ * upstream keepalive module keeps its cached connections.
+ */
+static ngx_http_redisgate_op_t  *ngx_http_redisgate_redis_free_ops;
+static ngx_uint_t                ngx_http_redisgate_redis_nfree_ops;
 
 
 /* a backend of nginx.conf, in each worker */
@@ -233,7 +249,7 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
 
     /* the op outlives its request when the client leaves first */
 
-    op = ngx_calloc(sizeof(ngx_http_redisgate_op_t), r->connection->log);
+    op = ngx_http_redisgate_redis_op_get(r->connection->log);
     if (op == NULL) {
         return NGX_ERROR;
     }
@@ -253,7 +269,7 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
                                       op);
 
     if (rc != NGX_OK) {
-        ngx_free(op);
+        ngx_http_redisgate_redis_op_free(op);
         *error = (rc == NGX_ERROR) ? "out of memory"
                                    : "Redis connection is closing";
         return NGX_DECLINED;
@@ -659,7 +675,7 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
 
     rc = ngx_http_redisgate_wait_done(&op->wait);
 
-    ngx_free(op);
+    ngx_http_redisgate_redis_op_free(op);
 
     if (rc == NGX_OK) {
         /* the last call: the request may be finalized in it */
@@ -668,6 +684,57 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
 
     /* the conn is a slot of its backend: it stays */
     ngx_http_redisgate_redis_retire_idle(conn);
+}
+
+
+/* a dynamic module's statics go with it: what they hold is freed first */
+
+void
+ngx_http_redisgate_redis_exit_process(void)
+{
+    ngx_http_redisgate_op_t  *op;
+
+    while (ngx_http_redisgate_redis_free_ops) {
+        op = ngx_http_redisgate_redis_free_ops;
+        ngx_http_redisgate_redis_free_ops = op->next;
+        ngx_free(op);
+    }
+
+    ngx_http_redisgate_redis_nfree_ops = 0;
+}
+
+
+static ngx_http_redisgate_op_t *
+ngx_http_redisgate_redis_op_get(ngx_log_t *log)
+{
+    ngx_http_redisgate_op_t  *op;
+
+    op = ngx_http_redisgate_redis_free_ops;
+
+    if (op == NULL) {
+        return ngx_calloc(sizeof(ngx_http_redisgate_op_t), log);
+    }
+
+    ngx_http_redisgate_redis_free_ops = op->next;
+    ngx_http_redisgate_redis_nfree_ops--;
+
+    ngx_memzero(op, sizeof(ngx_http_redisgate_op_t));
+
+    return op;
+}
+
+
+static void
+ngx_http_redisgate_redis_op_free(ngx_http_redisgate_op_t *op)
+{
+    if (ngx_http_redisgate_redis_nfree_ops >= NGX_HTTP_REDISGATE_OPS_KEPT) {
+        ngx_free(op);
+        return;
+    }
+
+    op->next = ngx_http_redisgate_redis_free_ops;
+    ngx_http_redisgate_redis_free_ops = op;
+    ngx_http_redisgate_redis_nfree_ops++;
 }
 
 
