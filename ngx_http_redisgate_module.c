@@ -1173,6 +1173,7 @@ ngx_http_redisgate_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_redisgate_auth_exit_process();
 
-    /* the ops the closed connections gave back */
+    /* the ops and reply blocks the closed connections gave back */
     ngx_http_redisgate_redis_exit_process();
+    ngx_http_redisgate_link_exit_process();
 }

@@ -1667,24 +1667,67 @@ ngx_http_redisgate_scatter_cursor(ngx_http_redisgate_scatter_t *sc,
 }
 
 
-/* a reply hiredis would free once the handler returns, kept */
+/*
+ * A reply kept past its handler: the link frees its own once the handler
+ * returns, so it is copied, into hiredis' own layout (a string and an
+ * element array of their own, malloc()ed), which freeReplyObject() frees
+ * and the merges below move parts of.
+ */
 
 static redisReply *
 ngx_http_redisgate_scatter_take(redisReply *reply)
 {
+    size_t       i;
     redisReply  *r;
 
-    r = malloc(sizeof(redisReply));
+    r = calloc(1, sizeof(redisReply));
     if (r == NULL) {
         return NULL;
     }
 
-    *r = *reply;
+    r->type = reply->type;
+    r->integer = reply->integer;
 
-    /* what it points to is the copy's now */
-    reply->str = NULL;
-    reply->element = NULL;
-    reply->elements = 0;
+    switch (reply->type) {
+
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+    case REDIS_REPLY_ERROR:
+        r->str = malloc(reply->len + 1);
+        if (r->str == NULL) {
+            free(r);
+            return NULL;
+        }
+
+        ngx_memcpy(r->str, reply->str, reply->len);
+        r->str[reply->len] = '\0';
+        r->len = reply->len;
+        break;
+
+    case REDIS_REPLY_ARRAY:
+        if (reply->elements == 0) {
+            break;
+        }
+
+        r->element = calloc(reply->elements, sizeof(redisReply *));
+        if (r->element == NULL) {
+            free(r);
+            return NULL;
+        }
+
+        r->elements = reply->elements;
+
+        for (i = 0; i < reply->elements; i++) {
+            r->element[i] = ngx_http_redisgate_scatter_take(reply->element[i]);
+
+            if (r->element[i] == NULL) {
+                freeReplyObject(r);
+                return NULL;
+            }
+        }
+
+        break;
+    }
 
     return r;
 }

@@ -37,6 +37,15 @@ static void ngx_http_redisgate_link_connected(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_link_ready(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_link_write(ngx_http_redisgate_link_t *link);
 static void ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link);
+static void *ngx_http_redisgate_reply_string(const redisReadTask *task,
+    char *str, size_t len);
+static void *ngx_http_redisgate_reply_array(const redisReadTask *task,
+    int elements);
+static void *ngx_http_redisgate_reply_integer(const redisReadTask *task,
+    long long value);
+static void *ngx_http_redisgate_reply_nil(const redisReadTask *task);
+static void *ngx_http_redisgate_reply_new(const redisReadTask *task,
+    size_t size);
 static ngx_int_t ngx_http_redisgate_link_bulk_start(
     ngx_http_redisgate_link_t *link);
 static size_t ngx_http_redisgate_link_bulk(ngx_http_redisgate_link_t *link,
@@ -99,6 +108,37 @@ static const char  *ngx_http_redisgate_link_log_what[] = {
 static u_char  ngx_http_redisgate_link_buffer[64 * 1024];
 
 
+/*
+ * hiredis' reply objects, each in one block with its string or its
+ * element array; blocks of NGX_HTTP_REDISGATE_REPLY_BLOCK bytes or less
+ * come from a free list of the worker.  A reply is freed as soon as its
+ * handler returns, so a few blocks serve every small reply: no malloc per
+ * reply.  Handlers that keep a reply copy it (scatter.c).
+ */
+
+#define NGX_HTTP_REDISGATE_REPLY_BLOCK  256
+#define NGX_HTTP_REDISGATE_REPLY_KEPT   64
+
+typedef union ngx_http_redisgate_reply_block_u
+    ngx_http_redisgate_reply_block_t;
+
+union ngx_http_redisgate_reply_block_u {
+    ngx_http_redisgate_reply_block_t  *next;
+    u_char                             data[NGX_HTTP_REDISGATE_REPLY_BLOCK];
+};
+
+static ngx_http_redisgate_reply_block_t  *ngx_http_redisgate_reply_blocks;
+static ngx_uint_t                         ngx_http_redisgate_reply_nblocks;
+
+static redisReplyObjectFunctions  ngx_http_redisgate_reply_functions = {
+    ngx_http_redisgate_reply_string,
+    ngx_http_redisgate_reply_array,
+    ngx_http_redisgate_reply_integer,
+    ngx_http_redisgate_reply_nil,
+    ngx_http_redisgate_link_free_reply
+};
+
+
 /* what a bulk handler's reply handler gets: the reply went in pieces */
 redisReply  ngx_http_redisgate_link_streamed = { REDIS_REPLY_STRING, 0, 0,
                                                  NULL, 0, NULL };
@@ -139,6 +179,8 @@ ngx_http_redisgate_link_connect(ngx_http_redisgate_link_t *link,
                                          0, "out of memory");
             return NGX_ERROR;
         }
+
+        link->reader->fn = &ngx_http_redisgate_reply_functions;
     }
 
     ngx_memzero(&link->peer, sizeof(ngx_peer_connection_t));
@@ -785,14 +827,14 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
                 link->on_push(link, r);
 
             } else {
-                freeReplyObject(r);
+                ngx_http_redisgate_link_free_reply(r);
                 ngx_http_redisgate_link_fail(link,
                                              NGX_HTTP_REDISGATE_FAIL_PROTOCOL,
                                              0, "a reply nobody asked for");
                 return;
             }
 
-            freeReplyObject(r);
+            ngx_http_redisgate_link_free_reply(r);
 
             if (link->generation != generation) {
                 /* a handler closed the link (and maybe opened it again) */
@@ -821,6 +863,184 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
         ngx_http_redisgate_link_fail(link, NGX_HTTP_REDISGATE_FAIL_LOST, 0,
                                      "could not wait to read");
     }
+}
+
+
+static void *
+ngx_http_redisgate_reply_string(const redisReadTask *task, char *str,
+    size_t len)
+{
+    redisReply  *r;
+
+    r = ngx_http_redisgate_reply_new(task, sizeof(redisReply) + len + 1);
+    if (r == NULL) {
+        return NULL;
+    }
+
+    r->str = (char *) (r + 1);
+    r->len = len;
+    ngx_memcpy(r->str, str, len);
+    r->str[len] = '\0';
+
+    return r;
+}
+
+
+static void *
+ngx_http_redisgate_reply_array(const redisReadTask *task, int elements)
+{
+    size_t       size;
+    redisReply  *r;
+
+    size = sizeof(redisReply) + elements * sizeof(redisReply *);
+
+    r = ngx_http_redisgate_reply_new(task, size);
+    if (r == NULL) {
+        return NULL;
+    }
+
+    r->elements = elements;
+
+    if (elements > 0) {
+        r->element = (redisReply **) (r + 1);
+        ngx_memzero(r->element, elements * sizeof(redisReply *));
+    }
+
+    return r;
+}
+
+
+static void *
+ngx_http_redisgate_reply_integer(const redisReadTask *task, long long value)
+{
+    redisReply  *r;
+
+    r = ngx_http_redisgate_reply_new(task, sizeof(redisReply));
+    if (r == NULL) {
+        return NULL;
+    }
+
+    r->integer = value;
+
+    return r;
+}
+
+
+static void *
+ngx_http_redisgate_reply_nil(const redisReadTask *task)
+{
+    redisReply  *r;
+
+    r = ngx_http_redisgate_reply_new(task, sizeof(redisReply));
+    if (r == NULL) {
+        return NULL;
+    }
+
+    /* the task's type is that of "$-1" or "*-1": a string or an array */
+    r->type = REDIS_REPLY_NIL;
+
+    return r;
+}
+
+
+/* a zeroed reply of the task's type in a block of size, in its parent */
+
+static void *
+ngx_http_redisgate_reply_new(const redisReadTask *task, size_t size)
+{
+    redisReply                        *r, *parent;
+    ngx_http_redisgate_reply_block_t  *b;
+
+    if (size <= NGX_HTTP_REDISGATE_REPLY_BLOCK
+        && ngx_http_redisgate_reply_blocks)
+    {
+        b = ngx_http_redisgate_reply_blocks;
+        ngx_http_redisgate_reply_blocks = b->next;
+        ngx_http_redisgate_reply_nblocks--;
+        r = (redisReply *) b;
+
+    } else {
+        r = malloc(ngx_max(size, (size_t) NGX_HTTP_REDISGATE_REPLY_BLOCK));
+        if (r == NULL) {
+            return NULL;
+        }
+    }
+
+    ngx_memzero(r, sizeof(redisReply));
+    r->type = task->type;
+
+    if (task->parent) {
+        parent = task->parent->obj;
+        parent->element[task->idx] = r;
+    }
+
+    return r;
+}
+
+
+/* hiredis' freeObject, and for replies the handlers got */
+
+void
+ngx_http_redisgate_link_free_reply(void *reply)
+{
+    size_t                             size, i;
+    redisReply                        *r;
+    ngx_http_redisgate_reply_block_t  *b;
+
+    r = reply;
+
+    if (r == NULL) {
+        return;
+    }
+
+    switch (r->type) {
+
+    case REDIS_REPLY_ARRAY:
+        for (i = 0; i < r->elements; i++) {
+            ngx_http_redisgate_link_free_reply(r->element[i]);
+        }
+
+        size = sizeof(redisReply) + r->elements * sizeof(redisReply *);
+        break;
+
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+    case REDIS_REPLY_ERROR:
+        size = sizeof(redisReply) + r->len + 1;
+        break;
+
+    default:
+        size = sizeof(redisReply);
+    }
+
+    if (size > NGX_HTTP_REDISGATE_REPLY_BLOCK
+        || ngx_http_redisgate_reply_nblocks >= NGX_HTTP_REDISGATE_REPLY_KEPT)
+    {
+        free(r);
+        return;
+    }
+
+    b = reply;
+    b->next = ngx_http_redisgate_reply_blocks;
+    ngx_http_redisgate_reply_blocks = b;
+    ngx_http_redisgate_reply_nblocks++;
+}
+
+
+/* a dynamic module's statics go with it: the blocks are freed first */
+
+void
+ngx_http_redisgate_link_exit_process(void)
+{
+    ngx_http_redisgate_reply_block_t  *b;
+
+    while (ngx_http_redisgate_reply_blocks) {
+        b = ngx_http_redisgate_reply_blocks;
+        ngx_http_redisgate_reply_blocks = b->next;
+        free(b);
+    }
+
+    ngx_http_redisgate_reply_nblocks = 0;
 }
 
 

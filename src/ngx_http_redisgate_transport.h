@@ -181,6 +181,10 @@ void ngx_http_redisgate_link_close(ngx_http_redisgate_link_t *link,
 /* the buffers a closed link keeps for its next connection */
 void ngx_http_redisgate_link_free(ngx_http_redisgate_link_t *link);
 
+/* a reply a link gave (for hiredis' freeObject too); blocks at exit */
+void ngx_http_redisgate_link_free_reply(void *reply);
+void ngx_http_redisgate_link_exit_process(void);
+
 /* the fixed message clients get for a FAIL_* */
 const char *ngx_http_redisgate_link_strerror(ngx_uint_t failure);
 
