@@ -8,8 +8,8 @@
  * The key cache: what the key store said of (token hash, instance), shared
  * by all workers in one shared memory zone.  A red-black tree finds an
  * entry, a queue keeps them in least-recently-used order, and the oldest
- * go when the zone is full.  Entries outlive their TTL by the stale window,
- * for use only while the key store cannot be reached.
+ * go when the zone is full (zone.c).  Entries outlive their TTL by the
+ * stale window, for use only while the key store cannot be reached.
  */
 
 
@@ -49,7 +49,6 @@ typedef struct {
 
     ngx_atomic_t                    hits;
     ngx_atomic_t                    misses;
-    ngx_atomic_t                    evictions;
 
     /* counts the key store's announcements */
     ngx_atomic_t                    generation;
@@ -68,20 +67,25 @@ struct ngx_http_redisgate_cache_s {
     (void) ngx_atomic_fetch_add(&ngx_http_redisgate_cache_sh(cache)->counter, 1)
 
 
-static ngx_http_redisgate_cache_node_t *ngx_http_redisgate_cache_find(
-    ngx_http_redisgate_cache_t *cache, uint32_t hash, u_char *key);
+static uint32_t ngx_http_redisgate_cache_hash(u_char *hash, u_char *instance);
+static ngx_uint_t ngx_http_redisgate_cache_expired(
+    ngx_http_redisgate_zone_t *zone, ngx_rbtree_node_t *node);
+static ngx_int_t ngx_http_redisgate_cache_cmp(void *key,
+    ngx_rbtree_node_t *node);
+static void ngx_http_redisgate_cache_set(ngx_rbtree_node_t *node, void *key);
 static void ngx_http_redisgate_cache_rbtree_insert_value(
     ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
     ngx_rbtree_node_t *sentinel);
-static ngx_int_t ngx_http_redisgate_cache_cmp(ngx_rbtree_node_t *one,
+static ngx_int_t ngx_http_redisgate_cache_node_cmp(ngx_rbtree_node_t *one,
     ngx_rbtree_node_t *two);
-static void ngx_http_redisgate_cache_delete(ngx_http_redisgate_cache_t *cache,
-    ngx_http_redisgate_cache_node_t *cn);
-static uint32_t ngx_http_redisgate_cache_hash(u_char *hash, u_char *instance);
 
 
 #define ngx_http_redisgate_cache_node(rbnode)                                 \
     ((ngx_http_redisgate_cache_node_t *) &(rbnode)->color)
+
+#define ngx_http_redisgate_cache_rbnode(cn)                                   \
+    ((ngx_rbtree_node_t *) ((u_char *) (cn)                                   \
+                            - offsetof(ngx_rbtree_node_t, color)))
 
 
 ngx_http_redisgate_cache_t *
@@ -96,7 +100,14 @@ ngx_http_redisgate_cache_add(ngx_conf_t *cf, ngx_str_t *name, size_t size)
 
     cache->zone.sh_size = sizeof(ngx_http_redisgate_cache_shctx_t);
     cache->zone.insert = ngx_http_redisgate_cache_rbtree_insert_value;
+    cache->zone.cmp = ngx_http_redisgate_cache_cmp;
+    cache->zone.set = ngx_http_redisgate_cache_set;
+    cache->zone.expired = ngx_http_redisgate_cache_expired;
+    cache->zone.queue = offsetof(ngx_rbtree_node_t, color)
+                        + offsetof(ngx_http_redisgate_cache_node_t, queue);
+    cache->zone.evict = 1;
     cache->zone.what = "key cache";
+    cache->zone.full = "the answer is not cached";
 
     if (ngx_http_redisgate_zone_add(cf, &cache->zone, name, size) != NGX_OK) {
         return NULL;
@@ -123,6 +134,7 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
     ngx_int_t                         rc;
     ngx_str_t                        *s[5];
     ngx_uint_t                        i;
+    ngx_rbtree_node_t                *node;
     ngx_http_redisgate_cache_node_t  *cn;
 
     ngx_memcpy(key, hash, 32);
@@ -132,15 +144,17 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
 
     ngx_shmtx_lock(&cache->zone.shpool->mutex);
 
-    cn = ngx_http_redisgate_cache_find(cache,
+    node = ngx_http_redisgate_zone_find(&cache->zone,
                                 ngx_http_redisgate_cache_hash(hash, instance),
                                 key);
+
+    cn = node ? ngx_http_redisgate_cache_node(node) : NULL;
 
     if (cn == NULL || cn->stale_until <= now
         || (cn->key_expires && cn->key_expires <= now))
     {
-        if (cn) {
-            ngx_http_redisgate_cache_delete(cache, cn);
+        if (node) {
+            ngx_http_redisgate_zone_delete(&cache->zone, node);
         }
 
         ngx_shmtx_unlock(&cache->zone.shpool->mutex);
@@ -148,8 +162,7 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
         return NGX_DECLINED;
     }
 
-    ngx_queue_remove(&cn->queue);
-    ngx_queue_insert_head(&cache->zone.sh->queue, &cn->queue);
+    ngx_http_redisgate_zone_touch(&cache->zone, node);
 
     ki->status = cn->status;
     ki->scopes = cn->scopes;
@@ -207,8 +220,7 @@ ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
     time_t                            now;
     uint32_t                          h;
     ngx_str_t                        *s[5];
-    ngx_uint_t                        i, tries;
-    ngx_queue_t                      *q;
+    ngx_uint_t                        i;
     ngx_rbtree_node_t                *node;
     ngx_http_redisgate_cache_node_t  *cn;
 
@@ -238,38 +250,16 @@ ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
 
     ngx_shmtx_lock(&cache->zone.shpool->mutex);
 
-    cn = ngx_http_redisgate_cache_find(cache, h, key);
-    if (cn) {
-        ngx_http_redisgate_cache_delete(cache, cn);
+    node = ngx_http_redisgate_zone_find(&cache->zone, h, key);
+    if (node) {
+        ngx_http_redisgate_zone_delete(&cache->zone, node);
     }
 
-    node = NULL;
-
-    for (tries = 0; tries < 64; tries++) {
-        node = ngx_slab_alloc_locked(cache->zone.shpool, size);
-        if (node) {
-            break;
-        }
-
-        /* full: the least recently used go first */
-
-        if (ngx_queue_empty(&cache->zone.sh->queue)) {
-            break;
-        }
-
-        q = ngx_queue_last(&cache->zone.sh->queue);
-        cn = ngx_queue_data(q, ngx_http_redisgate_cache_node_t, queue);
-
-        ngx_http_redisgate_cache_delete(cache, cn);
-        ngx_http_redisgate_cache_inc(cache, evictions);
-    }
-
+    node = ngx_http_redisgate_zone_insert(&cache->zone, h, key, size);
     if (node == NULL) {
         ngx_shmtx_unlock(&cache->zone.shpool->mutex);
         return;
     }
-
-    node->key = h;
 
     cn = ngx_http_redisgate_cache_node(node);
 
@@ -282,18 +272,12 @@ ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
     cn->burst = ki->burst;
     cn->db = ki->db;
 
-    ngx_memcpy(cn->hash, hash, 32);
-    ngx_memcpy(cn->instance, instance, NGX_HTTP_REDISGATE_UUID_LEN);
-
     p = cn->data;
 
     for (i = 0; i < 5; i++) {
         cn->lens[i] = (u_char) s[i]->len;
         p = ngx_cpymem(p, s[i]->data, s[i]->len);
     }
-
-    ngx_rbtree_insert(&cache->zone.sh->rbtree, node);
-    ngx_queue_insert_head(&cache->zone.sh->queue, &cn->queue);
 
     ngx_shmtx_unlock(&cache->zone.shpool->mutex);
 }
@@ -381,7 +365,8 @@ ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
         }
 
         if (match) {
-            ngx_http_redisgate_cache_delete(cache, cn);
+            ngx_http_redisgate_zone_delete(&cache->zone,
+                                           ngx_http_redisgate_cache_rbnode(cn));
             n++;
         }
     }
@@ -462,45 +447,42 @@ ngx_http_redisgate_cache_stats(ngx_http_redisgate_cache_t *cache,
 
     *hits = sh->hits;
     *misses = sh->misses;
-    *evictions = sh->evictions;
+    *evictions = sh->tree.evicted;
 }
 
 
-static ngx_http_redisgate_cache_node_t *
-ngx_http_redisgate_cache_find(ngx_http_redisgate_cache_t *cache,
-    uint32_t hash, u_char *key)
+/* dead: past its stale window or its key's expiry */
+
+static ngx_uint_t
+ngx_http_redisgate_cache_expired(ngx_http_redisgate_zone_t *zone,
+    ngx_rbtree_node_t *node)
 {
-    ngx_int_t                         rc;
-    ngx_rbtree_node_t                *node, *sentinel;
+    time_t                            now;
     ngx_http_redisgate_cache_node_t  *cn;
 
-    node = cache->zone.sh->rbtree.root;
-    sentinel = cache->zone.sh->rbtree.sentinel;
+    now = ngx_time();
+    cn = ngx_http_redisgate_cache_node(node);
 
-    while (node != sentinel) {
+    return cn->stale_until <= now
+           || (cn->key_expires && cn->key_expires <= now);
+}
 
-        if (hash < node->key) {
-            node = node->left;
-            continue;
-        }
 
-        if (hash > node->key) {
-            node = node->right;
-            continue;
-        }
+/* the key: the token's hash, then the instance, as in the node */
 
-        cn = ngx_http_redisgate_cache_node(node);
+static ngx_int_t
+ngx_http_redisgate_cache_cmp(void *key, ngx_rbtree_node_t *node)
+{
+    return ngx_memcmp(key, ngx_http_redisgate_cache_node(node)->hash,
+                      32 + NGX_HTTP_REDISGATE_UUID_LEN);
+}
 
-        rc = ngx_memcmp(key, cn->hash, 32 + NGX_HTTP_REDISGATE_UUID_LEN);
 
-        if (rc == 0) {
-            return cn;
-        }
-
-        node = (rc < 0) ? node->left : node->right;
-    }
-
-    return NULL;
+static void
+ngx_http_redisgate_cache_set(ngx_rbtree_node_t *node, void *key)
+{
+    ngx_memcpy(ngx_http_redisgate_cache_node(node)->hash, key,
+               32 + NGX_HTTP_REDISGATE_UUID_LEN);
 }
 
 
@@ -508,32 +490,17 @@ static void
 ngx_http_redisgate_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_http_redisgate_zone_insert(temp, node, sentinel,
-                                   ngx_http_redisgate_cache_cmp);
+    ngx_http_redisgate_zone_insert_value(temp, node, sentinel,
+                                         ngx_http_redisgate_cache_node_cmp);
 }
 
 
 static ngx_int_t
-ngx_http_redisgate_cache_cmp(ngx_rbtree_node_t *one, ngx_rbtree_node_t *two)
+ngx_http_redisgate_cache_node_cmp(ngx_rbtree_node_t *one,
+    ngx_rbtree_node_t *two)
 {
-    return ngx_memcmp(ngx_http_redisgate_cache_node(one)->hash,
-                      ngx_http_redisgate_cache_node(two)->hash,
-                      32 + NGX_HTTP_REDISGATE_UUID_LEN);
-}
-
-
-static void
-ngx_http_redisgate_cache_delete(ngx_http_redisgate_cache_t *cache,
-    ngx_http_redisgate_cache_node_t *cn)
-{
-    ngx_rbtree_node_t  *node;
-
-    node = (ngx_rbtree_node_t *)
-               ((u_char *) cn - offsetof(ngx_rbtree_node_t, color));
-
-    ngx_queue_remove(&cn->queue);
-    ngx_rbtree_delete(&cache->zone.sh->rbtree, node);
-    ngx_slab_free_locked(cache->zone.shpool, node);
+    return ngx_http_redisgate_cache_cmp(
+                                 ngx_http_redisgate_cache_node(one)->hash, two);
 }
 
 
