@@ -616,8 +616,8 @@ ngx_int_t ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
 void ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
     u_char *hash, u_char *instance, ngx_http_redisgate_keyinfo_t *ki,
     time_t ttl, time_t stale);
-ngx_uint_t ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
-    ngx_str_t *what);
+void ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
+    ngx_str_t *what, ngx_log_t *log);
 void ngx_http_redisgate_cache_expire_all(ngx_http_redisgate_cache_t *cache);
 void ngx_http_redisgate_cache_count_hit(ngx_http_redisgate_cache_t *cache);
 ngx_atomic_uint_t ngx_http_redisgate_cache_generation(

@@ -1,9 +1,11 @@
-# Shared zones too small for what they hold: every request is still
-# answered as it should be, a full key cache drops its least recently used
-# entries without a word, and a zone that cannot make room says so by an
-# alert at most once a second.  Each block has zones of its own, fresh
-# whether nginx is restarted or reused; what must come before its requests
-# is done in its init, over HTTP.
+# Shared zones too small for what they hold, and the key store's
+# announcements among many cached keys: every request is still answered
+# as it should be, a full key cache drops its least recently used entries
+# without a word, a zone that cannot make room says so by an alert at most
+# once a second, and a key's announcement evicts that key's entries and no
+# others.  Each block has zones of its own, fresh whether nginx is
+# restarted or reused; what must come before its requests is done in its
+# init, over HTTP.
 
 use FindBin;
 use lib "$FindBin::Bin/lib";
@@ -34,9 +36,9 @@ sub sql {
 my $org = RedisGate::Test::admin('org', 'create', "zones-$Run")
     ->{organization_id};
 
-# an instance, on a database of the test Redis
+# instances A to F, on one database of the test Redis
 our %Inst;
-for my $name (qw(A)) {
+for my $name (qw(A B C D E F)) {
     $Inst{$name} = RedisGate::Test::admin('instance', 'create', $org,
         "zones-$name", "127.0.0.1:$port", '--db', 10)->{instance_id};
 }
@@ -130,15 +132,15 @@ _EOC_
 
 run_tests();
 
-# the alert of TEST 3, in the log nginx left: once a second at most
+# the alert of TEST 6, in the log nginx left: once a second at most
 {
     my $full = 'could not allocate node in redisgate usage zone'
-               . ' "zones_usage_3"';
+               . ' "zones_usage_6"';
     my @seconds = error_log() =~ /^(\S+ \S+) \[alert\] .*\Q$full\E/mg;
     my %seen;
-    ok(@seconds >= 1, 'TEST 3: the full usage zone raised an alert');
+    ok(@seconds >= 1, 'TEST 6: the full usage zone raised an alert');
     ok(!grep({ $seen{$_}++ } @seconds),
-       'TEST 3: at most one alert a second (' . scalar(@seconds) . ')');
+       'TEST 6: at most one alert a second (' . scalar(@seconds) . ')');
 }
 
 __DATA__
@@ -179,16 +181,95 @@ forget();
 
 
 
-=== TEST 3: a usage zone too small for its counts: every request answered, the counts lost, said by an alert
+=== TEST 3: a key's announcement evicts its entries, on both its instances, and no other
+--- http_config
+    redisgate_cache zone=zones_keys_3:1m ttl=60s stale=60s;
+--- more_headers
+X-Zones: 1
+--- init
+ok(listening(), 'the key store listener is up');
+is(fill('A', 1, 30) + fill('B', 1, 30), 0, '60 entries cached');
+RedisGate::Test::admin('key', 'revoke', $main::KeyIds[6]);
+my $hash = sha256_hex($main::Tokens[6]);
+ok(main::wait_log(qr/key store changed "key:$hash"/), 'announced');
+--- request eval
+["GET /redis/$main::Inst{A}/ping?_token=$main::Tokens[6]",
+ "GET /redis/$main::Inst{B}/ping?_token=$main::Tokens[6]",
+ "GET /redis/$main::Inst{A}/ping?_token=$main::Tokens[5]",
+ "GET /redis/$main::Inst{B}/ping?_token=$main::Tokens[7]",
+ "GET /status"]
+--- error_code eval
+[401, 401, 200, 200, 200]
+--- response_body_like eval
+['invalid API key', 'invalid API key', 'PONG', 'PONG',
+ qr/^(?=.*^redisgate_cache_hits_total 2$)(?=.*^redisgate_cache_misses_total 62$)(?=.*^redisgate_cache_evictions_total 0$)/ms]
+--- error_log eval
+"key store changed \"key:" . Digest::SHA::sha256_hex($main::Tokens[6])
+. "\", 2 cached entries evicted"
+
+
+
+=== TEST 4: an instance's announcement voids its entries, and no other
+--- http_config
+    redisgate_cache zone=zones_keys_4:1m ttl=60s stale=60s;
+--- more_headers
+X-Zones: 1
+--- init
+ok(listening(), 'the key store listener is up');
+is(fill('C', 101, 110) + fill('D', 101, 110), 0, '20 entries cached');
+RedisGate::Test::admin('instance', 'suspend', $main::Inst{D});
+ok(main::wait_log(qr/key store changed "instance:$main::Inst{D}"/),
+   'announced');
+--- request eval
+["GET /redis/$main::Inst{D}/ping?_token=$main::Tokens[100]",
+ "GET /redis/$main::Inst{D}/ping?_token=$main::Tokens[101]",
+ "GET /redis/$main::Inst{C}/ping?_token=$main::Tokens[100]",
+ "GET /redis/$main::Inst{C}/ping?_token=$main::Tokens[109]",
+ "GET /status"]
+--- error_code eval
+[403, 403, 200, 200, 200]
+--- response_body_like eval
+['the instance is suspended', 'the instance is suspended', 'PONG', 'PONG',
+ qr/^(?=.*^redisgate_cache_hits_total 2$)(?=.*^redisgate_cache_misses_total 22$)/ms]
+--- error_log eval
+"key store changed \"instance:$main::Inst{D}\", its cached entries voided"
+
+
+
+=== TEST 5: more announcements than the cache notes: an older entry is asked for again, and answers the same
+--- http_config
+    redisgate_cache zone=zones_keys_5:1m ttl=60s stale=60s;
+--- more_headers
+X-Zones: 1
+--- init
+ok(listening(), 'the key store listener is up');
+is(fill('E', 121, 122), 0, '2 entries cached');
+main::sql("do \$zones\$ begin for i in 1 .. 70 loop
+             update redisgate.instances set redis_db = 10 + i % 2
+              where id = '$main::Inst{F}';
+             commit;
+           end loop; end \$zones\$");
+ok(main::wait_log(qr/key store changed "instance:$main::Inst{F}"/, 70),
+   '70 announcements of another instance');
+--- request eval
+["GET /redis/$main::Inst{E}/ping?_token=$main::Tokens[120]",
+ "GET /status"]
+--- response_body_like eval
+['^\{"result":"PONG"\}$',
+ qr/^(?=.*^redisgate_cache_hits_total 0$)(?=.*^redisgate_cache_misses_total 3$)/ms]
+
+
+
+=== TEST 6: a usage zone too small for its counts: every request answered, the counts lost, said by an alert
 --- http_config eval
-"    redisgate_usage zone=zones_usage_3:32k interval=1h;\n"
+"    redisgate_usage zone=zones_usage_6:32k interval=1h;\n"
 . $main::UsageConfig
 --- alert
-could not allocate node in redisgate usage zone "zones_usage_3": the zone is full, the counts are lost
+could not allocate node in redisgate usage zone "zones_usage_6": the zone is full, the counts are lost
 --- request eval
 [(map { "GET /redis/$_/ping" } @main::UsageInstances), "GET /status"]
 --- response_body_like eval
 [(qr/^\{"result":"PONG"\}$/) x 300,
- qr/^redisgate_zone_full_total\{zone="zones_usage_3"\} [1-9]\d*$/m]
+ qr/^redisgate_zone_full_total\{zone="zones_usage_6"\} [1-9]\d*$/m]
 --- error_log
-could not allocate node in redisgate usage zone "zones_usage_3": the zone is full, the counts are lost
+could not allocate node in redisgate usage zone "zones_usage_6": the zone is full, the counts are lost
