@@ -424,6 +424,9 @@ ngx_http_redisgate_create_main_conf(ngx_conf_t *cf)
            != NGX_OK
         || ngx_array_init(&rmcf->manage_keys, cf->pool, 1,
                           sizeof(ngx_http_redisgate_key_t))
+           != NGX_OK
+        || ngx_array_init(&rmcf->zones, cf->pool, 3,
+                          sizeof(ngx_http_redisgate_zone_t *))
            != NGX_OK)
     {
         return NULL;

@@ -52,23 +52,45 @@ typedef struct {
     ngx_rbtree_t                    rbtree;
     ngx_rbtree_node_t               sentinel;
     ngx_queue_t                     queue;      /* least recently used last */
+    ngx_atomic_t                    evicted;    /* freed to make room */
+    ngx_atomic_t                    full;       /* not made: no room */
+    time_t                          alerted;    /* when said last */
 } ngx_http_redisgate_tree_t;
 
 
-/* one of the module's shared memory zones, as each worker sees it */
-typedef struct {
-    ngx_shm_zone_t                 *shm_zone;
-    ngx_slab_pool_t                *shpool;
-    ngx_http_redisgate_tree_t      *sh;         /* the zone's context */
-    size_t                          sh_size;
-    ngx_rbtree_insert_pt            insert;
-    const char                     *what;       /* for the log */
-} ngx_http_redisgate_zone_t;
-
+typedef struct ngx_http_redisgate_zone_s  ngx_http_redisgate_zone_t;
 
 /* orders two nodes of a tree that have the same hash */
 typedef ngx_int_t (*ngx_http_redisgate_node_cmp_pt)(ngx_rbtree_node_t *one,
     ngx_rbtree_node_t *two);
+/* how a key stands to a node of the same hash: < 0, 0 or > 0 */
+typedef ngx_int_t (*ngx_http_redisgate_zone_cmp_pt)(void *key,
+    ngx_rbtree_node_t *node);
+/* writes a key into a new node, before the node goes into the tree */
+typedef void (*ngx_http_redisgate_zone_set_pt)(ngx_rbtree_node_t *node,
+    void *key);
+/* a node nobody can use any more */
+typedef ngx_uint_t (*ngx_http_redisgate_zone_expired_pt)(
+    ngx_http_redisgate_zone_t *zone, ngx_rbtree_node_t *node);
+
+
+/* one of the module's shared memory zones, as each worker sees it */
+struct ngx_http_redisgate_zone_s {
+    ngx_shm_zone_t                 *shm_zone;
+    ngx_slab_pool_t                *shpool;
+    ngx_http_redisgate_tree_t      *sh;         /* the zone's context */
+    size_t                          sh_size;
+
+    /* what the zone's nodes are: set by its room before zone_add() */
+    ngx_rbtree_insert_pt            insert;
+    ngx_http_redisgate_zone_cmp_pt  cmp;
+    ngx_http_redisgate_zone_set_pt  set;
+    ngx_http_redisgate_zone_expired_pt  expired;    /* NULL: never */
+    size_t                          queue;      /* the queue link's offset */
+    unsigned                        evict:1;    /* full: old nodes go */
+    const char                     *what;       /* for the log */
+    const char                     *full;       /* what a full zone costs */
+};
 
 
 /* what a rate limit decision tells the client, in RateLimit-* headers */
@@ -207,6 +229,7 @@ typedef struct {
     ngx_array_t                     keys;       /* key_t, sorted by hash */
     ngx_array_t                     backends;   /* backend_t * */
     ngx_array_t                     manage_keys;    /* key_t: operators */
+    ngx_array_t                     zones;      /* zone_t *: for metrics */
 
     ngx_msec_t                      connect_timeout;
     ngx_msec_t                      backoff_min;
@@ -585,10 +608,19 @@ ngx_connection_t *ngx_http_redisgate_socket_wrap(ngx_socket_t fd, void *data,
 void ngx_http_redisgate_socket_release(ngx_connection_t *c,
     ngx_uint_t closed);
 
-/* zone.c: shared memory zones */
+/* zone.c: shared memory zones; all but zone_add() under the zone's mutex */
 ngx_int_t ngx_http_redisgate_zone_add(ngx_conf_t *cf,
     ngx_http_redisgate_zone_t *zone, ngx_str_t *name, size_t size);
-void ngx_http_redisgate_zone_insert(ngx_rbtree_node_t *temp,
+ngx_rbtree_node_t *ngx_http_redisgate_zone_find(
+    ngx_http_redisgate_zone_t *zone, ngx_rbtree_key_t hash, void *key);
+ngx_rbtree_node_t *ngx_http_redisgate_zone_insert(
+    ngx_http_redisgate_zone_t *zone, ngx_rbtree_key_t hash, void *key,
+    size_t size);
+void ngx_http_redisgate_zone_touch(ngx_http_redisgate_zone_t *zone,
+    ngx_rbtree_node_t *node);
+void ngx_http_redisgate_zone_delete(ngx_http_redisgate_zone_t *zone,
+    ngx_rbtree_node_t *node);
+void ngx_http_redisgate_zone_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel,
     ngx_http_redisgate_node_cmp_pt cmp);
 
@@ -601,8 +633,8 @@ ngx_int_t ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
 void ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
     u_char *hash, u_char *instance, ngx_http_redisgate_keyinfo_t *ki,
     time_t ttl, time_t stale);
-ngx_uint_t ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
-    ngx_str_t *what);
+void ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
+    ngx_str_t *what, ngx_log_t *log);
 void ngx_http_redisgate_cache_expire_all(ngx_http_redisgate_cache_t *cache);
 void ngx_http_redisgate_cache_count_hit(ngx_http_redisgate_cache_t *cache);
 ngx_atomic_uint_t ngx_http_redisgate_cache_generation(

@@ -785,8 +785,8 @@ static void
 ngx_http_redisgate_backend_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_http_redisgate_zone_insert(temp, node, sentinel,
-                                   ngx_http_redisgate_backend_cmp);
+    ngx_http_redisgate_zone_insert_value(temp, node, sentinel,
+                                         ngx_http_redisgate_backend_cmp);
 }
 
 

@@ -141,9 +141,11 @@ static void ngx_http_redisgate_limit_reply(void *data, redisReply *reply,
     const char *error);
 static void ngx_http_redisgate_limit_store_failed(
     ngx_http_redisgate_limit_t *limit, const char *error, ngx_uint_t slow);
-static ngx_http_redisgate_bucket_t *ngx_http_redisgate_limit_lookup(
-    ngx_http_redisgate_limit_t *limit, uint32_t hash, ngx_str_t *org);
-static ngx_int_t ngx_http_redisgate_limit_cmp(ngx_rbtree_node_t *one,
+static uint32_t ngx_http_redisgate_limit_key(ngx_str_t *org, ngx_str_t *key);
+static ngx_int_t ngx_http_redisgate_limit_cmp(void *key,
+    ngx_rbtree_node_t *node);
+static void ngx_http_redisgate_limit_set(ngx_rbtree_node_t *node, void *key);
+static ngx_int_t ngx_http_redisgate_limit_node_cmp(ngx_rbtree_node_t *one,
     ngx_rbtree_node_t *two);
 static void ngx_http_redisgate_limit_rbtree_insert_value(
     ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
@@ -152,10 +154,6 @@ static void ngx_http_redisgate_limit_rbtree_insert_value(
 
 #define ngx_http_redisgate_bucket(rbnode)                                     \
     ((ngx_http_redisgate_bucket_t *) &(rbnode)->color)
-
-#define ngx_http_redisgate_bucket_node(b)                                     \
-    ((ngx_rbtree_node_t *) ((u_char *) (b)                                    \
-                            - offsetof(ngx_rbtree_node_t, color)))
 
 
 ngx_http_redisgate_limit_t *
@@ -171,7 +169,15 @@ ngx_http_redisgate_limit_add(ngx_conf_t *cf, ngx_str_t *name, size_t size,
 
     limit->zone.sh_size = sizeof(ngx_http_redisgate_tree_t);
     limit->zone.insert = ngx_http_redisgate_limit_rbtree_insert_value;
+    limit->zone.cmp = ngx_http_redisgate_limit_cmp;
+    limit->zone.set = ngx_http_redisgate_limit_set;
+    limit->zone.queue = offsetof(ngx_rbtree_node_t, color)
+                        + offsetof(ngx_http_redisgate_bucket_t, queue);
+
+    /* an organization idle the longest starts again with a full bucket */
+    limit->zone.evict = 1;
     limit->zone.what = "rate limit";
+    limit->zone.full = "the request goes in uncounted";
 
     if (ngx_http_redisgate_zone_add(cf, &limit->zone, name, size) != NGX_OK) {
         return NULL;
@@ -367,7 +373,9 @@ ngx_http_redisgate_limit_peek(ngx_http_redisgate_limit_t *limit,
 {
     int64_t                       max, tokens, per_second;
     uint32_t                      hash;
+    ngx_str_t                     key;
     ngx_msec_t                    now;
+    ngx_rbtree_node_t            *node;
     ngx_http_redisgate_bucket_t  *b;
 
     ngx_http_redisgate_limit_plan(limit, &rate, &burst);
@@ -383,14 +391,15 @@ ngx_http_redisgate_limit_peek(ngx_http_redisgate_limit_t *limit,
     now = ngx_current_msec;
     tokens = max;
 
-    hash = ngx_crc32_short(org->data, ngx_min(org->len,
-                                              NGX_HTTP_REDISGATE_ORG_MAX));
+    hash = ngx_http_redisgate_limit_key(org, &key);
 
     ngx_shmtx_lock(&limit->zone.shpool->mutex);
 
-    b = ngx_http_redisgate_limit_lookup(limit, hash, org);
+    node = ngx_http_redisgate_zone_find(&limit->zone, hash, &key);
 
-    if (b) {
+    if (node) {
+        b = ngx_http_redisgate_bucket(node);
+
         if (limit->store == NULL) {
             tokens = ngx_min(b->millitokens
                              + (int64_t) (now - b->last) * (int64_t) rate,
@@ -418,61 +427,35 @@ static ngx_http_redisgate_bucket_t *
 ngx_http_redisgate_limit_bucket(ngx_http_redisgate_limit_t *limit,
     ngx_str_t *org, int64_t max, ngx_msec_t now)
 {
-    size_t                        size;
     uint32_t                      hash;
-    ngx_queue_t                  *q;
+    ngx_str_t                     key;
     ngx_rbtree_node_t            *node;
     ngx_http_redisgate_bucket_t  *b;
 
-    hash = ngx_crc32_short(org->data, ngx_min(org->len,
-                                              NGX_HTTP_REDISGATE_ORG_MAX));
+    hash = ngx_http_redisgate_limit_key(org, &key);
 
-    b = ngx_http_redisgate_limit_lookup(limit, hash, org);
+    node = ngx_http_redisgate_zone_find(&limit->zone, hash, &key);
 
-    if (b) {
-        ngx_queue_remove(&b->queue);
-        ngx_queue_insert_head(&limit->zone.sh->queue, &b->queue);
-        return b;
+    if (node) {
+        ngx_http_redisgate_zone_touch(&limit->zone, node);
+        return ngx_http_redisgate_bucket(node);
     }
 
-    size = offsetof(ngx_rbtree_node_t, color)
-           + offsetof(ngx_http_redisgate_bucket_t, org)
-           + ngx_min(org->len, NGX_HTTP_REDISGATE_ORG_MAX);
-
-    node = ngx_slab_alloc_locked(limit->zone.shpool, size);
-
-    while (node == NULL && !ngx_queue_empty(&limit->zone.sh->queue)) {
-        /* full: the organization idle the longest goes */
-        q = ngx_queue_last(&limit->zone.sh->queue);
-        b = ngx_queue_data(q, ngx_http_redisgate_bucket_t, queue);
-
-        ngx_queue_remove(q);
-        ngx_rbtree_delete(&limit->zone.sh->rbtree,
-                          ngx_http_redisgate_bucket_node(b));
-        ngx_slab_free_locked(limit->zone.shpool,
-                             ngx_http_redisgate_bucket_node(b));
-
-        node = ngx_slab_alloc_locked(limit->zone.shpool, size);
-    }
-
+    node = ngx_http_redisgate_zone_insert(&limit->zone, hash, &key,
+                                  offsetof(ngx_rbtree_node_t, color)
+                                  + offsetof(ngx_http_redisgate_bucket_t, org)
+                                  + key.len);
     if (node == NULL) {
         return NULL;
     }
 
-    node->key = hash;
-
     b = ngx_http_redisgate_bucket(node);
-    ngx_memzero(b, offsetof(ngx_http_redisgate_bucket_t, org));
 
-    b->len = (u_char) ngx_min(org->len, NGX_HTTP_REDISGATE_ORG_MAX);
-    ngx_memcpy(b->org, org->data, b->len);
     b->millitokens = max;
+    b->lease = 0;
     b->store = max;
     b->store_at = now;
     b->last = now;
-
-    ngx_rbtree_insert(&limit->zone.sh->rbtree, node);
-    ngx_queue_insert_head(&limit->zone.sh->queue, &b->queue);
 
     return b;
 }
@@ -836,39 +819,40 @@ ngx_http_redisgate_limit_store_failed(ngx_http_redisgate_limit_t *limit,
 }
 
 
-static ngx_http_redisgate_bucket_t *
-ngx_http_redisgate_limit_lookup(ngx_http_redisgate_limit_t *limit,
-    uint32_t hash, ngx_str_t *org)
+/* what a bucket is found by: the organization's name, cut to fit */
+
+static uint32_t
+ngx_http_redisgate_limit_key(ngx_str_t *org, ngx_str_t *key)
 {
-    size_t                        len;
-    ngx_int_t                     rc;
-    ngx_rbtree_node_t            *node, *sentinel;
+    key->data = org->data;
+    key->len = ngx_min(org->len, NGX_HTTP_REDISGATE_ORG_MAX);
+
+    return ngx_crc32_short(key->data, key->len);
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_limit_cmp(void *key, ngx_rbtree_node_t *node)
+{
+    ngx_str_t                    *org = key;
     ngx_http_redisgate_bucket_t  *b;
 
-    len = ngx_min(org->len, NGX_HTTP_REDISGATE_ORG_MAX);
+    b = ngx_http_redisgate_bucket(node);
 
-    node = limit->zone.sh->rbtree.root;
-    sentinel = limit->zone.sh->rbtree.sentinel;
+    return ngx_memn2cmp(org->data, b->org, org->len, (size_t) b->len);
+}
 
-    while (node != sentinel) {
 
-        if (hash != node->key) {
-            node = (hash < node->key) ? node->left : node->right;
-            continue;
-        }
+static void
+ngx_http_redisgate_limit_set(ngx_rbtree_node_t *node, void *key)
+{
+    ngx_str_t                    *org = key;
+    ngx_http_redisgate_bucket_t  *b;
 
-        b = ngx_http_redisgate_bucket(node);
+    b = ngx_http_redisgate_bucket(node);
 
-        rc = ngx_memn2cmp(org->data, b->org, len, (size_t) b->len);
-
-        if (rc == 0) {
-            return b;
-        }
-
-        node = (rc < 0) ? node->left : node->right;
-    }
-
-    return NULL;
+    b->len = (u_char) org->len;
+    ngx_memcpy(b->org, org->data, org->len);
 }
 
 
@@ -876,18 +860,22 @@ static void
 ngx_http_redisgate_limit_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_http_redisgate_zone_insert(temp, node, sentinel,
-                                   ngx_http_redisgate_limit_cmp);
+    ngx_http_redisgate_zone_insert_value(temp, node, sentinel,
+                                         ngx_http_redisgate_limit_node_cmp);
 }
 
 
 static ngx_int_t
-ngx_http_redisgate_limit_cmp(ngx_rbtree_node_t *one, ngx_rbtree_node_t *two)
+ngx_http_redisgate_limit_node_cmp(ngx_rbtree_node_t *one,
+    ngx_rbtree_node_t *two)
 {
-    ngx_http_redisgate_bucket_t  *b, *t;
+    ngx_str_t                     org;
+    ngx_http_redisgate_bucket_t  *b;
 
     b = ngx_http_redisgate_bucket(one);
-    t = ngx_http_redisgate_bucket(two);
 
-    return ngx_memn2cmp(b->org, t->org, (size_t) b->len, (size_t) t->len);
+    org.data = b->org;
+    org.len = b->len;
+
+    return ngx_http_redisgate_limit_cmp(&org, two);
 }

@@ -1246,22 +1246,20 @@ static void
 ngx_http_redisgate_pg_notifies(ngx_http_redisgate_pg_conn_t *pc)
 {
     ngx_str_t   what;
-    ngx_uint_t  n;
     PGnotify   *notify;
 
     while ((notify = PQnotifies(pc->conn)) != NULL) {
         what.data = (u_char *) notify->extra;
         what.len = ngx_strlen(what.data);
 
-        n = 0;
-
+        /* the cache says what it did */
         if (pc->pg->cache) {
-            n = ngx_http_redisgate_cache_evict(pc->pg->cache, &what);
-        }
+            ngx_http_redisgate_cache_evict(pc->pg->cache, &what, pc->pg->log);
 
-        ngx_log_error(NGX_LOG_INFO, pc->pg->log, 0,
-                      "redisgate: key store changed \"%V\", %ui cached "
-                      "entries evicted", &what, n);
+        } else {
+            ngx_log_error(NGX_LOG_INFO, pc->pg->log, 0,
+                          "redisgate: key store changed \"%V\"", &what);
+        }
 
         PQfreemem(notify);
     }

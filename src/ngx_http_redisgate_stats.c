@@ -305,6 +305,7 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
     ngx_chain_t                          out;
     ngx_atomic_uint_t                    count, cumulative;
     ngx_http_redisgate_stats_t          *st;
+    ngx_http_redisgate_zone_t          **zones;
     ngx_http_redisgate_main_conf_t      *rmcf;
     ngx_http_redisgate_backend_stats_t  *bs;
     ngx_http_redisgate_backend_metric_t *m;
@@ -322,6 +323,7 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_redisgate_module);
 
     n = st->nbackends;
+    zones = rmcf->zones.elts;
 
     size = 4096
            + NGX_HTTP_REDISGATE_STATS_ROUTES * NGX_HTTP_REDISGATE_STATS_STATUSES
@@ -330,6 +332,10 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
            + n * NGX_HTTP_REDISGATE_STAT_BACKEND_COUNTERS
                * (64 + NGX_HTTP_REDISGATE_STATS_URL_LEN
                       + NGX_ATOMIC_T_LEN);
+
+    for (i = 0; i < rmcf->zones.nelts; i++) {
+        size += 64 + zones[i]->shm_zone->shm.name.len + NGX_ATOMIC_T_LEN;
+    }
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
@@ -461,6 +467,17 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
                          "# TYPE redisgate_cache_evictions_total counter\n"
                          "redisgate_cache_evictions_total %ui\n",
                          hits, misses, evictions);
+    }
+
+    p = ngx_slprintf(p, last,
+                     "# HELP redisgate_zone_full_total Nodes a full shared "
+                     "memory zone had no room for.\n"
+                     "# TYPE redisgate_zone_full_total counter\n");
+
+    for (i = 0; i < rmcf->zones.nelts; i++) {
+        p = ngx_slprintf(p, last, "redisgate_zone_full_total{zone=\"%V\"} "
+                         "%uA\n", &zones[i]->shm_zone->shm.name,
+                         zones[i]->sh->full);
     }
 
     for (k = 0; k < NGX_HTTP_REDISGATE_STAT_BACKEND_COUNTERS; k++) {

@@ -88,8 +88,9 @@ static void ngx_http_redisgate_usage_rbtree_insert_value(
     ngx_rbtree_node_t *sentinel);
 static ngx_int_t ngx_http_redisgate_usage_node_cmp(ngx_rbtree_node_t *one,
     ngx_rbtree_node_t *two);
-static ngx_int_t ngx_http_redisgate_usage_cmp(
-    ngx_http_redisgate_usage_node_t *un, ngx_http_redisgate_usage_item_t *it);
+static ngx_int_t ngx_http_redisgate_usage_cmp(void *key,
+    ngx_rbtree_node_t *node);
+static void ngx_http_redisgate_usage_set(ngx_rbtree_node_t *node, void *key);
 
 
 #define ngx_http_redisgate_usage_node(rbnode)                                 \
@@ -119,7 +120,15 @@ ngx_http_redisgate_usage_add(ngx_conf_t *cf, ngx_str_t *name, size_t size,
 
     usage->zone.sh_size = sizeof(ngx_http_redisgate_usage_shctx_t);
     usage->zone.insert = ngx_http_redisgate_usage_rbtree_insert_value;
+    usage->zone.cmp = ngx_http_redisgate_usage_cmp;
+    usage->zone.set = ngx_http_redisgate_usage_set;
+    usage->zone.queue = offsetof(ngx_rbtree_node_t, color)
+                        + offsetof(ngx_http_redisgate_usage_node_t, queue);
+
+    /* a node is counts not written yet: none is freed for a new one */
+    usage->zone.evict = 0;
     usage->zone.what = "usage";
+    usage->zone.full = "the counts are lost";
 
     if (ngx_http_redisgate_zone_add(cf, &usage->zone, name, size) != NGX_OK) {
         return NULL;
@@ -230,12 +239,10 @@ static void
 ngx_http_redisgate_usage_add_locked(ngx_http_redisgate_usage_t *usage,
     ngx_http_redisgate_usage_item_t *it)
 {
-    size_t                            size;
-    uint32_t                          hash;
-    ngx_int_t                         rc;
-    ngx_rbtree_node_t                *node, *sentinel;
-    ngx_http_redisgate_usage_node_t  *un;
-    ngx_http_redisgate_usage_shctx_t *sh;
+    uint32_t                           hash;
+    ngx_rbtree_node_t                 *node;
+    ngx_http_redisgate_usage_node_t   *un;
+    ngx_http_redisgate_usage_shctx_t  *sh;
 
     ngx_crc32_init(hash);
     ngx_crc32_update(&hash, (u_char *) &it->type, 1);
@@ -244,62 +251,28 @@ ngx_http_redisgate_usage_add_locked(ngx_http_redisgate_usage_t *usage,
     ngx_crc32_update(&hash, (u_char *) &it->minute, sizeof(time_t));
     ngx_crc32_final(hash);
 
-    node = usage->zone.sh->rbtree.root;
-    sentinel = usage->zone.sh->rbtree.sentinel;
-
-    while (node != sentinel) {
-
-        if (hash != node->key) {
-            node = (hash < node->key) ? node->left : node->right;
-            continue;
-        }
-
-        un = ngx_http_redisgate_usage_node(node);
-
-        rc = ngx_http_redisgate_usage_cmp(un, it);
-
-        if (rc == 0) {
-            un->requests += it->requests;
-            un->commands += it->commands;
-            un->bytes_in += it->bytes_in;
-            un->bytes_out += it->bytes_out;
-            return;
-        }
-
-        node = (rc < 0) ? node->left : node->right;
-    }
-
-    size = offsetof(ngx_rbtree_node_t, color)
-           + offsetof(ngx_http_redisgate_usage_node_t, data)
-           + it->org.len + it->instance.len;
-
-    node = ngx_slab_alloc_locked(usage->zone.shpool, size);
+    node = ngx_http_redisgate_zone_find(&usage->zone, hash, it);
 
     if (node == NULL) {
-        /* full until the next write empties it: this count is lost */
-        sh = (ngx_http_redisgate_usage_shctx_t *) usage->zone.sh;
-        (void) ngx_atomic_fetch_add(&sh->dropped, 1);
-        return;
-    }
+        node = ngx_http_redisgate_zone_insert(&usage->zone, hash, it,
+                              offsetof(ngx_rbtree_node_t, color)
+                              + offsetof(ngx_http_redisgate_usage_node_t, data)
+                              + it->org.len + it->instance.len);
 
-    node->key = hash;
+        if (node == NULL) {
+            /* full until the next write empties it: this count is lost */
+            sh = (ngx_http_redisgate_usage_shctx_t *) usage->zone.sh;
+            (void) ngx_atomic_fetch_add(&sh->dropped, 1);
+            return;
+        }
+    }
 
     un = ngx_http_redisgate_usage_node(node);
 
-    un->type = (u_char) it->type;
-    un->org_len = (u_char) it->org.len;
-    un->instance_len = (u_char) it->instance.len;
-    un->minute = it->minute;
-    un->requests = it->requests;
-    un->commands = it->commands;
-    un->bytes_in = it->bytes_in;
-    un->bytes_out = it->bytes_out;
-
-    ngx_memcpy(un->data, it->org.data, it->org.len);
-    ngx_memcpy(un->data + it->org.len, it->instance.data, it->instance.len);
-
-    ngx_rbtree_insert(&usage->zone.sh->rbtree, node);
-    ngx_queue_insert_head(&usage->zone.sh->queue, &un->queue);
+    un->requests += it->requests;
+    un->commands += it->commands;
+    un->bytes_in += it->bytes_in;
+    un->bytes_out += it->bytes_out;
 }
 
 
@@ -351,11 +324,8 @@ ngx_http_redisgate_usage_flush(ngx_event_t *ev)
         ngx_memcpy(it->instance.data, un->data + un->org_len,
                    un->instance_len);
 
-        ngx_queue_remove(q);
-        ngx_rbtree_delete(&usage->zone.sh->rbtree,
-                          ngx_http_redisgate_usage_rbnode(un));
-        ngx_slab_free_locked(usage->zone.shpool,
-                             ngx_http_redisgate_usage_rbnode(un));
+        ngx_http_redisgate_zone_delete(&usage->zone,
+                                       ngx_http_redisgate_usage_rbnode(un));
     }
 
     sh = (ngx_http_redisgate_usage_shctx_t *) usage->zone.sh;
@@ -553,11 +523,17 @@ ngx_http_redisgate_usage_array(u_char *p,
 }
 
 
+/* how an item (the key) stands to a node */
+
 static ngx_int_t
-ngx_http_redisgate_usage_cmp(ngx_http_redisgate_usage_node_t *un,
-    ngx_http_redisgate_usage_item_t *it)
+ngx_http_redisgate_usage_cmp(void *key, ngx_rbtree_node_t *node)
 {
-    ngx_int_t  rc;
+    ngx_http_redisgate_usage_item_t *it = key;
+
+    ngx_int_t                         rc;
+    ngx_http_redisgate_usage_node_t  *un;
+
+    un = ngx_http_redisgate_usage_node(node);
 
     if (un->type != it->type) {
         return (ngx_int_t) it->type - (ngx_int_t) un->type;
@@ -577,12 +553,37 @@ ngx_http_redisgate_usage_cmp(ngx_http_redisgate_usage_node_t *un,
 }
 
 
+/* a new node: its key, and nothing counted yet */
+
+static void
+ngx_http_redisgate_usage_set(ngx_rbtree_node_t *node, void *key)
+{
+    ngx_http_redisgate_usage_item_t *it = key;
+
+    ngx_http_redisgate_usage_node_t  *un;
+
+    un = ngx_http_redisgate_usage_node(node);
+
+    un->type = (u_char) it->type;
+    un->org_len = (u_char) it->org.len;
+    un->instance_len = (u_char) it->instance.len;
+    un->minute = it->minute;
+    un->requests = 0;
+    un->commands = 0;
+    un->bytes_in = 0;
+    un->bytes_out = 0;
+
+    ngx_memcpy(un->data, it->org.data, it->org.len);
+    ngx_memcpy(un->data + it->org.len, it->instance.data, it->instance.len);
+}
+
+
 static void
 ngx_http_redisgate_usage_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_http_redisgate_zone_insert(temp, node, sentinel,
-                                   ngx_http_redisgate_usage_node_cmp);
+    ngx_http_redisgate_zone_insert_value(temp, node, sentinel,
+                                         ngx_http_redisgate_usage_node_cmp);
 }
 
 
@@ -603,6 +604,5 @@ ngx_http_redisgate_usage_node_cmp(ngx_rbtree_node_t *one,
     it.instance.len = un->instance_len;
 
     /* how one (as an item) stands to two */
-    return ngx_http_redisgate_usage_cmp(ngx_http_redisgate_usage_node(two),
-                                        &it);
+    return ngx_http_redisgate_usage_cmp(&it, two);
 }

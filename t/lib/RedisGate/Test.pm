@@ -12,6 +12,7 @@ package RedisGate::Test;
 #   more_headers  Authorization: Bearer <the admin key>; $TEST_NGINX_*
 #                 variables in more_headers are expanded here.
 #   no_error_log  [alert], [emerg] and "exited on signal", added to its own
+#                 (alert         a block's own alert: allowed, no other)
 
 use strict;
 use warnings;
@@ -132,9 +133,21 @@ Test::Nginx::Socket::add_block_preprocessor(sub {
         $block->set_value('config', $DefaultConfig);
     }
 
-    # no block may crash a worker or raise an alert, whatever it tests
+    # no block may crash a worker or raise an alert, whatever it tests;
+    # one that tests an alert names it ("--- alert"), and allows no other
     my @never = ('[alert]', '[emerg]', 'exited on signal');
+    my $alert = $block->alert;
     my $nel = $block->no_error_log;
+
+    if (defined $alert) {
+        $alert =~ s/^\s+|\s+$//g;
+        $never[0] = qr/\[alert\](?!.*\Q$alert\E)/;
+
+        # patterns from here on, not lines of text
+        $nel = !defined $nel ? []
+             : ref $nel ? $nel
+             : [grep { length } split /\n/, $nel];
+    }
 
     if (!defined $nel) {
         $block->set_value('no_error_log', join("\n", @never) . "\n");
