@@ -6,13 +6,19 @@
 
 /*
  * The key store: PostgreSQL through libpq on nginx's event loop.  Each
- * worker keeps a few connections for lookups (one query at a time on each,
- * more wait in a queue) and the first worker one more that LISTENs for
- * the key store's announcements and evicts from the shared cache.
+ * worker keeps a few connections for lookups (one round trip at a time on
+ * each, more wait in a queue) and the first worker one more that LISTENs
+ * for the key store's announcements and evicts from the shared cache.
  *
- * Lookups for the same (token hash, instance) share one query: requests
- * that miss the cache together wait on one lookup.  Nothing here blocks:
- * PQconnectStart/PQconnectPoll, PQsendQueryParams, PQconsumeInput.
+ * Lookups for the same (token hash, instance) share one lookup: requests
+ * that miss the cache together wait on it.  The lookups queued in an
+ * event-loop turn go out together, up to NGX_HTTP_REDISGATE_PG_BATCH on a
+ * connection: with the default query as one redisgate.lookup_many()
+ * statement, otherwise (an operator's redisgate_pg_query, the management
+ * API's calls) as statements of their own in one libpq pipeline, a Sync
+ * after each, so that each is its own transaction as if sent alone.
+ * Nothing here blocks: PQconnectStart/PQconnectPoll, PQsendQueryParams,
+ * PQconsumeInput.
  */
 
 
@@ -32,6 +38,17 @@
 
 #define NGX_HTTP_REDISGATE_PG_MAX_QUEUED  1024
 
+/*
+ * The most lookups (or statements) in one round trip.  Bursts seldom fill
+ * it: a round trip carries what the event-loop turns during the last one
+ * queued, about 30 under a cold start from 256 connections.  It bounds a
+ * backlog (a full queue goes out in 16 round trips), how long a batch's
+ * first lookup waits for its last, and how many requests one failure
+ * answers with 500; PostgreSQL's share of a round trip's fixed cost is a
+ * few microseconds a lookup at 64, so more would gain little.
+ */
+#define NGX_HTTP_REDISGATE_PG_BATCH       64
+
 
 typedef struct ngx_http_redisgate_pg_conn_s    ngx_http_redisgate_pg_conn_t;
 typedef struct ngx_http_redisgate_pg_lookup_s  ngx_http_redisgate_pg_lookup_t;
@@ -42,8 +59,16 @@ struct ngx_http_redisgate_pg_conn_s {
     PGconn                          *conn;
     ngx_connection_t                *connection;
     ngx_event_t                      timer;      /* connect, query, retry */
-    ngx_http_redisgate_pg_lookup_t  *lookup;     /* the query running */
     ngx_uint_t                       state;
+
+    /* the round trip running: its jobs in the order sent, NULL answered */
+    ngx_http_redisgate_pg_lookup_t  *jobs[NGX_HTTP_REDISGATE_PG_BATCH];
+    ngx_uint_t                       njobs;
+    ngx_uint_t                       nsynced;    /* a pipeline's, over */
+    u_char                          *arrays;     /* lookup_many()'s $1, $2 */
+
+    unsigned                         pipeline:1;
+    unsigned                         ended:1;    /* a statement's results */
     unsigned                         listener:1;
     unsigned                         listening:1;
 
@@ -109,11 +134,16 @@ struct ngx_http_redisgate_pg_s {
 
     /* lookups go out from the event loop, never inside the caller */
     ngx_event_t                      dispatch;
+
+    /* the default query's lookups go out as lookup_many() statements */
+    unsigned                         many:1;
 };
 
 
 static void ngx_http_redisgate_pg_dispatch(ngx_http_redisgate_pg_t *pg);
 static void ngx_http_redisgate_pg_dispatch_handler(ngx_event_t *ev);
+static ngx_uint_t ngx_http_redisgate_pg_take(ngx_http_redisgate_pg_t *pg,
+    ngx_http_redisgate_pg_conn_t *pc);
 static ngx_int_t ngx_http_redisgate_pg_connect(
     ngx_http_redisgate_pg_conn_t *pc);
 static void ngx_http_redisgate_pg_poll(ngx_http_redisgate_pg_conn_t *pc);
@@ -121,16 +151,29 @@ static ngx_int_t ngx_http_redisgate_pg_wrap(ngx_http_redisgate_pg_conn_t *pc);
 static void ngx_http_redisgate_pg_unwrap(ngx_http_redisgate_pg_conn_t *pc);
 static void ngx_http_redisgate_pg_close(ngx_http_redisgate_pg_conn_t *pc,
     const char *reason);
-static void ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc,
-    ngx_http_redisgate_pg_lookup_t *lk);
+static void ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc);
+static u_char *ngx_http_redisgate_pg_array(u_char *p,
+    ngx_http_redisgate_pg_conn_t *pc, size_t offset, size_t len);
 static void ngx_http_redisgate_pg_flush(ngx_http_redisgate_pg_conn_t *pc);
 static void ngx_http_redisgate_pg_read(ngx_http_redisgate_pg_conn_t *pc);
-static void ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
+static void ngx_http_redisgate_pg_lost(ngx_http_redisgate_pg_conn_t *pc);
+static void ngx_http_redisgate_pg_over(ngx_http_redisgate_pg_conn_t *pc);
+static void ngx_http_redisgate_pg_listener_result(
+    ngx_http_redisgate_pg_conn_t *pc, PGresult *res);
+static void ngx_http_redisgate_pg_answer(ngx_http_redisgate_pg_conn_t *pc,
+    ngx_http_redisgate_pg_lookup_t *lk, PGresult *res);
+static void ngx_http_redisgate_pg_many(ngx_http_redisgate_pg_conn_t *pc,
     PGresult *res);
+static ngx_int_t ngx_http_redisgate_pg_no_many(
+    ngx_http_redisgate_pg_conn_t *pc, PGresult *res);
+static void ngx_http_redisgate_pg_found(ngx_http_redisgate_pg_conn_t *pc,
+    ngx_http_redisgate_pg_lookup_t *lk, PGresult *res, int row);
+static void ngx_http_redisgate_pg_fail(ngx_http_redisgate_pg_conn_t *pc,
+    const char *error);
 static void ngx_http_redisgate_pg_notifies(ngx_http_redisgate_pg_conn_t *pc);
 static ngx_uint_t ngx_http_redisgate_pg_unavailable(
     ngx_http_redisgate_pg_conn_t *pc, PGresult *res);
-static void ngx_http_redisgate_pg_value(PGresult *res, int col,
+static void ngx_http_redisgate_pg_value(PGresult *res, int row, int col,
     ngx_str_t *value);
 static void ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
     ngx_http_redisgate_pg_lookup_t *lk, ngx_int_t rc,
@@ -160,6 +203,21 @@ static char  ngx_http_redisgate_pg_default_query[] =
     "organization_status, instance_status, redis_address, redis_db, "
     "redis_user, redis_password, requests_per_second, burst "
     "FROM redisgate.lookup($1, $2::uuid)";
+
+/* the default query for a batch: $1 the hashes, $2 the instances */
+static char  ngx_http_redisgate_pg_many_query[] =
+    "SELECT key_id, organization_id, scopes, expires_at, "
+    "organization_status, instance_status, redis_address, redis_db, "
+    "redis_user, redis_password, requests_per_second, burst, pair "
+    "FROM redisgate.lookup_many($1::text[], $2::uuid[])";
+
+/* the column of lookup_many()'s "pair", after lookup()'s 12 */
+#define NGX_HTTP_REDISGATE_PG_PAIR  12
+
+/* an array's element: "{" or ",", a hash's 64 hex digits or a UUID */
+#define NGX_HTTP_REDISGATE_PG_ARRAYS                                        \
+    (NGX_HTTP_REDISGATE_PG_BATCH * (1 + 64 + 1 + NGX_HTTP_REDISGATE_UUID_LEN)\
+     + 4)
 
 
 /* nginx -t tells of a conninfo libpq cannot read */
@@ -220,6 +278,7 @@ ngx_http_redisgate_pg_create(ngx_conf_t *cf, ngx_str_t *conninfo)
 
     pg->timeout = 5000;
     pg->nconns = 2;
+    pg->many = 1;
     pg->ttl = 60;
     pg->negative_ttl = 5;
     pg->stale = 300;
@@ -247,6 +306,9 @@ ngx_http_redisgate_pg_set_query(ngx_conf_t *cf, ngx_http_redisgate_pg_t *pg,
     }
 
     *ngx_cpymem(pg->query.data, query->data, query->len) = '\0';
+
+    /* the operator's query goes out as is, one statement a lookup */
+    pg->many = 0;
 
     return NGX_OK;
 }
@@ -297,6 +359,14 @@ ngx_http_redisgate_pg_init_process(ngx_http_redisgate_pg_t *pg,
         pc->timer.handler = ngx_http_redisgate_pg_timer_handler;
         pc->timer.data = pc;
         pc->timer.log = cycle->log;
+
+        if (pg->many) {
+            pc->arrays = ngx_pnalloc(cycle->pool,
+                                     NGX_HTTP_REDISGATE_PG_ARRAYS);
+            if (pc->arrays == NULL) {
+                return NGX_ERROR;
+            }
+        }
     }
 
     /*
@@ -479,6 +549,27 @@ ngx_http_redisgate_pg_dispatch(ngx_http_redisgate_pg_t *pg)
 
 again:
 
+    for (i = 0; i < pg->nconns; i++) {
+        pc = &pg->conns[i];
+
+        if (pc->state != NGX_HTTP_REDISGATE_PG_IDLE) {
+            continue;
+        }
+
+        if (ngx_http_redisgate_pg_take(pg, pc) == 0) {
+            break;
+        }
+
+        ngx_http_redisgate_pg_send(pc);
+
+        if (pc->state != NGX_HTTP_REDISGATE_PG_BUSY) {
+            /* the send failed and closed the connection: its jobs are
+             * answered (and freed), and their waiters may have changed
+             * the queue; from the start, with the connections left */
+            goto again;
+        }
+    }
+
     pending = 0;
 
     for (q = ngx_queue_head(&pg->lookups);
@@ -487,39 +578,8 @@ again:
     {
         lk = ngx_queue_data(q, ngx_http_redisgate_pg_lookup_t, queue);
 
-        if (lk->sent) {
-            continue;
-        }
-
-        if (lk->call && ngx_queue_empty(&lk->waiters)) {
-            /* its caller left before it went out: it does not go */
-            ngx_queue_remove(&lk->queue);
-            pg->nlookups--;
-            ngx_free(lk);
-            goto again;
-        }
-
-        pc = NULL;
-
-        for (i = 0; i < pg->nconns; i++) {
-            if (pg->conns[i].state == NGX_HTTP_REDISGATE_PG_IDLE) {
-                pc = &pg->conns[i];
-                break;
-            }
-        }
-
-        if (pc == NULL) {
+        if (!lk->sent) {
             pending++;
-            continue;
-        }
-
-        ngx_http_redisgate_pg_send(pc, lk);
-
-        if (pc->state != NGX_HTTP_REDISGATE_PG_BUSY) {
-            /* the send failed and closed the connection: the lookup is
-             * answered (and freed), and its waiters may have changed the
-             * queue; from the start, with the connections left */
-            goto again;
         }
     }
 
@@ -535,7 +595,12 @@ again:
         }
     }
 
-    for (i = 0; i < pg->nconns && connecting < pending; i++) {
+    /* a connection each for as many batches as wait */
+
+    for (i = 0;
+         i < pg->nconns && connecting * NGX_HTTP_REDISGATE_PG_BATCH < pending;
+         i++)
+    {
         pc = &pg->conns[i];
 
         if (pc->state != NGX_HTTP_REDISGATE_PG_NONE) {
@@ -566,6 +631,62 @@ again:
                                       ngx_http_redisgate_pg_unavailable_text);
         }
     }
+}
+
+
+/*
+ * The next round trip's jobs, in queue order: lookups for one
+ * lookup_many(), or statements of their own (calls, and lookups by the
+ * operator's query), never both in one
+ */
+
+static ngx_uint_t
+ngx_http_redisgate_pg_take(ngx_http_redisgate_pg_t *pg,
+    ngx_http_redisgate_pg_conn_t *pc)
+{
+    ngx_uint_t                       many, kind;
+    ngx_queue_t                     *q, *next;
+    ngx_http_redisgate_pg_lookup_t  *lk;
+
+    pc->njobs = 0;
+    many = 0;
+
+    for (q = ngx_queue_head(&pg->lookups);
+         q != ngx_queue_sentinel(&pg->lookups)
+         && pc->njobs < NGX_HTTP_REDISGATE_PG_BATCH;
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        lk = ngx_queue_data(q, ngx_http_redisgate_pg_lookup_t, queue);
+
+        if (lk->sent) {
+            continue;
+        }
+
+        if (lk->call && ngx_queue_empty(&lk->waiters)) {
+            /* its caller left before it went out: it does not go */
+            ngx_queue_remove(&lk->queue);
+            pg->nlookups--;
+            ngx_free(lk);
+            continue;
+        }
+
+        kind = (pg->many && !lk->call);
+
+        if (pc->njobs == 0) {
+            many = kind;
+
+        } else if (kind != many) {
+            continue;
+        }
+
+        lk->sent = 1;
+        pc->jobs[pc->njobs++] = lk;
+    }
+
+    pc->pipeline = !many;
+
+    return pc->njobs;
 }
 
 
@@ -753,8 +874,6 @@ static void
 ngx_http_redisgate_pg_close(ngx_http_redisgate_pg_conn_t *pc,
     const char *reason)
 {
-    ngx_http_redisgate_pg_lookup_t  *lk;
-
     if (pc->timer.timer_set && !pc->listener) {
         ngx_del_timer(&pc->timer);
     }
@@ -774,13 +893,7 @@ ngx_http_redisgate_pg_close(ngx_http_redisgate_pg_conn_t *pc,
     pc->state = NGX_HTTP_REDISGATE_PG_NONE;
     pc->listening = 0;
 
-    lk = pc->lookup;
-    pc->lookup = NULL;
-
-    if (lk) {
-        ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL, NULL,
-                                     ngx_http_redisgate_pg_unavailable_text);
-    }
+    ngx_http_redisgate_pg_fail(pc, ngx_http_redisgate_pg_unavailable_text);
 
     if (pc->write_done) {
         ngx_http_redisgate_pg_write_over(pc, NGX_ERROR);
@@ -797,29 +910,101 @@ ngx_http_redisgate_pg_close(ngx_http_redisgate_pg_conn_t *pc,
 }
 
 
+/*
+ * The jobs taken, in one round trip: one lookup_many() statement, or a
+ * pipeline of statements with a Sync after each (their own transactions,
+ * the same messages as one at a time, without the waits between them)
+ */
+
 static void
-ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc,
-    ngx_http_redisgate_pg_lookup_t *lk)
+ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc)
 {
-    if (PQsendQueryParams(pc->conn, lk->query, lk->nvalues, NULL,
-                          lk->values, NULL, NULL, 0)
-        == 0)
-    {
-        ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
-                                    PQerrorMessage(pc->conn));
-        ngx_http_redisgate_pg_close(pc, NULL);
-        return;
-    }
+    u_char                          *p;
+    const char                      *values[2];
+    ngx_uint_t                       i;
+    ngx_http_redisgate_pg_lookup_t  *lk;
 
-    lk->sent = 1;
-    pc->lookup = lk;
-
-    ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES, 1);
+    /* busy from here: a failure below closes it, answering the jobs */
     pc->state = NGX_HTTP_REDISGATE_PG_BUSY;
+    pc->nsynced = 0;
+    pc->ended = 0;
+
+    ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES,
+                                   pc->njobs);
+    ngx_http_redisgate_stats_count(NGX_HTTP_REDISGATE_STAT_KEYSTORE_BATCHES,
+                                   1);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pc->pg->log, 0,
+                   "redisgate: key store round trip of %ui %s, pc:%p",
+                   pc->njobs, pc->pipeline ? "statements" : "lookups", pc);
+
+    if (!pc->pipeline) {
+        /* {hash,...} and {uuid,...}: hex digits and dashes, no quotes */
+        values[0] = (const char *) pc->arrays;
+        p = ngx_http_redisgate_pg_array(pc->arrays, pc,
+                          offsetof(ngx_http_redisgate_pg_lookup_t, hash_hex),
+                          64);
+        values[1] = (const char *) p;
+        (void) ngx_http_redisgate_pg_array(p, pc,
+                          offsetof(ngx_http_redisgate_pg_lookup_t, instance),
+                          NGX_HTTP_REDISGATE_UUID_LEN);
+
+        if (PQsendQueryParams(pc->conn, ngx_http_redisgate_pg_many_query, 2,
+                              NULL, values, NULL, NULL, 0)
+            == 0)
+        {
+            goto failed;
+        }
+
+    } else {
+        if (PQenterPipelineMode(pc->conn) == 0) {
+            goto failed;
+        }
+
+        for (i = 0; i < pc->njobs; i++) {
+            lk = pc->jobs[i];
+
+            if (PQsendQueryParams(pc->conn, lk->query, lk->nvalues, NULL,
+                                  lk->values, NULL, NULL, 0)
+                == 0
+                || PQpipelineSync(pc->conn) == 0)
+            {
+                goto failed;
+            }
+        }
+    }
 
     ngx_add_timer(&pc->timer, pc->pg->timeout);
 
     ngx_http_redisgate_pg_flush(pc);
+
+    return;
+
+failed:
+
+    ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
+                                PQerrorMessage(pc->conn));
+    ngx_http_redisgate_pg_close(pc, NULL);
+}
+
+
+/* a text array of one field of the jobs, "{a,b,...}", NUL-terminated */
+
+static u_char *
+ngx_http_redisgate_pg_array(u_char *p, ngx_http_redisgate_pg_conn_t *pc,
+    size_t offset, size_t len)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < pc->njobs; i++) {
+        *p++ = i ? ',' : '{';
+        p = ngx_cpymem(p, (u_char *) pc->jobs[i] + offset, len);
+    }
+
+    *p++ = '}';
+    *p++ = '\0';
+
+    return p;
 }
 
 
@@ -872,13 +1057,11 @@ ngx_http_redisgate_pg_event_handler(ngx_event_t *ev)
 static void
 ngx_http_redisgate_pg_read(ngx_http_redisgate_pg_conn_t *pc)
 {
-    PGresult  *res;
+    PGresult                        *res;
+    ngx_http_redisgate_pg_lookup_t  *lk;
 
     if (PQconsumeInput(pc->conn) == 0) {
-        ngx_http_redisgate_pg_error(pc->pg, "lost the key store connection",
-                                    PQerrorMessage(pc->conn));
-        ngx_http_redisgate_pg_close(pc, NULL);
-        ngx_http_redisgate_pg_dispatch(pc->pg);
+        ngx_http_redisgate_pg_lost(pc);
         return;
     }
 
@@ -895,40 +1078,108 @@ ngx_http_redisgate_pg_read(ngx_http_redisgate_pg_conn_t *pc)
         res = PQgetResult(pc->conn);
 
         if (res == NULL) {
-            /* the query is over */
-            if (pc->timer.timer_set) {
-                ngx_del_timer(&pc->timer);
+            if (!pc->pipeline || pc->nsynced == pc->njobs) {
+                ngx_http_redisgate_pg_over(pc);
+                return;
             }
 
-            pc->state = NGX_HTTP_REDISGATE_PG_IDLE;
-            pc->listening = pc->listener;
+            /*
+             * a statement's results are over, its Sync comes next; a
+             * second end in a row: libpq lost the pipeline
+             */
 
-            if (pc->write_done) {
-                ngx_http_redisgate_pg_write_over(pc, pc->write_rc);
+            if (pc->ended || PQstatus(pc->conn) == CONNECTION_BAD) {
+                ngx_http_redisgate_pg_lost(pc);
+                return;
             }
 
-            ngx_http_redisgate_pg_dispatch(pc->pg);
+            pc->ended = 1;
+            continue;
+        }
+
+        pc->ended = 0;
+
+        if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+
+            if (++pc->nsynced < pc->njobs) {
+                continue;
+            }
+
+            if (PQexitPipelineMode(pc->conn) == 0) {
+                ngx_http_redisgate_pg_lost(pc);
+                return;
+            }
+
+            ngx_http_redisgate_pg_over(pc);
             return;
         }
 
-        ngx_http_redisgate_pg_result(pc, res);
+        if (pc->listener) {
+            ngx_http_redisgate_pg_listener_result(pc, res);
+
+        } else if (!pc->pipeline) {
+            ngx_http_redisgate_pg_many(pc, res);
+
+        } else if (pc->nsynced < pc->njobs && pc->jobs[pc->nsynced]) {
+            /* the statement's first result answers it */
+            lk = pc->jobs[pc->nsynced];
+            pc->jobs[pc->nsynced] = NULL;
+
+            ngx_http_redisgate_pg_answer(pc, lk, res);
+        }
+
         PQclear(res);
     }
 }
 
 
+/* a connection libpq cannot go on with: its jobs fail, the others go on */
+
 static void
-ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
+ngx_http_redisgate_pg_lost(ngx_http_redisgate_pg_conn_t *pc)
+{
+    ngx_http_redisgate_pg_error(pc->pg, "lost the key store connection",
+                                PQerrorMessage(pc->conn));
+    ngx_http_redisgate_pg_close(pc, NULL);
+    ngx_http_redisgate_pg_dispatch(pc->pg);
+}
+
+
+/* the round trip is over: the connection takes the next one */
+
+static void
+ngx_http_redisgate_pg_over(ngx_http_redisgate_pg_conn_t *pc)
+{
+    if (pc->timer.timer_set) {
+        ngx_del_timer(&pc->timer);
+    }
+
+    pc->state = NGX_HTTP_REDISGATE_PG_IDLE;
+    pc->listening = pc->listener;
+
+    /*
+     * every statement has answered its job by now (a job sent again, for
+     * want of lookup_many(), is back in the queue); one left unanswered
+     * would wait forever
+     */
+    ngx_http_redisgate_pg_fail(pc, ngx_http_redisgate_pg_failed_text);
+
+    if (pc->write_done) {
+        ngx_http_redisgate_pg_write_over(pc, pc->write_rc);
+    }
+
+    ngx_http_redisgate_pg_dispatch(pc->pg);
+}
+
+
+static void
+ngx_http_redisgate_pg_listener_result(ngx_http_redisgate_pg_conn_t *pc,
     PGresult *res)
 {
-    char                            *state;
-    u_char                          *s;
-    ngx_int_t                        n;
-    ngx_str_t                        scopes;
-    ngx_http_redisgate_keyinfo_t     ki;
-    ngx_http_redisgate_pg_lookup_t  *lk;
+    char  *state;
 
-    if (pc->listener && pc->write_done) {
+    if (pc->write_done) {
         if (PQresultStatus(res) == PGRES_TUPLES_OK
             || PQresultStatus(res) == PGRES_COMMAND_OK)
         {
@@ -949,29 +1200,26 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         return;
     }
 
-    if (pc->listener) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
-                          "redisgate: LISTEN failed: %s",
-                          PQresultErrorMessage(res));
-            return;
-        }
-
-        /* listening now: whatever changed while nobody listened expires */
-        if (pc->pg->cache) {
-            ngx_http_redisgate_cache_expire_all(pc->pg->cache);
-        }
-
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "redisgate: LISTEN failed: %s",
+                      PQresultErrorMessage(res));
         return;
     }
 
-    lk = pc->lookup;
-    pc->lookup = NULL;
-
-    if (lk == NULL) {
-        return;
+    /* listening now: whatever changed while nobody listened expires */
+    if (pc->pg->cache) {
+        ngx_http_redisgate_cache_expire_all(pc->pg->cache);
     }
+}
 
+
+/* one statement's result to its job: a call's rows, a lookup's first row */
+
+static void
+ngx_http_redisgate_pg_answer(ngx_http_redisgate_pg_conn_t *pc,
+    ngx_http_redisgate_pg_lookup_t *lk, PGresult *res)
+{
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         ngx_http_redisgate_pg_error(pc->pg, lk->call
                                             ? "key store call failed"
@@ -991,9 +1239,134 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         return;
     }
 
+    ngx_http_redisgate_pg_found(pc, lk, res, PQntuples(res) ? 0 : -1);
+}
+
+
+/*
+ * lookup_many()'s rows to the lookups they answer ("pair": the position
+ * in the batch, from 1); a lookup without a row has no live key.  A
+ * failure fails them all, as it would fail each alone.
+ */
+
+static void
+ngx_http_redisgate_pg_many(ngx_http_redisgate_pg_conn_t *pc, PGresult *res)
+{
+    int                              row, nrows;
+    u_char                          *s;
+    ngx_int_t                        n;
+    ngx_uint_t                       i;
+    ngx_http_redisgate_pg_lookup_t  *lk;
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        if (ngx_http_redisgate_pg_no_many(pc, res) == NGX_OK) {
+            return;
+        }
+
+        ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
+                                    PQresultErrorMessage(res));
+        ngx_http_redisgate_pg_fail(pc,
+                                   ngx_http_redisgate_pg_unavailable(pc, res)
+                                   ? ngx_http_redisgate_pg_unavailable_text
+                                   : ngx_http_redisgate_pg_failed_text);
+        return;
+    }
+
+    nrows = PQntuples(res);
+
+    if (nrows && PQnfields(res) <= NGX_HTTP_REDISGATE_PG_PAIR) {
+        ngx_http_redisgate_pg_error(pc->pg, "key store lookup failed",
+                                    "redisgate.lookup_many() returned "
+                                    "no \"pair\" column");
+        ngx_http_redisgate_pg_fail(pc, ngx_http_redisgate_pg_failed_text);
+        return;
+    }
+
+    for (row = 0; row < nrows; row++) {
+        s = (u_char *) PQgetvalue(res, row, NGX_HTTP_REDISGATE_PG_PAIR);
+        n = ngx_atoi(s, ngx_strlen(s));
+
+        /* a second row for a pair: the first counts, as with lookup() */
+        if (n < 1 || (ngx_uint_t) n > pc->njobs || pc->jobs[n - 1] == NULL) {
+            continue;
+        }
+
+        lk = pc->jobs[n - 1];
+        pc->jobs[n - 1] = NULL;
+
+        ngx_http_redisgate_pg_found(pc, lk, res, row);
+    }
+
+    for (i = 0; i < pc->njobs; i++) {
+        lk = pc->jobs[i];
+
+        if (lk) {
+            pc->jobs[i] = NULL;
+            ngx_http_redisgate_pg_found(pc, lk, res, -1);
+        }
+    }
+}
+
+
+/*
+ * A key store whose schema predates lookup_many() (42883, undefined
+ * function), or whose role may run lookup() only (42501): this worker
+ * looks keys up with a lookup() each from now on, pipelined, and the
+ * batch goes out again so.  Said once, as an error: the operator has a
+ * schema to apply or a grant to give.
+ */
+
+static ngx_int_t
+ngx_http_redisgate_pg_no_many(ngx_http_redisgate_pg_conn_t *pc,
+    PGresult *res)
+{
+    char        *state;
+    ngx_uint_t   i;
+
+    state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+    if (state == NULL
+        || (ngx_strcmp(state, "42883") != 0
+            && ngx_strcmp(state, "42501") != 0))
+    {
+        return NGX_DECLINED;
+    }
+
+    if (pc->pg->many) {
+        pc->pg->many = 0;
+
+        ngx_http_redisgate_pg_error(pc->pg,
+                           "redisgate.lookup_many() failed, this worker "
+                           "looks keys up one at a time until nginx reloads "
+                           "(apply sql/schema.sql, grant EXECUTE on it)",
+                           PQresultErrorMessage(res));
+    }
+
+    for (i = 0; i < pc->njobs; i++) {
+        if (pc->jobs[i]) {
+            pc->jobs[i]->sent = 0;
+            pc->jobs[i] = NULL;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* a lookup's answer from row (-1: no row, an unknown key) */
+
+static void
+ngx_http_redisgate_pg_found(ngx_http_redisgate_pg_conn_t *pc,
+    ngx_http_redisgate_pg_lookup_t *lk, PGresult *res, int row)
+{
+    u_char                        *s;
+    ngx_int_t                      n;
+    ngx_str_t                      scopes;
+    ngx_http_redisgate_keyinfo_t   ki;
+
     ngx_memzero(&ki, sizeof(ngx_http_redisgate_keyinfo_t));
 
-    if (PQntuples(res) == 0) {
+    if (row < 0) {
         ki.status = NGX_HTTP_REDISGATE_KEY_UNKNOWN;
         ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki, NULL, NULL);
         return;
@@ -1008,12 +1381,12 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         return;
     }
 
-    ngx_http_redisgate_pg_value(res, 0, &ki.key_id);
-    ngx_http_redisgate_pg_value(res, 1, &ki.organization);
-    ngx_http_redisgate_pg_value(res, 2, &scopes);
-    ngx_http_redisgate_pg_value(res, 6, &ki.address);
-    ngx_http_redisgate_pg_value(res, 8, &ki.user);
-    ngx_http_redisgate_pg_value(res, 9, &ki.password);
+    ngx_http_redisgate_pg_value(res, row, 0, &ki.key_id);
+    ngx_http_redisgate_pg_value(res, row, 1, &ki.organization);
+    ngx_http_redisgate_pg_value(res, row, 2, &scopes);
+    ngx_http_redisgate_pg_value(res, row, 6, &ki.address);
+    ngx_http_redisgate_pg_value(res, row, 8, &ki.user);
+    ngx_http_redisgate_pg_value(res, row, 9, &ki.password);
 
     if (ngx_http_redisgate_parse_scopes(&scopes, &ki.scopes) != NGX_OK) {
         ngx_log_error(NGX_LOG_WARN, pc->pg->log, 0,
@@ -1023,7 +1396,7 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
         ki.scopes = 0;
     }
 
-    s = (u_char *) PQgetvalue(res, 0, 3);
+    s = (u_char *) PQgetvalue(res, row, 3);
     n = ngx_atoi(s, ngx_strlen(s));
 
     if (n == NGX_ERROR && *s != '\0') {
@@ -1036,27 +1409,27 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
 
     ki.key_expires = (n > 0) ? (time_t) n : 0;
 
-    s = (u_char *) PQgetvalue(res, 0, 7);
+    s = (u_char *) PQgetvalue(res, row, 7);
     n = ngx_atoi(s, ngx_strlen(s));
     ki.db = (n > 0) ? (ngx_uint_t) n : 0;
 
-    s = (u_char *) PQgetvalue(res, 0, 10);
+    s = (u_char *) PQgetvalue(res, row, 10);
     n = ngx_atoi(s, ngx_strlen(s));
     ki.rate = (n > 0) ? (ngx_uint_t) n : 0;
 
-    s = (u_char *) PQgetvalue(res, 0, 11);
+    s = (u_char *) PQgetvalue(res, row, 11);
     n = ngx_atoi(s, ngx_strlen(s));
     ki.burst = (n > 0) ? (ngx_uint_t) n : 0;
 
-    s = (u_char *) PQgetvalue(res, 0, 4);
+    s = (u_char *) PQgetvalue(res, row, 4);
 
     if (ngx_strcmp(s, "active") != 0) {
         ki.status = NGX_HTTP_REDISGATE_KEY_ORG_SUSPENDED;
 
-    } else if (PQgetisnull(res, 0, 5)) {
+    } else if (PQgetisnull(res, row, 5)) {
         ki.status = NGX_HTTP_REDISGATE_KEY_NO_INSTANCE;
 
-    } else if (ngx_strcmp(PQgetvalue(res, 0, 5), "active") != 0) {
+    } else if (ngx_strcmp(PQgetvalue(res, row, 5), "active") != 0) {
         ki.status = NGX_HTTP_REDISGATE_KEY_INSTANCE_SUSPENDED;
 
     } else {
@@ -1064,6 +1437,29 @@ ngx_http_redisgate_pg_result(ngx_http_redisgate_pg_conn_t *pc,
     }
 
     ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_OK, &ki, NULL, NULL);
+}
+
+
+/* the jobs of the round trip not answered yet, answered with error */
+
+static void
+ngx_http_redisgate_pg_fail(ngx_http_redisgate_pg_conn_t *pc,
+    const char *error)
+{
+    ngx_uint_t                       i;
+    ngx_http_redisgate_pg_lookup_t  *lk;
+
+    for (i = 0; i < pc->njobs; i++) {
+        lk = pc->jobs[i];
+
+        if (lk) {
+            pc->jobs[i] = NULL;
+            ngx_http_redisgate_pg_finish(pc->pg, lk, NGX_ERROR, NULL, NULL,
+                                         error);
+        }
+    }
+
+    pc->njobs = 0;
 }
 
 
@@ -1092,10 +1488,11 @@ ngx_http_redisgate_pg_unavailable(ngx_http_redisgate_pg_conn_t *pc,
 
 
 static void
-ngx_http_redisgate_pg_value(PGresult *res, int col, ngx_str_t *value)
+ngx_http_redisgate_pg_value(PGresult *res, int row, int col,
+    ngx_str_t *value)
 {
-    value->data = (u_char *) PQgetvalue(res, 0, col);
-    value->len = PQgetisnull(res, 0, col) ? 0 : ngx_strlen(value->data);
+    value->data = (u_char *) PQgetvalue(res, row, col);
+    value->len = PQgetisnull(res, row, col) ? 0 : ngx_strlen(value->data);
 }
 
 

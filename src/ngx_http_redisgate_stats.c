@@ -419,11 +419,16 @@ ngx_http_redisgate_status_handler(ngx_http_request_t *r)
                      "# HELP redisgate_keystore_errors_total Lookups the "
                      "key store failed.\n"
                      "# TYPE redisgate_keystore_errors_total counter\n"
-                     "redisgate_keystore_errors_total %uA\n",
+                     "redisgate_keystore_errors_total %uA\n"
+                     "# HELP redisgate_keystore_batches_total Round trips "
+                     "that carried lookups to the key store.\n"
+                     "# TYPE redisgate_keystore_batches_total counter\n"
+                     "redisgate_keystore_batches_total %uA\n",
                      st->counters[NGX_HTTP_REDISGATE_STAT_COMMANDS],
                      st->counters[NGX_HTTP_REDISGATE_STAT_RATE_LIMITED],
                      st->counters[NGX_HTTP_REDISGATE_STAT_KEYSTORE_QUERIES],
-                     st->counters[NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS]);
+                     st->counters[NGX_HTTP_REDISGATE_STAT_KEYSTORE_ERRORS],
+                     st->counters[NGX_HTTP_REDISGATE_STAT_KEYSTORE_BATCHES]);
 
     p = ngx_slprintf(p, last,
                      "# HELP redisgate_streams Open /subscribe, "

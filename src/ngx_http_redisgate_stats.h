@@ -32,7 +32,8 @@ typedef struct ngx_http_redisgate_backend_stats_s
 #define NGX_HTTP_REDISGATE_STAT_CHANNELS          5   /* subscribed, gauge */
 #define NGX_HTTP_REDISGATE_STAT_STREAM_MESSAGES   6
 #define NGX_HTTP_REDISGATE_STAT_STREAM_DROPS      7   /* slow readers */
-#define NGX_HTTP_REDISGATE_STAT_COUNTERS          8
+#define NGX_HTTP_REDISGATE_STAT_KEYSTORE_BATCHES  8   /* round trips */
+#define NGX_HTTP_REDISGATE_STAT_COUNTERS          9
 
 #define NGX_HTTP_REDISGATE_STAT_CONNECTIONS       0
 #define NGX_HTTP_REDISGATE_STAT_IN_FLIGHT         1

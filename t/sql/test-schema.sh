@@ -162,12 +162,12 @@ like "$(q -c "select count(*) from pg_description d join pg_proc p
                 on p.oid = d.objoid join pg_namespace n
                 on n.oid = p.pronamespace
              where n.nspname = 'redisgate' and p.proname in
-               ('lookup', 'create_plan', 'create_organization',
+               ('lookup', 'lookup_many', 'create_plan', 'create_organization',
                 'suspend_organization', 'resume_organization',
                 'set_organization_plan', 'create_instance', 'update_instance',
                 'suspend_instance', 'resume_instance', 'delete_instance',
                 'create_key', 'revoke_key', 'rotate_key', 'list_keys',
-                'list_instances', 'list_organizations')")" '^17$' \
+                'list_instances', 'list_organizations')")" '^18$' \
      "every function has a comment"
 
 help=$("$admin" --help)
@@ -384,6 +384,7 @@ like "$("$admin" lookup - "$inst" <<<"$token")" \
 q -c "create role rg_gateway login" >/dev/null
 q -c "grant usage on schema redisgate to rg_gateway;
       grant execute on function redisgate.lookup(text, uuid),
+                                redisgate.lookup_many(text[], uuid[]),
                                 redisgate.mark_keys_used(uuid[]),
                                 redisgate.record_usage(text[], text[],
                                     bigint[], bigint[], bigint[], bigint[],
@@ -391,7 +392,21 @@ q -c "grant usage on schema redisgate to rg_gateway;
          to rg_gateway" >/dev/null
 gw="host=127.0.0.1 port=$port dbname=redisgate user=rg_gateway"
 is "$(psql -X -q -A -t -d "$gw" -c "select key_id from redisgate.lookup('$hash', '$inst')")" \
-   "$key" "a role with EXECUTE on lookup() only can call it"
+   "$key" "a role with the module's grants can call lookup()"
+is "$(psql -X -q -A -t -d "$gw" -c "select key_id || '|' || pair
+        from redisgate.lookup_many(array['$hash'], array['$inst'::uuid])")" \
+   "$key|1" "... and lookup_many()"
+# the grants of a schema before lookup_many(): the module falls back to
+# lookup() on this refusal (t/075-keystore-batch.t)
+q -c "create role rg_old_gateway login;
+      grant usage on schema redisgate to rg_old_gateway;
+      grant execute on function redisgate.lookup(text, uuid)
+         to rg_old_gateway" >/dev/null
+like "$(psql -X -q -A -t -d "${gw/rg_gateway/rg_old_gateway}" \
+          -c "select * from redisgate.lookup_many(array['$hash'],
+                                                  array['$inst'::uuid])" 2>&1)" \
+     'permission denied for function lookup_many' \
+     "a role granted lookup() only may not call lookup_many()"
 like "$(psql -X -q -A -t -d "$gw" -c "select count(*) from redisgate.api_keys" 2>&1)" \
      'permission denied' "... and cannot read the tables"
 like "$(psql -X -q -A -t -d "$gw" -c "select redisgate.revoke_key('$key')" 2>&1)" \
@@ -436,6 +451,35 @@ is "$(lookup "$rv_token" "$inst")" "" "revoked key: no row"
 is "$(notified "'$admin' key revoke $rv_key")" "" \
    "revoking again: no notification"
 refused "rotate: revoked key" 'is revoked' "$admin" key rotate "$rv_key"
+
+# --------------------------------------------------------------------------
+echo "# lookup_many"
+# pairs of every outcome: lookup()'s row for each, with its position
+# ("pair"), and no row where lookup() has none; the last hash in upper case
+many_tokens=("$token" "$token" "$gtoken" "rg_$(redisgate_random_hex 32)"
+             "$rv_token" "$exp_token" "$ro_token" "$admin_token")
+many_insts=("$inst" "$ginst" "$ginst" "$inst" "$inst" "$inst"
+            6a7d4c1e-0000-4000-8000-000000000000 "$inst")
+many_hashes=
+many_expected=
+for i in "${!many_tokens[@]}"; do
+    h=$(sha "${many_tokens[$i]}")
+    [ "$i" -eq 7 ] && h=$(tr a-f A-F <<<"$h")
+    many_hashes+="${many_hashes:+,}$h"
+    row=$(lookup "${many_tokens[$i]}" "${many_insts[$i]}")
+    [ -n "$row" ] && many_expected+="$row|$(( i + 1 ))"$'\n'
+done
+is "$(q -c "select * from redisgate.lookup_many('{$many_hashes}',
+              '{$(IFS=,; echo "${many_insts[*]}")}') order by pair")" \
+   "${many_expected%$'\n'}" \
+   "lookup_many(): each pair's row as lookup() has it, or none"
+is "$(grep -c . <<<"$many_expected")" 5 "... 5 rows of 8 pairs"
+is "$(q -c "select count(*) from redisgate.lookup_many('{}', '{}')")" 0 \
+   "lookup_many() of no pairs: no row"
+is "$(q -c "select (select provolatile::text || ':' || prosecdef from pg_proc
+                     where oid = 'redisgate.lookup_many(text[], uuid[])'
+                                 ::regprocedure)")" \
+   s:true "lookup_many is STABLE and SECURITY DEFINER"
 
 # --------------------------------------------------------------------------
 echo "# rotate"
