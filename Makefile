@@ -173,7 +173,7 @@ asan: build-deps test-deps
 	REDISGATE_ASAN_DIR=$(ASAN_BUILD)/reports NGINX_BIN=$(CURDIR)/tools/asan-nginx \
 	    NGINX_REAL=$(NGINX_BIN) \
 	    MODULE=$(ASAN_BUILD)/ngx_http_redisgate_module.so \
-	    TEST_FILES=$(TEST_FILES) t/run-tests
+	    TEST_FILES="$(TEST_FILES)" t/run-tests
 	@if ls $(ASAN_BUILD)/reports/report.* >/dev/null 2>&1; then \
 	    cat $(ASAN_BUILD)/reports/report.*; echo "make asan: reports above"; \
 	    exit 1; fi
@@ -202,7 +202,7 @@ valgrind: build-deps test-deps
 	rm -rf $(VALGRIND_DIR) && mkdir -p $(VALGRIND_DIR)
 	REDISGATE_VALGRIND_DIR=$(VALGRIND_DIR) \
 	    NGINX_BIN=$(CURDIR)/tools/valgrind-nginx NGINX_REAL=$(NGINX_BIN) \
-	    TEST_NGINX_STARTUP_TIMEOUT=30 TEST_FILES=$(TEST_FILES) t/run-tests
+	    TEST_NGINX_STARTUP_TIMEOUT=30 TEST_FILES="$(TEST_FILES)" t/run-tests
 	tools/valgrind-report $(VALGRIND_DIR)
 
 # make deb: the Debian package, laid out as Debian's nginx modules are

@@ -632,7 +632,7 @@ ngx_int_t ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
     ngx_pool_t *pool);
 void ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
     u_char *hash, u_char *instance, ngx_http_redisgate_keyinfo_t *ki,
-    time_t ttl, time_t stale);
+    time_t ttl, time_t stale, ngx_atomic_uint_t generation);
 void ngx_http_redisgate_cache_evict(ngx_http_redisgate_cache_t *cache,
     ngx_str_t *what, ngx_log_t *log);
 void ngx_http_redisgate_cache_expire_all(ngx_http_redisgate_cache_t *cache);

@@ -255,7 +255,7 @@ ngx_http_redisgate_cache_get(ngx_http_redisgate_cache_t *cache,
 void
 ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
     u_char *hash, u_char *instance, ngx_http_redisgate_keyinfo_t *ki,
-    time_t ttl, time_t stale)
+    time_t ttl, time_t stale, ngx_atomic_uint_t generation)
 {
     u_char                           *p, key[32 + NGX_HTTP_REDISGATE_UUID_LEN];
     size_t                            size;
@@ -296,6 +296,17 @@ ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
 
     ngx_shmtx_lock(&cache->zone.shpool->mutex);
 
+    /*
+     * An announcement since the answer was asked for may concern it: it
+     * is not cached.  Announcements move the generation under this lock,
+     * so none can come between this check and the insert.
+     */
+
+    if (ngx_http_redisgate_cache_sh(cache)->generation != generation) {
+        ngx_shmtx_unlock(&cache->zone.shpool->mutex);
+        return;
+    }
+
     node = ngx_http_redisgate_zone_find(&cache->zone,
                                         ngx_http_redisgate_cache_hash(hash),
                                         key);
@@ -313,8 +324,7 @@ ngx_http_redisgate_cache_put(ngx_http_redisgate_cache_t *cache,
 
     cn = ngx_http_redisgate_cache_node(node);
 
-    /* the caller made sure no announcement came since it asked */
-    cn->checked = ngx_http_redisgate_cache_sh(cache)->generation;
+    cn->checked = generation;
     cn->instance_id = instance_id;
     cn->org_id = org_id;
 

@@ -1523,16 +1523,14 @@ ngx_http_redisgate_pg_finish(ngx_http_redisgate_pg_t *pg,
      * to those who asked, but do not cache it.
      */
 
-    if (rc == NGX_OK && !lk->call && pg->cache
-        && ngx_http_redisgate_cache_generation(pg->cache) == lk->generation)
-    {
+    if (rc == NGX_OK && !lk->call && pg->cache) {
         ttl = (ki->status == NGX_HTTP_REDISGATE_KEY_UNKNOWN)
               ? pg->negative_ttl : pg->ttl;
 
         ngx_http_redisgate_cache_put(pg->cache, lk->hash, lk->instance, ki,
                              ttl,
                              ki->status == NGX_HTTP_REDISGATE_KEY_UNKNOWN
-                             ? 0 : pg->stale);
+                             ? 0 : pg->stale, lk->generation);
     }
 
     while (!ngx_queue_empty(&lk->waiters)) {
