@@ -69,6 +69,7 @@ ngx_http_redisgate_bulk_piece(void *data, ngx_http_redisgate_op_t *op,
 
     ngx_int_t                   rc;
     ngx_chain_t                *out, *cl;
+    ngx_connection_t           *c;
     ngx_http_request_t         *r;
     ngx_http_redisgate_bulk_t  *b;
 
@@ -84,7 +85,12 @@ ngx_http_redisgate_bulk_piece(void *data, ngx_http_redisgate_op_t *op,
             ctx->bulk->op = NULL;
         }
 
+        c = r->connection;
+
+        /* from a timer: what the end posts runs now, not at c's next event */
         ngx_http_finalize_request(r, NGX_ERROR);
+        ngx_http_run_posted_requests(c);
+
         return NGX_OK;
     }
 
@@ -161,6 +167,15 @@ ngx_http_redisgate_bulk_start(ngx_http_request_t *r,
 
     ctx->bulk = b;
     b->level = NGX_LOG_ERR;
+
+    /*
+     * The pace is the client's, and Redis waits on it: limit_rate's own
+     * delays would hold the Redis connection too (nginx's unbuffered
+     * proxying turns it off the same way)
+     */
+    r->limit_rate = 0;
+    r->limit_rate_set = 1;
+
     b->raw = ctx->resp2;
     b->enc.base64 = ctx->encoding & NGX_HTTP_REDISGATE_ENC_BASE64;
 

@@ -259,6 +259,12 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     op->bulk = bulk;
     op->data = data;
     op->timeout = timeout;
+    op->left = n;
+    op->sent = n;
+
+    op->timer.handler = ngx_http_redisgate_redis_op_timeout;
+    op->timer.data = op;
+    op->timer.log = backend->log;
 
     /* all the commands or none: MULTI...EXEC stays whole */
 
@@ -275,23 +281,17 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
         return NGX_DECLINED;
     }
 
-    if (ngx_http_redisgate_wait(r->pool, NULL, &op->wait) != NGX_OK) {
-        /* queued already: its replies will be read and dropped */
-        return NGX_ERROR;
-    }
-
-    op->left = n;
-    op->sent = n;
-
     ngx_http_redisgate_stats_backend_add(backend->node.stats,
                                          NGX_HTTP_REDISGATE_STAT_IN_FLIGHT,
                                          (ngx_int_t) n);
 
-    op->timer.handler = ngx_http_redisgate_redis_op_timeout;
-    op->timer.data = op;
-    op->timer.log = backend->log;
-
     ngx_add_timer(&op->timer, timeout);
+
+    if (ngx_http_redisgate_wait(r->pool, NULL, &op->wait) != NGX_OK) {
+        /* queued already: its replies will be read and dropped, and the
+         * op freed with the last, as any whose request left */
+        return NGX_ERROR;
+    }
 
     return NGX_OK;
 }
@@ -307,10 +307,11 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
 static ngx_http_redisgate_conn_t *
 ngx_http_redisgate_redis_pick(ngx_http_redisgate_backend_t *backend)
 {
-    ngx_uint_t                  i, pending;
+    ngx_uint_t                  i, pending, best_pending;
     ngx_http_redisgate_conn_t  *conn, *best, *free;
 
     best = NULL;
+    best_pending = 0;
     free = NULL;
 
     for (i = 0; i < backend->pool_size; i++) {
@@ -338,14 +339,18 @@ ngx_http_redisgate_redis_pick(ngx_http_redisgate_backend_t *backend)
 
         pending = ngx_http_redisgate_link_pending(&conn->link);
 
+        if (conn->link.paused) {
+            /* a slow client holds it: the last choice */
+            pending += NGX_HTTP_REDISGATE_BUSY;
+        }
+
         if (pending < NGX_HTTP_REDISGATE_BUSY) {
             return conn;
         }
 
-        if (best == NULL || pending < ngx_http_redisgate_link_pending(
-                                                             &best->link))
-        {
+        if (best == NULL || pending < best_pending) {
             best = conn;
+            best_pending = pending;
         }
     }
 
@@ -813,13 +818,26 @@ ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev)
 
     conn = op->conn;
 
-    if (conn->link.paused) {
-        ngx_http_redisgate_redis_cut(conn);
+    if (conn->link.bulk_left) {
 
-        /* the connection moves again: its time starts again */
-        ngx_add_timer(&op->timer, op->timeout);
+        if (conn->link.bulk.data != op) {
+            /*
+             * Its reply is behind a large one that is coming: that one's
+             * own timer watches it (each piece restarts it), this one
+             * waits on
+             */
+            ngx_add_timer(&op->timer, op->timeout);
+            return;
+        }
 
-        return;
+        if (conn->link.paused) {
+            /* the large reply's client took nothing for this long */
+            ngx_http_redisgate_redis_cut(conn);
+            ngx_add_timer(&op->timer, op->timeout);
+            return;
+        }
+
+        /* Redis stopped in the middle of it: as any late reply */
     }
 
     ngx_log_error(NGX_LOG_ERR, ev->log, 0,

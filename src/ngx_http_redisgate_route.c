@@ -326,39 +326,42 @@ ngx_http_redisgate_hex(u_char c)
 ngx_int_t
 ngx_http_redisgate_parse_uuid(u_char *dst, u_char *p, size_t len)
 {
-    u_char      c, lc, out[NGX_HTTP_REDISGATE_UUID_LEN];
+    u_char      c, out[NGX_HTTP_REDISGATE_UUID_LEN];
     ngx_uint_t  i;
 
-    if (len != NGX_HTTP_REDISGATE_UUID_LEN) {
+    /* a hex digit's lower case; 0 for any other byte (on every request) */
+    static u_char  lower[256] = {
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 0, 0, 0, 0, 0, 0,
+        0, 'a', 'b', 'c', 'd', 'e', 'f', 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 'a', 'b', 'c', 'd', 'e', 'f', 0, 0, 0, 0, 0, 0, 0, 0, 0
+        /* the rest: 0 */
+    };
+
+    if (len != NGX_HTTP_REDISGATE_UUID_LEN
+        || p[8] != '-' || p[13] != '-' || p[18] != '-' || p[23] != '-')
+    {
         return NGX_ERROR;
     }
 
-    /*
-     * One pass, on every request: a digit has the 0x20 bit already, so
-     * c | 0x20 is the lower case of every hex digit, and only a letter
-     * from A to F or a to f becomes one from a to f.  dst is left alone
-     * on an error.
-     */
+    /* dst is left alone on an error */
 
     for (i = 0; i < NGX_HTTP_REDISGATE_UUID_LEN; i++) {
-        c = p[i];
+        c = lower[p[i]];
 
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-') {
-                return NGX_ERROR;
+        if (c == 0) {
+            if (i == 8 || i == 13 || i == 18 || i == 23) {
+                out[i] = '-';
+                continue;
             }
 
-            out[i] = c;
-            continue;
-        }
-
-        lc = c | 0x20;
-
-        if (!((c >= '0' && c <= '9') || (lc >= 'a' && lc <= 'f'))) {
             return NGX_ERROR;
         }
 
-        out[i] = lc;
+        out[i] = c;
     }
 
     ngx_memcpy(dst, out, NGX_HTTP_REDISGATE_UUID_LEN);

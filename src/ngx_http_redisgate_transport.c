@@ -732,7 +732,7 @@ ngx_http_redisgate_link_read(ngx_http_redisgate_link_t *link)
         }
 
         if (n == 0 || n == NGX_ERROR) {
-            if (n == 0 && link->nwaits == 0
+            if (n == 0 && ngx_http_redisgate_link_pending(link) == 0
                 && link->out_last == link->out_pos)
             {
                 /* an idle connection Redis closed (its timeout, a kill) */
@@ -1078,11 +1078,11 @@ ngx_http_redisgate_link_bulk_start(ngx_http_redisgate_link_t *link)
         return NGX_DECLINED;
     }
 
-    /* "$" and 19 digits at most, CR, LF */
-    nl = ngx_strlchr(p, p + ngx_min(avail, NGX_OFF_T_LEN + 3), '\n');
+    /* "$", CR, LF and 18 digits at most: no off_t overflows */
+    nl = ngx_strlchr(p, p + ngx_min(avail, (size_t) 18 + 3), '\n');
 
     if (nl == NULL) {
-        return (avail < NGX_OFF_T_LEN + 3) ? NGX_AGAIN : NGX_DECLINED;
+        return (avail < 18 + 3) ? NGX_AGAIN : NGX_DECLINED;
     }
 
     if (nl - p < 3 || nl[-1] != '\r') {

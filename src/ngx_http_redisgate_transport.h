@@ -189,7 +189,9 @@ void ngx_http_redisgate_link_exit_process(void);
 const char *ngx_http_redisgate_link_strerror(ngx_uint_t failure);
 
 
-#define ngx_http_redisgate_link_pending(link)  ((link)->nwaits)
+/* replies awaited, the large one being handed over included */
+#define ngx_http_redisgate_link_pending(link)                                 \
+    ((link)->nwaits + ((link)->bulk_left != 0))
 
 
 /* tls.c: redisgate_ssl_* into one client SSL context */
