@@ -292,6 +292,12 @@ ngx_http_redisgate_bulk_fill(ngx_http_request_t *r,
             continue;
         }
 
+        if (buf->last == buf->pos) {
+            /* nothing yet (the piece's bytes are kept for the next): the
+             * buffer waits for them, an empty one must not go out */
+            break;
+        }
+
         /* what this piece made goes now */
         *ll = b->cur;
         ll = &b->cur->next;

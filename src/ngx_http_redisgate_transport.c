@@ -24,6 +24,8 @@
 
 #include "ngx_http_redisgate_transport.h"
 
+#include <hiredis/sds.h>
+
 
 /* read at most this much per event before letting others run */
 #define NGX_HTTP_REDISGATE_LINK_READ_MAX    (1024 * 1024)
@@ -1126,9 +1128,22 @@ ngx_http_redisgate_link_bulk_start(ngx_http_redisgate_link_t *link)
                                        (u_char *) reader->buf + reader->pos,
                                        reader->len - reader->pos);
 
-    if (link->generation == generation) {
-        /* the reader is still the link's */
-        reader->pos += taken;
+    if (link->generation != generation) {
+        return NGX_OK;
+    }
+
+    /* the reader is still the link's */
+    reader->pos += taken;
+
+    if (reader->pos == reader->len) {
+        /*
+         * All it holds is handed over: its buffer starts again.  hiredis
+         * compacts it in redisReaderGetReply() only, which a run of large
+         * replies never calls: the buffer grew by each one's first read.
+         */
+        sdsclear(reader->buf);
+        reader->pos = 0;
+        reader->len = 0;
     }
 
     return NGX_OK;
