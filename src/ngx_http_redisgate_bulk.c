@@ -47,6 +47,8 @@ struct ngx_http_redisgate_bulk_s {
 
 static ngx_int_t ngx_http_redisgate_bulk_start(ngx_http_request_t *r,
     ngx_http_redisgate_ctx_t *ctx, off_t size);
+static ngx_chain_t *ngx_http_redisgate_bulk_buf(ngx_http_request_t *r,
+    ngx_http_redisgate_bulk_t *b);
 static ngx_int_t ngx_http_redisgate_bulk_fill(ngx_http_request_t *r,
     ngx_http_redisgate_bulk_t *b, u_char *p, size_t n, ngx_uint_t final,
     ngx_chain_t **out);
@@ -145,17 +147,9 @@ ngx_http_redisgate_bulk_start(ngx_http_request_t *r,
 
     b = ngx_pcalloc(r->pool, sizeof(ngx_http_redisgate_bulk_t));
     cln = ngx_pool_cleanup_add(r->pool, 0);
-    cl = ngx_alloc_chain_link(r->pool);
+    cl = (b && cln) ? ngx_http_redisgate_bulk_buf(r, b) : NULL;
 
-    if (cl) {
-        cl->buf = ngx_calloc_buf(r->pool);
-        cl->next = NULL;
-    }
-
-    if (b == NULL || cln == NULL || cl == NULL || cl->buf == NULL
-        || (cl->buf->start = ngx_palloc(r->pool, NGX_HTTP_REDISGATE_BULK_BUF))
-           == NULL)
-    {
+    if (cl == NULL) {
         /* nothing is sent yet, and the pieces are dropped: an error
          * answer at the end */
         ctx->error = "out of memory";
@@ -183,11 +177,6 @@ ngx_http_redisgate_bulk_start(ngx_http_request_t *r,
                    "redisgate: a bulk reply of %O bytes, streamed", size);
 
     /* its opening, in the first buffer */
-
-    cl->buf->pos = cl->buf->start;
-    cl->buf->end = cl->buf->start + NGX_HTTP_REDISGATE_BULK_BUF;
-    cl->buf->temporary = 1;
-    cl->buf->tag = (ngx_buf_tag_t) &ngx_http_redisgate_module;
 
     if (b->raw) {
         p = ngx_sprintf(cl->buf->pos, "$%O\r\n", size);
@@ -231,7 +220,7 @@ ngx_http_redisgate_bulk_fill(ngx_http_request_t *r,
     u_char        *s, *last, *end;
     size_t         k;
     ngx_buf_t     *buf;
-    ngx_chain_t  **ll, *cl;
+    ngx_chain_t  **ll;
 
     s = p;
     last = p + n;
@@ -240,26 +229,10 @@ ngx_http_redisgate_bulk_fill(ngx_http_request_t *r,
     for ( ;; ) {
 
         if (b->cur == NULL) {
-            cl = ngx_chain_get_free_buf(r->pool, &b->free);
-            if (cl == NULL) {
+            b->cur = ngx_http_redisgate_bulk_buf(r, b);
+            if (b->cur == NULL) {
                 return NGX_ERROR;
             }
-
-            if (cl->buf->start == NULL) {
-                cl->buf->start = ngx_palloc(r->pool,
-                                            NGX_HTTP_REDISGATE_BULK_BUF);
-                if (cl->buf->start == NULL) {
-                    return NGX_ERROR;
-                }
-
-                cl->buf->pos = cl->buf->start;
-                cl->buf->last = cl->buf->start;
-                cl->buf->end = cl->buf->start + NGX_HTTP_REDISGATE_BULK_BUF;
-                cl->buf->temporary = 1;
-                cl->buf->tag = (ngx_buf_tag_t) &ngx_http_redisgate_module;
-            }
-
-            b->cur = cl;
         }
 
         buf = b->cur->buf;
@@ -309,6 +282,36 @@ ngx_http_redisgate_bulk_fill(ngx_http_request_t *r,
     *ll = NULL;
 
     return NGX_OK;
+}
+
+
+/* an empty buffer: one sent already (b->free), or a new one */
+
+static ngx_chain_t *
+ngx_http_redisgate_bulk_buf(ngx_http_request_t *r,
+    ngx_http_redisgate_bulk_t *b)
+{
+    ngx_chain_t  *cl;
+
+    cl = ngx_chain_get_free_buf(r->pool, &b->free);
+    if (cl == NULL) {
+        return NULL;
+    }
+
+    if (cl->buf->start == NULL) {
+        cl->buf->start = ngx_palloc(r->pool, NGX_HTTP_REDISGATE_BULK_BUF);
+        if (cl->buf->start == NULL) {
+            return NULL;
+        }
+
+        cl->buf->pos = cl->buf->start;
+        cl->buf->last = cl->buf->start;
+        cl->buf->end = cl->buf->start + NGX_HTTP_REDISGATE_BULK_BUF;
+        cl->buf->temporary = 1;
+        cl->buf->tag = (ngx_buf_tag_t) &ngx_http_redisgate_module;
+    }
+
+    return cl;
 }
 
 

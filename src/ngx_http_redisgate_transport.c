@@ -30,6 +30,10 @@
 /* read at most this much per event before letting others run */
 #define NGX_HTTP_REDISGATE_LINK_READ_MAX    (1024 * 1024)
 
+/* a large bulk's first line: "$", 18 digits at most (no off_t overflows),
+ * CR, LF */
+#define NGX_HTTP_REDISGATE_LINK_BULK_LINE   (1 + 18 + 2)
+
 /* an output buffer grown past this is freed once drained */
 #define NGX_HTTP_REDISGATE_LINK_OUT_KEEP    (64 * 1024)
 
@@ -1080,11 +1084,12 @@ ngx_http_redisgate_link_bulk_start(ngx_http_redisgate_link_t *link)
         return NGX_DECLINED;
     }
 
-    /* "$", CR, LF and 18 digits at most: no off_t overflows */
-    nl = ngx_strlchr(p, p + ngx_min(avail, (size_t) 18 + 3), '\n');
+    nl = ngx_strlchr(p, p + ngx_min(avail, NGX_HTTP_REDISGATE_LINK_BULK_LINE),
+                     '\n');
 
     if (nl == NULL) {
-        return (avail < 18 + 3) ? NGX_AGAIN : NGX_DECLINED;
+        return (avail < NGX_HTTP_REDISGATE_LINK_BULK_LINE) ? NGX_AGAIN
+                                                          : NGX_DECLINED;
     }
 
     if (nl - p < 3 || nl[-1] != '\r') {

@@ -79,6 +79,13 @@ function vm(pid, field) {
   return Number(m[1]) * 1024;
 }
 
+// the bytes of a keep-alive GET of the instance, with the token
+function getText(path, headers = {}) {
+  const h = Object.entries({ Authorization: `Bearer ${token}`, ...headers })
+    .map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  return `GET /redis/${ID}${path} HTTP/1.1\r\nHost: x\r\n${h}\r\n`;
+}
+
 // a raw HTTP/1.1 GET: resolves the socket once the headers are in
 function rawGet(path, headers = {}) {
   return new Promise((resolve, reject) => {
@@ -94,9 +101,7 @@ function rawGet(path, headers = {}) {
     };
     sock.on('data', onData);
     sock.on('error', reject);
-    const h = Object.entries({ Authorization: `Bearer ${token}`, ...headers })
-      .map(([k, v]) => `${k}: ${v}\r\n`).join('');
-    sock.write(`GET /redis/${ID}${path} HTTP/1.1\r\nHost: x\r\n${h}\r\n`);
+    sock.write(getText(path, headers));
   });
 }
 
@@ -193,9 +198,7 @@ test(`${HUGE >> 20} MB: linear, and the worker does not hold it`, async () => {
 function getLoop(path, headers, count) {
   return new Promise((resolve, reject) => {
     const sock = net.connect(nginx.port, '127.0.0.1');
-    const h = Object.entries({ Authorization: `Bearer ${token}`, ...headers })
-      .map(([k, v]) => `${k}: ${v}\r\n`).join('');
-    const request = `GET /redis/${ID}${path} HTTP/1.1\r\nHost: x\r\n${h}\r\n`;
+    const request = getText(path, headers);
     const lengths = [];
     let head = Buffer.alloc(0);
     let body = -1;      // bytes of the body still to come; -1: in the head
