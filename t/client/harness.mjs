@@ -97,16 +97,32 @@ export function makeTmpDir(prefix) {
 // ---------------------------------------------------------------------------
 // ports, tokens
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
+// The kernel's ephemeral ports (ip_local_port_range) are also those it
+// gives outgoing connections: a port picked there could be taken by any
+// client socket (of the suites running beside this one) between its pick
+// and its server's bind.  Ports are picked below that range instead.
+const EPHEMERAL_LOW = (() => {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return low > 12000 ? low : 32768;
+  } catch { return 32768; }
+})();
+
+function canListen(port) {
+  return new Promise((resolve) => {
     const srv = net.createServer();
     srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
+}
+
+export async function freePort() {
+  for (let i = 0; i < 100; i++) {
+    const port = 10000 + Math.floor(Math.random() * (EPHEMERAL_LOW - 10000));
+    if (await canListen(port)) return port;
+  }
+  throw new Error(`no free port between 10000 and ${EPHEMERAL_LOW}`);
 }
 
 export function newToken() {
