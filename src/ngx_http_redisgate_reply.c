@@ -27,12 +27,30 @@
 #define NGX_HTTP_REDISGATE_SSE2  0
 #endif
 
+/*
+ * AVX2 for base64, chosen at run time (nginx and its modules are built for
+ * the baseline x86-64, which has none): GCC and clang compile a function
+ * for a wider target than the file's when it says so.
+ */
+#if (NGX_HTTP_REDISGATE_SSE2 && defined __x86_64__                          \
+     && (defined __clang__ || __GNUC__ > 4                                    \
+         || (__GNUC__ == 4 && __GNUC_MINOR__ >= 9)))
+#define NGX_HTTP_REDISGATE_AVX2  1
+#include <immintrin.h>
+#else
+#define NGX_HTTP_REDISGATE_AVX2  0
+#endif
+
 
 static u_char *ngx_http_redisgate_json_escape(ngx_http_redisgate_piece_t *enc,
     u_char *p, u_char *end, u_char **sp, u_char *last, ngx_uint_t final);
 static u_char *ngx_http_redisgate_json_plain(u_char *s, u_char *last);
 static u_char *ngx_http_redisgate_base64(u_char *p, u_char *end, u_char **sp,
     u_char *last, ngx_uint_t final);
+#if (NGX_HTTP_REDISGATE_AVX2)
+static size_t ngx_http_redisgate_base64_avx2(u_char *p, u_char *s, size_t n)
+    __attribute__((target("avx2")));
+#endif
 static size_t ngx_http_redisgate_utf8_seq(u_char *p, u_char *last);
 static ngx_uint_t ngx_http_redisgate_utf8_lead(u_char c, u_char *lo,
     u_char *hi);
@@ -103,6 +121,9 @@ static u_char  ngx_http_redisgate_json_class[256] = {
 /* two base64 digits for each 12 bits, made on first use */
 static u_char  ngx_http_redisgate_base64_pairs[4096][2];
 static ngx_uint_t  ngx_http_redisgate_base64_ready;
+#if (NGX_HTTP_REDISGATE_AVX2)
+static ngx_uint_t  ngx_http_redisgate_base64_wide;
+#endif
 
 
 size_t
@@ -588,6 +609,10 @@ ngx_http_redisgate_base64(u_char *p, u_char *end, u_char **sp, u_char *last,
             ngx_http_redisgate_base64_pairs[i][1] = t[i & 0x3f];
         }
 
+#if (NGX_HTTP_REDISGATE_AVX2)
+        ngx_http_redisgate_base64_wide = __builtin_cpu_supports("avx2");
+#endif
+
         ngx_http_redisgate_base64_ready = 1;
     }
 
@@ -598,6 +623,16 @@ ngx_http_redisgate_base64(u_char *p, u_char *end, u_char **sp, u_char *last,
         n = (end - p) / 4 * 3;
         final = 0;
     }
+
+#if (NGX_HTTP_REDISGATE_AVX2)
+    if (ngx_http_redisgate_base64_wide) {
+        i = ngx_http_redisgate_base64_avx2(p, s, n);
+
+        p += i / 3 * 4;
+        s += i;
+        n -= i;
+    }
+#endif
 
     /* 6 bytes into 8: one load (of 8), four table reads, one store */
 
@@ -651,6 +686,78 @@ ngx_http_redisgate_base64(u_char *p, u_char *end, u_char **sp, u_char *last,
 
     return p;
 }
+
+
+#if (NGX_HTTP_REDISGATE_AVX2)
+
+/*
+ * 24 bytes into 32 digits a step, the way Muła and Lemire describe it
+ * ("Faster Base64 Encoding and Decoding Using AVX2 Instructions", 2018).
+ * Each 128-bit lane takes 12 bytes, four groups of three; a shuffle puts
+ * each group's bytes b0 b1 b2 into a 32-bit word as b1 b0 b2 b1, so that
+ * two multiplications on 16-bit halves move its four 6-bit indices into
+ * the word's four bytes; a 16-entry shuffle then adds to each index what
+ * takes it to its digit (65 for 0-25, 71 for 26-51, -4 for the digits,
+ * -19 for '+', -16 for '/').  Each lane reads 16 bytes: the loop stops
+ * while 28 are left.  Returns the bytes it encoded, a multiple of 3.
+ */
+
+static size_t
+ngx_http_redisgate_base64_avx2(u_char *p, u_char *s, size_t n)
+{
+    size_t   done;
+    __m256i  v, spread, hi_mask, hi_mul, lo_mask, lo_mul, offsets, k;
+
+    spread = _mm256_setr_epi8(1, 0, 2, 1, 4, 3, 5, 4,
+                              7, 6, 8, 7, 10, 9, 11, 10,
+                              1, 0, 2, 1, 4, 3, 5, 4,
+                              7, 6, 8, 7, 10, 9, 11, 10);
+
+    /* the first and third index of a word, and what shifts them home */
+    hi_mask = _mm256_set1_epi32(0x0fc0fc00);
+    hi_mul = _mm256_set1_epi32(0x04000040);
+
+    /* the second and the fourth */
+    lo_mask = _mm256_set1_epi32(0x003f03f0);
+    lo_mul = _mm256_set1_epi32(0x01000010);
+
+    offsets = _mm256_setr_epi8(71, -4, -4, -4, -4, -4, -4, -4,
+                               -4, -4, -4, -19, -16, 65, 0, 0,
+                               71, -4, -4, -4, -4, -4, -4, -4,
+                               -4, -4, -4, -19, -16, 65, 0, 0);
+
+    done = 0;
+
+    while (n - done >= 28) {
+        v = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(
+                    _mm_loadu_si128((__m128i *) (s + done))),
+                _mm_loadu_si128((__m128i *) (s + done + 12)), 1);
+
+        v = _mm256_shuffle_epi8(v, spread);
+
+        v = _mm256_or_si256(
+                _mm256_mulhi_epu16(_mm256_and_si256(v, hi_mask), hi_mul),
+                _mm256_mullo_epi16(_mm256_and_si256(v, lo_mask), lo_mul));
+
+        /* 0 for 26-51, 1-12 for 52-63, 13 for 0-25: the offset's entry */
+        k = _mm256_or_si256(
+                _mm256_subs_epu8(v, _mm256_set1_epi8(51)),
+                _mm256_and_si256(_mm256_cmpgt_epi8(_mm256_set1_epi8(26), v),
+                                 _mm256_set1_epi8(13)));
+
+        v = _mm256_add_epi8(v, _mm256_shuffle_epi8(offsets, k));
+
+        _mm256_storeu_si256((__m256i *) p, v);
+
+        p += 32;
+        done += 24;
+    }
+
+    return done;
+}
+
+#endif
 
 
 /*
