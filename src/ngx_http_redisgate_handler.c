@@ -1275,6 +1275,10 @@ done:
  * Room for len bytes at the end of the response: entries share buffers of
  * NGX_HTTP_REDISGATE_OUT_SIZE (or one of their own when larger), so a
  * pipeline's thousand small answers cost a few allocations, not thousands.
+ * A single command's answer is all one entry: its buffer is just its size,
+ * which for a small answer stays in the pool's block instead of a malloc
+ * and a free of 8 kB (ngx_palloc takes anything above a page from the
+ * heap).
  */
 
 static u_char *
@@ -1290,7 +1294,9 @@ ngx_http_redisgate_reserve(ngx_http_redisgate_ctx_t *ctx, size_t len)
     }
 
     b = ngx_create_temp_buf(ctx->request->pool,
-                            ngx_max(len, NGX_HTTP_REDISGATE_OUT_SIZE));
+                            ctx->ncmds > 1
+                            ? ngx_max(len, NGX_HTTP_REDISGATE_OUT_SIZE)
+                            : len);
     if (b == NULL) {
         return NULL;
     }
