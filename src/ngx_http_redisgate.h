@@ -205,6 +205,7 @@ struct ngx_http_redisgate_backend_s {
 struct ngx_http_redisgate_conn_s {
     ngx_http_redisgate_backend_t   *backend;
     ngx_http_redisgate_link_t       link;
+    ngx_event_t                     timer;      /* its ops' deadlines */
     unsigned                        retired:1;  /* closes once idle */
 };
 

@@ -41,7 +41,7 @@ struct ngx_http_redisgate_op_s {
     ngx_http_redisgate_reply_pt    handler;
     ngx_http_redisgate_bulk_pt     bulk;
     void                          *data;
-    ngx_event_t                    timer;
+    ngx_msec_t                     deadline;  /* ngx_current_msec's */
     ngx_msec_t                     timeout;
     ngx_uint_t                     left;      /* replies to come */
     ngx_uint_t                     sent;
@@ -67,7 +67,9 @@ static void ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
 static ngx_int_t ngx_http_redisgate_redis_bulk(void *data, u_char *p,
     size_t n, off_t left);
 static void ngx_http_redisgate_redis_cut(ngx_http_redisgate_conn_t *conn);
-static void ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev);
+static void ngx_http_redisgate_redis_watch(ngx_http_redisgate_conn_t *conn,
+    ngx_http_redisgate_op_t *op);
+static void ngx_http_redisgate_redis_timeout(ngx_event_t *ev);
 static void ngx_http_redisgate_redis_retire_idle(
     ngx_http_redisgate_conn_t *conn);
 static ngx_http_redisgate_op_t *ngx_http_redisgate_redis_op_get(
@@ -124,6 +126,11 @@ ngx_http_redisgate_redis_init_conns(ngx_http_redisgate_backend_t *backend,
         conn->link.on_close = ngx_http_redisgate_redis_closed;
         conn->link.data = conn;
         conn->link.log = backend->log;
+
+        conn->timer.handler = ngx_http_redisgate_redis_timeout;
+        conn->timer.data = conn;
+        conn->timer.log = backend->log;
+        conn->timer.cancelable = 1;
     }
 
     ngx_http_redisgate_health_init(&backend->health, rmcf->backoff_min,
@@ -220,6 +227,10 @@ ngx_http_redisgate_redis_close_backend(ngx_http_redisgate_backend_t *backend)
                                       NGX_HTTP_REDISGATE_FAIL_CLOSED,
                                       "nginx worker is exiting");
         ngx_http_redisgate_link_free(&backend->conns[i].link);
+
+        if (backend->conns[i].timer.timer_set) {
+            ngx_del_timer(&backend->conns[i].timer);
+        }
     }
 
     ngx_http_redisgate_tls_free_session(&backend->node);
@@ -258,13 +269,10 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
     op->handler = handler;
     op->bulk = bulk;
     op->data = data;
+    op->deadline = ngx_current_msec + timeout;
     op->timeout = timeout;
     op->left = n;
     op->sent = n;
-
-    op->timer.handler = ngx_http_redisgate_redis_op_timeout;
-    op->timer.data = op;
-    op->timer.log = backend->log;
 
     /* all the commands or none: MULTI...EXEC stays whole */
 
@@ -285,7 +293,7 @@ ngx_http_redisgate_redis_send(ngx_http_redisgate_backend_t *backend,
                                          NGX_HTTP_REDISGATE_STAT_IN_FLIGHT,
                                          (ngx_int_t) n);
 
-    ngx_add_timer(&op->timer, timeout);
+    ngx_http_redisgate_redis_watch(conn, op);
 
     if (ngx_http_redisgate_wait(r->pool, NULL, &op->wait) != NGX_OK) {
         /* queued already: its replies will be read and dropped, and the
@@ -666,10 +674,6 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
         return;
     }
 
-    if (op->timer.timer_set) {
-        ngx_del_timer(&op->timer);
-    }
-
     /* one shared-memory update per request, not per reply */
     ngx_http_redisgate_stats_backend_add(op->conn->backend->node.stats,
                                          NGX_HTTP_REDISGATE_STAT_IN_FLIGHT,
@@ -681,6 +685,12 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
     rc = ngx_http_redisgate_wait_done(&op->wait);
 
     ngx_http_redisgate_redis_op_free(op);
+
+    if (ngx_http_redisgate_link_pending(&conn->link) == 0) {
+        /* its timer may go off with nothing to watch: no reason to keep
+         * an exiting worker */
+        conn->timer.cancelable = 1;
+    }
 
     if (rc == NGX_OK) {
         /* the last call: the request may be finalized in it */
@@ -745,7 +755,7 @@ ngx_http_redisgate_redis_op_free(ngx_http_redisgate_op_t *op)
 
 /*
  * A piece of a large reply, to the request if it is still there (else it
- * is dropped); each one restarts the op's timer: a reply that takes long
+ * is dropped); each one moves the op's deadline: a reply that takes long
  * but moves is not late.
  */
 
@@ -754,13 +764,7 @@ ngx_http_redisgate_redis_bulk(void *data, u_char *p, size_t n, off_t left)
 {
     ngx_http_redisgate_op_t *op = data;
 
-    /* not ngx_add_timer() alone: it keeps a timer moved by less than
-     * NGX_TIMER_LAZY_DELAY where it was */
-    if (op->timer.timer_set) {
-        ngx_del_timer(&op->timer);
-    }
-
-    ngx_add_timer(&op->timer, op->timeout);
+    op->deadline = ngx_current_msec + op->timeout;
 
     if (!ngx_http_redisgate_waiting(&op->wait)) {
         return NGX_OK;
@@ -810,44 +814,129 @@ ngx_http_redisgate_redis_cut(ngx_http_redisgate_conn_t *conn)
 }
 
 
+/*
+ * One timer per connection watches its ops' deadlines, not one per op:
+ * replies come in order, so the op sent first is the first that can be
+ * late, and a timer set for it need not move while the replies come in
+ * time.  An op only sets it when it is due sooner (a location with a
+ * shorter redisgate_timeout); when it goes off, the ops awaited are
+ * looked at, and it is set again for the next deadline.  So a GET costs
+ * the worker's timer tree nothing, where a timer per op was an insertion
+ * and a deletion.
+ */
+
 static void
-ngx_http_redisgate_redis_op_timeout(ngx_event_t *ev)
+ngx_http_redisgate_redis_watch(ngx_http_redisgate_conn_t *conn,
+    ngx_http_redisgate_op_t *op)
 {
-    ngx_http_redisgate_op_t    *op = ev->data;
-    ngx_http_redisgate_conn_t  *conn;
+    ngx_event_t  *ev;
 
-    conn = op->conn;
+    ev = &conn->timer;
 
-    if (conn->link.bulk_left) {
+    /* as a timer per op did, an op awaited keeps an exiting worker */
+    ev->cancelable = 0;
 
-        if (conn->link.bulk.data != op) {
-            /*
-             * Its reply is behind a large one that is coming: that one's
-             * own timer watches it (each piece restarts it), this one
-             * waits on
-             */
-            ngx_add_timer(&op->timer, op->timeout);
+    if (ev->timer_set) {
+        if ((ngx_msec_int_t) (op->deadline - ev->timer.key) >= 0) {
             return;
         }
 
-        if (conn->link.paused) {
+        ngx_del_timer(ev);
+    }
+
+    ngx_add_timer(ev, op->timeout);
+}
+
+
+static void
+ngx_http_redisgate_redis_timeout(ngx_event_t *ev)
+{
+    ngx_http_redisgate_conn_t *conn = ev->data;
+
+    ngx_msec_t                       next;
+    ngx_uint_t                       i, watched;
+    ngx_msec_int_t                   due;
+    ngx_http_redisgate_op_t         *op, *late;
+    ngx_http_redisgate_link_t       *link;
+    ngx_http_redisgate_link_wait_t  *w;
+
+    link = &conn->link;
+    late = NULL;
+    next = 0;
+    watched = 0;
+
+    if (link->bulk_left
+        && link->bulk.handler == ngx_http_redisgate_redis_reply)
+    {
+        op = link->bulk.data;
+
+        if ((ngx_msec_int_t) (op->deadline - ngx_current_msec) <= 0) {
+
+            if (!link->paused) {
+                /* Redis stopped in the middle of it: as any late reply */
+                late = op;
+                goto late;
+            }
+
             /* the large reply's client took nothing for this long */
             ngx_http_redisgate_redis_cut(conn);
-            ngx_add_timer(&op->timer, op->timeout);
-            return;
+            op->deadline = ngx_current_msec + op->timeout;
         }
 
-        /* Redis stopped in the middle of it: as any late reply */
+        next = op->deadline;
+        watched = 1;
     }
+
+    for (i = 0; i < link->nwaits; i++) {
+        w = ngx_http_redisgate_link_awaited(link, i);
+
+        if (w->handler != ngx_http_redisgate_redis_reply) {
+            continue;
+        }
+
+        op = w->data;
+
+        if ((ngx_msec_int_t) (op->deadline - ngx_current_msec) <= 0) {
+
+            if (!link->bulk_left) {
+                late = op;
+                goto late;
+            }
+
+            /*
+             * Its reply is behind a large one that is coming: that one's
+             * deadline watches it (each piece moves it), this one waits
+             * on
+             */
+            op->deadline = ngx_current_msec + op->timeout;
+        }
+
+        if (!watched || (ngx_msec_int_t) (op->deadline - next) < 0) {
+            next = op->deadline;
+            watched = 1;
+        }
+    }
+
+    if (watched) {
+        due = next - ngx_current_msec;
+        ngx_add_timer(ev, (ngx_msec_t) ngx_max(due, 1));
+
+    } else {
+        ev->cancelable = 1;
+    }
+
+    return;
+
+late:
 
     ngx_log_error(NGX_LOG_ERR, ev->log, 0,
                   "redisgate: Redis at %V did not answer in time, "
                   "dropping the connection", &conn->backend->address.url);
 
-    op->error = "Redis command timed out";
+    late->error = "Redis command timed out";
 
     /* replies are matched by order: a late one would shift them all */
-    ngx_http_redisgate_link_close(&conn->link, NGX_HTTP_REDISGATE_FAIL_CLOSED,
+    ngx_http_redisgate_link_close(link, NGX_HTTP_REDISGATE_FAIL_CLOSED,
                                   "Redis connection dropped after a command "
                                   "timed out");
 }

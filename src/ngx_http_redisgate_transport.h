@@ -193,6 +193,10 @@ const char *ngx_http_redisgate_link_strerror(ngx_uint_t failure);
 #define ngx_http_redisgate_link_pending(link)                                 \
     ((link)->nwaits + ((link)->bulk_left != 0))
 
+/* the i-th reply awaited (0: the next to come) other than link->bulk */
+#define ngx_http_redisgate_link_awaited(link, i)                              \
+    (&(link)->waits[((link)->wait_head + (i)) & ((link)->wait_size - 1)])
+
 
 /* tls.c: redisgate_ssl_* into one client SSL context */
 

@@ -177,6 +177,29 @@ test('a Redis that never answers: 500 "timed out", nginx stays healthy', async (
   assert.ok(significantLogLines(nginx.errorLog()).some((l) => /\[error\].*(timed out|did not answer in time)/.test(l)), 'timeout logged');
 });
 
+test('a shorter redisgate_timeout queued behind a longer one keeps its own deadline', async () => {
+  // both pooled connections to the silent server get a 5 s request first;
+  // the 500 ms one is then behind one of them, and must not wait 5 s
+  const long = [0, 1].map(() => call(H, '/get/long', { timeoutMs: 9000 }));
+  await sleep(100);
+  const t0 = Date.now();
+  const r = await call(H, '/get/short', { server: SHORT, timeoutMs: 9000 });
+  const took = Date.now() - t0;
+  assert.equal(r.status, 500, r.text);
+  assert.deepEqual(r.json, { error: 'Redis command timed out' });
+  assert.ok(took < 3000, `the 500 ms request took ${took} ms`);
+  // the connection it timed out on is dropped: what was ahead of it there
+  // fails with it; a request on the other connection times out on its own
+  const errors = (await Promise.all(long)).map((x) => [x.status, x.json.error]);
+  for (const e of errors) {
+    assert.ok(e[0] === 500 && /^Redis (command timed out|connection dropped after a command timed out)$/.test(e[1]),
+      JSON.stringify(e));
+  }
+  assert.ok(errors.some((e) => e[1] === 'Redis connection dropped after a command timed out'),
+    JSON.stringify(errors));
+  assert.deepEqual((await call(B, '/ping', { server: SHORT })).json, { result: 'PONG' });
+});
+
 test('200 requests aborted by the client right after sending; nginx keeps working', async () => {
   const before = nginx.errorLog().length;
   const jobs = [];
