@@ -600,6 +600,7 @@ ngx_http_redisgate_decode_body(ngx_http_request_t *r,
     ngx_int_t                   rc;
     ngx_buf_t                  *b;
     ngx_str_t                   body;
+    ngx_uint_t                  in_file, nbufs;
     ngx_chain_t                *cl;
     ngx_http_redisgate_json_t  *j;
     ngx_http_redisgate_alloc_t  a;
@@ -633,10 +634,14 @@ ngx_http_redisgate_decode_body(ngx_http_request_t *r,
     /* "Content-Length: 0" still gets one empty buffer from nginx */
 
     size = 0;
+    in_file = 0;
+    nbufs = 0;
 
     if (r->request_body) {
         for (cl = r->request_body->bufs; cl; cl = cl->next) {
             size += ngx_buf_size(cl->buf);
+            in_file |= cl->buf->in_file;
+            nbufs++;
         }
     }
 
@@ -660,7 +665,43 @@ ngx_http_redisgate_decode_body(ngx_http_request_t *r,
     buf = NULL;
     rc = NGX_OK;
 
-    for (cl = r->request_body->bufs; cl && rc == NGX_OK; cl = cl->next) {
+    if (!in_file) {
+
+        /*
+         * In memory, the usual case: in one piece (two buffers, when part
+         * of the body came with the headers, are copied into one) for the
+         * decoder's fast path, and for yajl when that declines.  The
+         * commands may point into it: it lives as long as the request.
+         */
+
+        if (ngx_http_redisgate_body_bytes(r, &body) != NGX_OK) {
+            ngx_http_redisgate_json_destroy(j);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        rc = ngx_http_redisgate_json_fast(j, body.data, body.len, &ctx->cmds,
+                                          &ctx->ncmds);
+        if (rc == NGX_OK) {
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "redisgate json: %O bytes in %ui buffer(s), "
+                           "%ui command(s), without yajl",
+                           size, nbufs, ctx->ncmds);
+
+            ngx_http_redisgate_json_destroy(j);
+            return NGX_DECLINED;
+        }
+
+        rc = ngx_http_redisgate_json_feed(j, body.data, body.len);
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "redisgate json: %O bytes in %ui buffer(s)%s, to yajl",
+                   size, nbufs, in_file ? " and a file" : "");
+
+    for (cl = in_file ? r->request_body->bufs : NULL;
+         cl && rc == NGX_OK;
+         cl = cl->next)
+    {
         b = cl->buf;
 
         if (!b->in_file) {
@@ -668,7 +709,10 @@ ngx_http_redisgate_decode_body(ngx_http_request_t *r,
             continue;
         }
 
-        /* a body larger than client_body_buffer_size, in a temp file */
+        /*
+         * a body larger than client_body_buffer_size, in a temp file:
+         * streamed through yajl, never whole in memory
+         */
 
         if (buf == NULL) {
             buf = ngx_palloc(r->pool, 65536);

@@ -8,6 +8,10 @@
  * Request bodies: ["CMD", "arg", 1, true] for one command,
  * [["CMD", ...], ...] for /pipeline and /multi-exec.  Decoded as the body
  * arrives, with yajl's event parser, so no tree of the body is ever built.
+ *
+ * A body whole in memory first goes through ngx_http_redisgate_json_fast(),
+ * which takes only the common shape and gives up on anything else, so that
+ * yajl stays the one judge of what is valid and of every error message.
  */
 
 
@@ -66,6 +70,12 @@ static void *ngx_http_redisgate_json_yajl_realloc(void *ctx, void *old,
 static void ngx_http_redisgate_json_yajl_free(void *ctx, void *p);
 static void *ngx_http_redisgate_json_grow(ngx_http_redisgate_json_t *j,
     void *old, ngx_uint_t n, ngx_uint_t *cap, size_t size);
+static ngx_int_t ngx_http_redisgate_json_yajl(ngx_http_redisgate_json_t *j);
+static ngx_inline u_char *ngx_http_redisgate_json_skip(u_char *p,
+    u_char *last);
+static ngx_inline u_char ngx_http_redisgate_json_next(u_char **pp,
+    u_char *last);
+static u_char *ngx_http_redisgate_json_fast_number(u_char *p, u_char *last);
 
 
 static yajl_callbacks  ngx_http_redisgate_json_callbacks = {
@@ -106,16 +116,30 @@ ngx_http_redisgate_json_create(ngx_uint_t pipeline, ngx_uint_t max_commands,
     j->yajl_funcs.free = ngx_http_redisgate_json_yajl_free;
     j->yajl_funcs.ctx = j;
 
+    /* yajl's handle only when a body needs it: most take the fast path */
+
+    return j;
+}
+
+
+static ngx_int_t
+ngx_http_redisgate_json_yajl(ngx_http_redisgate_json_t *j)
+{
+    if (j->handle) {
+        return NGX_OK;
+    }
+
     j->handle = yajl_alloc(&ngx_http_redisgate_json_callbacks, &j->yajl_funcs,
                            j);
     if (j->handle == NULL) {
-        return NULL;
+        j->error = "out of memory";
+        return NGX_ERROR;
     }
 
     /* values are bytes for Redis, not necessarily text */
     yajl_config(j->handle, yajl_dont_validate_strings, 1);
 
-    return j;
+    return NGX_OK;
 }
 
 
@@ -135,6 +159,10 @@ ngx_http_redisgate_json_feed(ngx_http_redisgate_json_t *j, u_char *data,
 {
     yajl_status  rc;
 
+    if (ngx_http_redisgate_json_yajl(j) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     rc = yajl_parse(j->handle, data, len);
 
     if (rc == yajl_status_ok) {
@@ -153,6 +181,10 @@ ngx_int_t
 ngx_http_redisgate_json_finish(ngx_http_redisgate_json_t *j,
     ngx_http_redisgate_cmd_t **cmds, ngx_uint_t *n)
 {
+    if (ngx_http_redisgate_json_yajl(j) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (yajl_complete_parse(j->handle) != yajl_status_ok || !j->closed) {
         if (j->error == NULL) {
             j->error = "invalid JSON in the request body";
@@ -172,6 +204,308 @@ const char *
 ngx_http_redisgate_json_error(ngx_http_redisgate_json_t *j)
 {
     return j->error;
+}
+
+
+/*
+ * The common body without yajl, whole in one buffer: arrays only where
+ * commands and their list are, strings with no backslash, numbers, true
+ * and false, the four white space characters of JSON.  On anything else
+ * it gives up (NGX_DECLINED, j as it was created), be it an error or only
+ * rarer, so that yajl decides what is valid and words every error; what
+ * it takes it decodes as the callbacks would, the fuzzer comparing them.
+ * Arguments point into data, which must live as long as the commands.
+ */
+
+ngx_int_t
+ngx_http_redisgate_json_fast(ngx_http_redisgate_json_t *j, u_char *data,
+    size_t len, ngx_http_redisgate_cmd_t **cmds, ngx_uint_t *n)
+{
+    u_char                     c, *p, *last, *start, *end;
+    ngx_str_t                 *args, *arg;
+    ngx_uint_t                 nargs, args_cap, first, ncmds, cmds_cap;
+    ngx_http_redisgate_cmd_t  *cmd, *list;
+
+    /* the state in locals: j stays as created when the body is declined */
+
+    args = NULL;
+    nargs = 0;
+    args_cap = 0;
+
+    list = NULL;
+    ncmds = 0;
+    cmds_cap = 0;
+
+    p = data;
+    last = data + len;
+
+    p = ngx_http_redisgate_json_skip(p, last);
+
+    if (j->pipeline) {
+        if (p == last || *p != '[') {
+            goto declined;
+        }
+
+        p = ngx_http_redisgate_json_skip(p + 1, last);
+    }
+
+    for ( ;; ) {
+
+        /* one command; "[]" falls to yajl for its "empty command" */
+
+        if (p == last || *p != '[') {
+            goto declined;
+        }
+
+        p = ngx_http_redisgate_json_skip(p + 1, last);
+
+        /*
+         * The arguments of all commands in one array, each command's
+         * argv a slice of it: when the array grows, the slices of earlier
+         * commands stay valid in the old copy, which nothing frees.
+         */
+
+        first = nargs;
+
+        for ( ;; ) {
+            if (p == last) {
+                goto declined;
+            }
+
+            if (*p == '"') {
+                start = ++p;
+
+                /*
+                 * To the closing quote: an escape or a control character
+                 * (an error) is yajl's.  Bytes from 0x80 are taken as they
+                 * are, as yajl takes them without its UTF-8 check.
+                 */
+
+                for ( ;; ) {
+                    p = ngx_http_redisgate_json_plain(p, last);
+
+                    if (p == last || *p < 0x80) {
+                        break;
+                    }
+
+                    do {
+                        p++;
+                    } while (p < last && *p >= 0x80);
+                }
+
+                if (p == last || *p != '"') {
+                    goto declined;
+                }
+
+                end = p++;
+
+            } else if (nargs == first) {
+                /* a command name that is not a string: yajl's error */
+                goto declined;
+
+            } else {
+                /* the token's own text, as yajl passes it to the callbacks */
+
+                start = p;
+
+                if (last - p >= 4 && ngx_strncmp(p, "true", 4) == 0) {
+                    p += 4;
+
+                } else if (last - p >= 5 && ngx_strncmp(p, "false", 5) == 0) {
+                    p += 5;
+
+                } else {
+                    p = ngx_http_redisgate_json_fast_number(p, last);
+                    if (p == NULL) {
+                        goto declined;
+                    }
+                }
+
+                end = p;
+            }
+
+            if (nargs == args_cap) {
+                args = ngx_http_redisgate_json_grow(j, args, nargs, &args_cap,
+                                                    sizeof(ngx_str_t));
+                if (args == NULL) {
+                    goto declined;
+                }
+            }
+
+            /* an empty string as the callbacks leave it: no data */
+
+            arg = &args[nargs++];
+            arg->len = end - start;
+            arg->data = arg->len ? start : NULL;
+
+            /* "truex", "01", "1a" and the like end here too */
+
+            c = ngx_http_redisgate_json_next(&p, last);
+
+            if (c == ']') {
+                break;
+            }
+
+            if (c != ',') {
+                goto declined;
+            }
+        }
+
+        if (ncmds == j->max_commands) {
+            goto declined;
+        }
+
+        if (ncmds == cmds_cap) {
+            list = ngx_http_redisgate_json_grow(j, list, ncmds, &cmds_cap,
+                                       sizeof(ngx_http_redisgate_cmd_t));
+            if (list == NULL) {
+                goto declined;
+            }
+        }
+
+        cmd = &list[ncmds++];
+        cmd->argv = args + first;
+        cmd->argc = nargs - first;
+
+        if (!j->pipeline) {
+            break;
+        }
+
+        c = ngx_http_redisgate_json_next(&p, last);
+
+        if (c == ']') {
+            break;
+        }
+
+        if (c != ',') {
+            goto declined;
+        }
+    }
+
+    /* white space only after the body, as yajl allows */
+
+    if (ngx_http_redisgate_json_skip(p, last) != last) {
+        goto declined;
+    }
+
+    j->cmds = list;
+    j->ncmds = ncmds;
+    j->closed = 1;
+
+    *cmds = list;
+    *n = ncmds;
+
+    return NGX_OK;
+
+declined:
+
+    /* what was allocated stays in the pool; an "out of memory" is yajl's */
+
+    j->error = NULL;
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_inline u_char *
+ngx_http_redisgate_json_skip(u_char *p, u_char *last)
+{
+    /* JSON's white space; yajl takes \v and \f too, left to it */
+
+    while (p < last
+           && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+    {
+        p++;
+    }
+
+    return p;
+}
+
+
+/*
+ * After a value: past white space and a ',' or a ']' (and white space
+ * after a ','), returning which; 0, p unmoved, for anything else
+ */
+
+static ngx_inline u_char
+ngx_http_redisgate_json_next(u_char **pp, u_char *last)
+{
+    u_char  *p;
+
+    p = ngx_http_redisgate_json_skip(*pp, last);
+
+    if (p == last) {
+        return 0;
+    }
+
+    if (*p == ',') {
+        *pp = ngx_http_redisgate_json_skip(p + 1, last);
+        return ',';
+    }
+
+    if (*p == ']') {
+        *pp = p + 1;
+        return ']';
+    }
+
+    return 0;
+}
+
+
+/* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, yajl's number; NULL if not */
+
+static u_char *
+ngx_http_redisgate_json_fast_number(u_char *p, u_char *last)
+{
+    if (*p == '-') {
+        p++;
+    }
+
+    if (p == last) {
+        return NULL;
+    }
+
+    if (*p == '0') {
+        p++;
+
+    } else if (*p >= '1' && *p <= '9') {
+        do {
+            p++;
+        } while (p < last && *p >= '0' && *p <= '9');
+
+    } else {
+        return NULL;
+    }
+
+    if (p < last && *p == '.') {
+        p++;
+
+        if (p == last || *p < '0' || *p > '9') {
+            return NULL;
+        }
+
+        do {
+            p++;
+        } while (p < last && *p >= '0' && *p <= '9');
+    }
+
+    if (p < last && (*p == 'e' || *p == 'E')) {
+        p++;
+
+        if (p < last && (*p == '+' || *p == '-')) {
+            p++;
+        }
+
+        if (p == last || *p < '0' || *p > '9') {
+            return NULL;
+        }
+
+        do {
+            p++;
+        } while (p < last && *p >= '0' && *p <= '9');
+    }
+
+    return p;
 }
 
 

@@ -106,6 +106,13 @@ typedef struct ngx_http_redisgate_json_s  ngx_http_redisgate_json_t;
 ngx_http_redisgate_json_t *ngx_http_redisgate_json_create(
     ngx_uint_t pipeline, ngx_uint_t max_commands,
     ngx_http_redisgate_alloc_t *a);
+/*
+ * the whole body at once, without yajl: NGX_DECLINED when it is not of the
+ * common shape (then feed it to the same decoder); arguments point into data
+ */
+ngx_int_t ngx_http_redisgate_json_fast(ngx_http_redisgate_json_t *j,
+    u_char *data, size_t len, ngx_http_redisgate_cmd_t **cmds,
+    ngx_uint_t *n);
 ngx_int_t ngx_http_redisgate_json_feed(ngx_http_redisgate_json_t *j,
     u_char *data, size_t len);
 ngx_int_t ngx_http_redisgate_json_finish(ngx_http_redisgate_json_t *j,
@@ -125,6 +132,12 @@ size_t ngx_http_redisgate_json_string_len(u_char *s, size_t n,
     ngx_uint_t base64);
 u_char *ngx_http_redisgate_json_string(u_char *p, u_char *s, size_t n,
     ngx_uint_t base64);
+
+/*
+ * the end of the run from s of bytes a JSON string holds as they are:
+ * printable ASCII but '"' and '\\' (16 at a time with SSE2)
+ */
+u_char *ngx_http_redisgate_json_plain(u_char *s, u_char *last);
 
 /* RESP2 bytes of a reply, and of a command to send */
 

@@ -44,7 +44,6 @@
 
 static u_char *ngx_http_redisgate_json_escape(ngx_http_redisgate_piece_t *enc,
     u_char *p, u_char *end, u_char **sp, u_char *last, ngx_uint_t final);
-static u_char *ngx_http_redisgate_json_plain(u_char *s, u_char *last);
 static u_char *ngx_http_redisgate_base64(u_char *p, u_char *end, u_char **sp,
     u_char *last, ngx_uint_t final);
 #if (NGX_HTTP_REDISGATE_AVX2)
@@ -526,7 +525,7 @@ ngx_http_redisgate_json_escape(ngx_http_redisgate_piece_t *enc, u_char *p,
  * so a word that passes is all plain.
  */
 
-static u_char *
+u_char *
 ngx_http_redisgate_json_plain(u_char *s, u_char *last)
 {
 #if (NGX_HTTP_REDISGATE_SSE2)
