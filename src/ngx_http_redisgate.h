@@ -272,6 +272,7 @@ typedef struct {
     ngx_array_t                    *deny;       /* of ngx_str_t, raw */
     ngx_array_t                    *allow;      /* of ngx_str_t, raw */
     ngx_array_t                    *rules;      /* rule_t, sorted */
+    u_char                         *verdicts;   /* per command table entry */
 } ngx_http_redisgate_loc_conf_t;
 
 

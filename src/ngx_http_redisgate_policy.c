@@ -25,8 +25,23 @@ static int ngx_libc_cdecl ngx_http_redisgate_rule_cmp(const void *one,
     const void *two);
 static ngx_http_redisgate_rule_t *ngx_http_redisgate_rule_find(
     ngx_array_t *rules, u_char *name, size_t len);
+static ngx_uint_t ngx_http_redisgate_verdict(ngx_array_t *rules,
+    const ngx_http_redisgate_command_t *c, u_char *name, size_t len,
+    size_t sub_len);
 static ngx_uint_t ngx_http_redisgate_blocks(u_char *name, size_t len,
     ngx_http_redisgate_cmd_t *cmd);
+
+
+/*
+ * What the rules and the lists say of a command whatever its arguments:
+ * worked out once per location for every command of the table (a byte
+ * each), so that a request's commands are looked up, not reasoned about
+ */
+
+#define NGX_HTTP_REDISGATE_VERDICT_DENY   0x10  /* a rule denies it */
+#define NGX_HTTP_REDISGATE_VERDICT_RULED  0x20  /* a rule names it */
+#define NGX_HTTP_REDISGATE_VERDICT_MAP    0x40  /* a map reply on request */
+#define NGX_HTTP_REDISGATE_VERDICT_NEED   0x0f  /* the scope it needs */
 
 
 /*
@@ -96,6 +111,7 @@ ngx_http_redisgate_policy_merge(ngx_conf_t *cf,
 
     if (conf->deny == NULL && conf->allow == NULL) {
         conf->rules = prev->rules;
+        conf->verdicts = prev->verdicts;
         return NGX_OK;
     }
 
@@ -109,10 +125,12 @@ static ngx_int_t
 ngx_http_redisgate_policy_build(ngx_conf_t *cf, ngx_array_t *inherited,
     ngx_http_redisgate_loc_conf_t *conf)
 {
-    char        **name;
-    ngx_str_t     s, *names;
-    ngx_uint_t    i;
-    ngx_array_t  *rules;
+    char                               **name;
+    u_char                              *bar;
+    ngx_str_t                            s, *names;
+    ngx_uint_t                           i;
+    ngx_array_t                         *rules;
+    const ngx_http_redisgate_command_t  *c;
 
     rules = ngx_array_create(cf->pool, 64, sizeof(ngx_http_redisgate_rule_t));
     if (rules == NULL) {
@@ -162,6 +180,21 @@ ngx_http_redisgate_policy_build(ngx_conf_t *cf, ngx_array_t *inherited,
               ngx_http_redisgate_rule_cmp);
 
     conf->rules = rules;
+
+    conf->verdicts = ngx_pnalloc(cf->pool,
+                                 ngx_http_redisgate_command_table_size);
+    if (conf->verdicts == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < ngx_http_redisgate_command_table_size; i++) {
+        c = &ngx_http_redisgate_command_table[i];
+        bar = ngx_strlchr(c->name.data, c->name.data + c->name.len, '|');
+
+        conf->verdicts[i] = (u_char) ngx_http_redisgate_verdict(rules, c,
+                                            c->name.data, c->name.len,
+                                            bar ? c->name.len : 0);
+    }
 
     return NGX_OK;
 }
@@ -261,8 +294,7 @@ ngx_http_redisgate_policy_check(ngx_http_redisgate_loc_conf_t *rlcf,
 {
     u_char                              *name;
     size_t                               len, sub_len;
-    ngx_uint_t                           flags, need;
-    ngx_http_redisgate_rule_t           *rule;
+    ngx_uint_t                           flags, verdict;
     const ngx_http_redisgate_command_t  *c;
 
     *map_reply = 0;
@@ -278,67 +310,23 @@ ngx_http_redisgate_policy_check(ngx_http_redisgate_loc_conf_t *rlcf,
 
     reason->len = len;
 
-    if (len == 0) {
-        /* no command Redis knows: pass it through ("write") */
-        goto scopes;
+    verdict = c ? rlcf->verdicts[c - ngx_http_redisgate_command_table]
+                : ngx_http_redisgate_verdict(rlcf->rules, NULL, name, len,
+                                             sub_len);
+
+    if (verdict & NGX_HTTP_REDISGATE_VERDICT_DENY) {
+        return NGX_DECLINED;
     }
 
-    rule = ngx_http_redisgate_rule_find(rlcf->rules, name, len);
-
-    if (rule == NULL && sub_len > 0) {
-        /* "client" denies every "client|..." without a rule of its own */
-        rule = ngx_http_redisgate_rule_find(rlcf->rules, name,
-                                            ngx_strlchr(name, name + len, '|')
-                                            - name);
-    }
-
-    if (rule) {
-        if (rule->deny) {
-            return NGX_DECLINED;
-        }
-
-    } else if ((flags & NGX_HTTP_REDISGATE_CMD_BLOCKING)
-               && ngx_http_redisgate_blocks(name, len, cmd))
+    if (!(verdict & NGX_HTTP_REDISGATE_VERDICT_RULED)
+        && (flags & NGX_HTTP_REDISGATE_CMD_BLOCKING)
+        && ngx_http_redisgate_blocks(name, len, cmd))
     {
         /* a blocked command would stall every request pipelined behind it */
         return NGX_DECLINED;
     }
 
-    *map_reply = ngx_http_redisgate_in_list(ngx_http_redisgate_map_commands,
-                                            name, len);
-
-scopes:
-
-    /*
-     * admin: wholesale destruction or server administration;
-     * write: Redis's "write" flag, scripts that may write, publishing, and
-     * commands Redis does not know (modules); read: the rest (GET, PING,
-     * INFO, EVAL_RO...).
-     */
-
-    if (len == 0) {
-        need = NGX_HTTP_REDISGATE_SCOPE_WRITE;
-
-    } else if ((flags & NGX_HTTP_REDISGATE_CMD_ADMIN)
-               || ngx_http_redisgate_in_list(
-                                     ngx_http_redisgate_admin_commands,
-                                     name, len))
-    {
-        need = NGX_HTTP_REDISGATE_SCOPE_ADMIN;
-
-    } else if (c == NULL
-               || (flags & NGX_HTTP_REDISGATE_CMD_WRITE)
-               || ((flags & NGX_HTTP_REDISGATE_CMD_SCRIPTING)
-                   && !(flags & NGX_HTTP_REDISGATE_CMD_READONLY))
-               || ngx_http_redisgate_in_list(
-                                     ngx_http_redisgate_write_commands,
-                                     name, len))
-    {
-        need = NGX_HTTP_REDISGATE_SCOPE_WRITE;
-
-    } else {
-        need = NGX_HTTP_REDISGATE_SCOPE_READ;
-    }
+    *map_reply = (verdict & NGX_HTTP_REDISGATE_VERDICT_MAP) ? 1 : 0;
 
     /* admin implies write, write implies read */
 
@@ -350,7 +338,7 @@ scopes:
         scopes |= NGX_HTTP_REDISGATE_SCOPE_READ;
     }
 
-    if ((scopes & need) == 0) {
+    if ((scopes & verdict & NGX_HTTP_REDISGATE_VERDICT_NEED) == 0) {
         return NGX_ABORT;
     }
 
@@ -360,6 +348,81 @@ scopes:
                && !(len == 4 && ngx_memcmp(name, "copy", 4) == 0);
 
     return NGX_OK;
+}
+
+
+/*
+ * A command's verdict: DENY or RULED by the rules, MAP, and the scope it
+ * needs.  c is its table entry (NULL: a name Redis does not know, or no
+ * name, len 0: passed through, as "write").
+ */
+
+static ngx_uint_t
+ngx_http_redisgate_verdict(ngx_array_t *rules,
+    const ngx_http_redisgate_command_t *c, u_char *name, size_t len,
+    size_t sub_len)
+{
+    ngx_uint_t                  flags, verdict;
+    ngx_http_redisgate_rule_t  *rule;
+
+    if (len == 0) {
+        return NGX_HTTP_REDISGATE_SCOPE_WRITE;
+    }
+
+    flags = c ? c->flags : 0;
+    verdict = 0;
+
+    rule = ngx_http_redisgate_rule_find(rules, name, len);
+
+    if (rule == NULL && sub_len > 0) {
+        /* "client" denies every "client|..." without a rule of its own */
+        rule = ngx_http_redisgate_rule_find(rules, name,
+                                            ngx_strlchr(name, name + len, '|')
+                                            - name);
+    }
+
+    if (rule) {
+        verdict |= NGX_HTTP_REDISGATE_VERDICT_RULED;
+
+        if (rule->deny) {
+            verdict |= NGX_HTTP_REDISGATE_VERDICT_DENY;
+        }
+    }
+
+    if (ngx_http_redisgate_in_list(ngx_http_redisgate_map_commands,
+                                   name, len))
+    {
+        verdict |= NGX_HTTP_REDISGATE_VERDICT_MAP;
+    }
+
+    /*
+     * admin: wholesale destruction or server administration;
+     * write: Redis's "write" flag, scripts that may write, publishing, and
+     * commands Redis does not know (modules); read: the rest (GET, PING,
+     * INFO, EVAL_RO...).
+     */
+
+    if ((flags & NGX_HTTP_REDISGATE_CMD_ADMIN)
+        || ngx_http_redisgate_in_list(ngx_http_redisgate_admin_commands,
+                                      name, len))
+    {
+        verdict |= NGX_HTTP_REDISGATE_SCOPE_ADMIN;
+
+    } else if (c == NULL
+               || (flags & NGX_HTTP_REDISGATE_CMD_WRITE)
+               || ((flags & NGX_HTTP_REDISGATE_CMD_SCRIPTING)
+                   && !(flags & NGX_HTTP_REDISGATE_CMD_READONLY))
+               || ngx_http_redisgate_in_list(
+                                     ngx_http_redisgate_write_commands,
+                                     name, len))
+    {
+        verdict |= NGX_HTTP_REDISGATE_SCOPE_WRITE;
+
+    } else {
+        verdict |= NGX_HTTP_REDISGATE_SCOPE_READ;
+    }
+
+    return verdict;
 }
 
 
