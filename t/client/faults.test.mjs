@@ -178,8 +178,9 @@ test('a Redis that never answers: 500 "timed out", nginx stays healthy', async (
 });
 
 test('a shorter redisgate_timeout queued behind a longer one keeps its own deadline', async () => {
-  // both pooled connections to the silent server get a 5 s request first;
-  // the 500 ms one is then behind one of them, and must not wait 5 s
+  // 5 s requests to the silent server first (the pool puts them on one
+  // connection while it is not busy); the 500 ms one is then queued behind
+  // them, and must not wait 5 s
   const long = [0, 1].map(() => call(H, '/get/long', { timeoutMs: 9000 }));
   await sleep(100);
   const t0 = Date.now();
