@@ -68,7 +68,7 @@ static void *ngx_http_redisgate_json_yajl_malloc(void *ctx, size_t size);
 static void *ngx_http_redisgate_json_yajl_realloc(void *ctx, void *old,
     size_t size);
 static void ngx_http_redisgate_json_yajl_free(void *ctx, void *p);
-static void *ngx_http_redisgate_json_grow(ngx_http_redisgate_json_t *j,
+static void *ngx_http_redisgate_json_room(ngx_http_redisgate_json_t *j,
     void *old, ngx_uint_t n, ngx_uint_t *cap, size_t size);
 static ngx_int_t ngx_http_redisgate_json_yajl(ngx_http_redisgate_json_t *j);
 static ngx_inline u_char *ngx_http_redisgate_json_skip(u_char *p,
@@ -324,12 +324,10 @@ ngx_http_redisgate_json_fast(ngx_http_redisgate_json_t *j, u_char *data,
                 end = p;
             }
 
-            if (nargs == args_cap) {
-                args = ngx_http_redisgate_json_grow(j, args, nargs, &args_cap,
-                                                    sizeof(ngx_str_t));
-                if (args == NULL) {
-                    goto declined;
-                }
+            args = ngx_http_redisgate_json_room(j, args, nargs, &args_cap,
+                                                sizeof(ngx_str_t));
+            if (args == NULL) {
+                goto declined;
             }
 
             /* an empty string as the callbacks leave it: no data */
@@ -355,12 +353,10 @@ ngx_http_redisgate_json_fast(ngx_http_redisgate_json_t *j, u_char *data,
             goto declined;
         }
 
-        if (ncmds == cmds_cap) {
-            list = ngx_http_redisgate_json_grow(j, list, ncmds, &cmds_cap,
-                                       sizeof(ngx_http_redisgate_cmd_t));
-            if (list == NULL) {
-                goto declined;
-            }
+        list = ngx_http_redisgate_json_room(j, list, ncmds, &cmds_cap,
+                                            sizeof(ngx_http_redisgate_cmd_t));
+        if (list == NULL) {
+            goto declined;
         }
 
         cmd = &list[ncmds++];
@@ -607,13 +603,11 @@ ngx_http_redisgate_json_end_array(void *ctx)
             return 0;
         }
 
-        if (j->ncmds == j->cmds_cap) {
-            j->cmds = ngx_http_redisgate_json_grow(j, j->cmds, j->ncmds,
-                                      &j->cmds_cap,
-                                      sizeof(ngx_http_redisgate_cmd_t));
-            if (j->cmds == NULL) {
-                return 0;
-            }
+        j->cmds = ngx_http_redisgate_json_room(j, j->cmds, j->ncmds,
+                                               &j->cmds_cap,
+                                               sizeof(ngx_http_redisgate_cmd_t));
+        if (j->cmds == NULL) {
+            return 0;
         }
 
         cmd = &j->cmds[j->ncmds++];
@@ -661,13 +655,10 @@ ngx_http_redisgate_json_arg(ngx_http_redisgate_json_t *j, const u_char *s,
         return 0;
     }
 
-    if (j->argc == j->argv_cap) {
-        j->argv = ngx_http_redisgate_json_grow(j, j->argv, j->argc,
-                                               &j->argv_cap,
-                                               sizeof(ngx_str_t));
-        if (j->argv == NULL) {
-            return 0;
-        }
+    j->argv = ngx_http_redisgate_json_room(j, j->argv, j->argc, &j->argv_cap,
+                                           sizeof(ngx_str_t));
+    if (j->argv == NULL) {
+        return 0;
     }
 
     /* yajl's buffers are gone after this callback: keep a copy */
@@ -691,12 +682,21 @@ ngx_http_redisgate_json_arg(ngx_http_redisgate_json_t *j, const u_char *s,
 }
 
 
+/*
+ * An array of n items with room for one more: old itself while it has
+ * some, else a copy twice its capacity (the old one stays in the pool)
+ */
+
 static void *
-ngx_http_redisgate_json_grow(ngx_http_redisgate_json_t *j, void *old,
+ngx_http_redisgate_json_room(ngx_http_redisgate_json_t *j, void *old,
     ngx_uint_t n, ngx_uint_t *cap, size_t size)
 {
     void        *p;
     ngx_uint_t   want;
+
+    if (n < *cap) {
+        return old;
+    }
 
     want = *cap ? *cap * 2 : 8;
 
