@@ -21,6 +21,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_redisgate.h"
+#include "ngx_http_redisgate_spare.h"
 
 
 /* replies awaited on a connection before the next one takes requests */
@@ -46,7 +47,6 @@ struct ngx_http_redisgate_op_s {
     ngx_uint_t                     left;      /* replies to come */
     ngx_uint_t                     sent;
     const char                    *error;
-    ngx_http_redisgate_op_t       *next;      /* in the free list */
 };
 
 
@@ -79,11 +79,10 @@ static void ngx_http_redisgate_redis_op_free(ngx_http_redisgate_op_t *op);
 
 /*
  * Ops outlive their requests, so they are not the request pool's: they
- * are allocated once and kept on a free list of the worker, as nginx's
- * upstream keepalive module keeps its cached connections.
+ * are allocated once and kept by the worker
  */
-static ngx_http_redisgate_op_t  *ngx_http_redisgate_redis_free_ops;
-static ngx_uint_t                ngx_http_redisgate_redis_nfree_ops;
+static ngx_http_redisgate_spares_t  ngx_http_redisgate_redis_ops =
+    ngx_http_redisgate_spares(NGX_HTTP_REDISGATE_OPS_KEPT);
 
 
 /* a backend of nginx.conf, in each worker */
@@ -707,15 +706,7 @@ ngx_http_redisgate_redis_reply(void *data, redisReply *reply,
 void
 ngx_http_redisgate_redis_exit_process(void)
 {
-    ngx_http_redisgate_op_t  *op;
-
-    while (ngx_http_redisgate_redis_free_ops) {
-        op = ngx_http_redisgate_redis_free_ops;
-        ngx_http_redisgate_redis_free_ops = op->next;
-        ngx_free(op);
-    }
-
-    ngx_http_redisgate_redis_nfree_ops = 0;
+    ngx_http_redisgate_spare_drain(&ngx_http_redisgate_redis_ops);
 }
 
 
@@ -724,14 +715,11 @@ ngx_http_redisgate_redis_op_get(ngx_log_t *log)
 {
     ngx_http_redisgate_op_t  *op;
 
-    op = ngx_http_redisgate_redis_free_ops;
+    op = ngx_http_redisgate_spare_get(&ngx_http_redisgate_redis_ops);
 
     if (op == NULL) {
         return ngx_calloc(sizeof(ngx_http_redisgate_op_t), log);
     }
-
-    ngx_http_redisgate_redis_free_ops = op->next;
-    ngx_http_redisgate_redis_nfree_ops--;
 
     ngx_memzero(op, sizeof(ngx_http_redisgate_op_t));
 
@@ -742,14 +730,11 @@ ngx_http_redisgate_redis_op_get(ngx_log_t *log)
 static void
 ngx_http_redisgate_redis_op_free(ngx_http_redisgate_op_t *op)
 {
-    if (ngx_http_redisgate_redis_nfree_ops >= NGX_HTTP_REDISGATE_OPS_KEPT) {
+    if (ngx_http_redisgate_spare_put(&ngx_http_redisgate_redis_ops, op)
+        != NGX_OK)
+    {
         ngx_free(op);
-        return;
     }
-
-    op->next = ngx_http_redisgate_redis_free_ops;
-    ngx_http_redisgate_redis_free_ops = op;
-    ngx_http_redisgate_redis_nfree_ops++;
 }
 
 

@@ -23,6 +23,7 @@
 #include <ngx_event_connect.h>
 
 #include "ngx_http_redisgate_transport.h"
+#include "ngx_http_redisgate_spare.h"
 
 #include <hiredis/sds.h>
 
@@ -125,16 +126,8 @@ static u_char  ngx_http_redisgate_link_buffer[64 * 1024];
 #define NGX_HTTP_REDISGATE_REPLY_BLOCK  256
 #define NGX_HTTP_REDISGATE_REPLY_KEPT   64
 
-typedef union ngx_http_redisgate_reply_block_u
-    ngx_http_redisgate_reply_block_t;
-
-union ngx_http_redisgate_reply_block_u {
-    ngx_http_redisgate_reply_block_t  *next;
-    u_char                             data[NGX_HTTP_REDISGATE_REPLY_BLOCK];
-};
-
-static ngx_http_redisgate_reply_block_t  *ngx_http_redisgate_reply_blocks;
-static ngx_uint_t                         ngx_http_redisgate_reply_nblocks;
+static ngx_http_redisgate_spares_t  ngx_http_redisgate_reply_blocks =
+    ngx_http_redisgate_spares(NGX_HTTP_REDISGATE_REPLY_KEPT);
 
 static redisReplyObjectFunctions  ngx_http_redisgate_reply_functions = {
     ngx_http_redisgate_reply_string,
@@ -954,18 +947,13 @@ ngx_http_redisgate_reply_nil(const redisReadTask *task)
 static void *
 ngx_http_redisgate_reply_new(const redisReadTask *task, size_t size)
 {
-    redisReply                        *r, *parent;
-    ngx_http_redisgate_reply_block_t  *b;
+    redisReply  *r, *parent;
 
-    if (size <= NGX_HTTP_REDISGATE_REPLY_BLOCK
-        && ngx_http_redisgate_reply_blocks)
-    {
-        b = ngx_http_redisgate_reply_blocks;
-        ngx_http_redisgate_reply_blocks = b->next;
-        ngx_http_redisgate_reply_nblocks--;
-        r = (redisReply *) b;
+    r = (size <= NGX_HTTP_REDISGATE_REPLY_BLOCK)
+        ? ngx_http_redisgate_spare_get(&ngx_http_redisgate_reply_blocks)
+        : NULL;
 
-    } else {
+    if (r == NULL) {
         r = malloc(ngx_max(size, (size_t) NGX_HTTP_REDISGATE_REPLY_BLOCK));
         if (r == NULL) {
             return NULL;
@@ -989,9 +977,8 @@ ngx_http_redisgate_reply_new(const redisReadTask *task, size_t size)
 void
 ngx_http_redisgate_link_free_reply(void *reply)
 {
-    size_t                             size, i;
-    redisReply                        *r;
-    ngx_http_redisgate_reply_block_t  *b;
+    size_t       size, i;
+    redisReply  *r;
 
     r = reply;
 
@@ -1020,16 +1007,11 @@ ngx_http_redisgate_link_free_reply(void *reply)
     }
 
     if (size > NGX_HTTP_REDISGATE_REPLY_BLOCK
-        || ngx_http_redisgate_reply_nblocks >= NGX_HTTP_REDISGATE_REPLY_KEPT)
+        || ngx_http_redisgate_spare_put(&ngx_http_redisgate_reply_blocks, r)
+           != NGX_OK)
     {
         free(r);
-        return;
     }
-
-    b = reply;
-    b->next = ngx_http_redisgate_reply_blocks;
-    ngx_http_redisgate_reply_blocks = b;
-    ngx_http_redisgate_reply_nblocks++;
 }
 
 
@@ -1038,15 +1020,7 @@ ngx_http_redisgate_link_free_reply(void *reply)
 void
 ngx_http_redisgate_link_exit_process(void)
 {
-    ngx_http_redisgate_reply_block_t  *b;
-
-    while (ngx_http_redisgate_reply_blocks) {
-        b = ngx_http_redisgate_reply_blocks;
-        ngx_http_redisgate_reply_blocks = b->next;
-        free(b);
-    }
-
-    ngx_http_redisgate_reply_nblocks = 0;
+    ngx_http_redisgate_spare_drain(&ngx_http_redisgate_reply_blocks);
 }
 
 
