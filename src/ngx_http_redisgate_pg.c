@@ -65,7 +65,6 @@ struct ngx_http_redisgate_pg_conn_s {
     ngx_http_redisgate_pg_lookup_t  *jobs[NGX_HTTP_REDISGATE_PG_BATCH];
     ngx_uint_t                       njobs;
     ngx_uint_t                       nsynced;    /* a pipeline's, over */
-    u_char                          *arrays;     /* lookup_many()'s $1, $2 */
 
     unsigned                         pipeline:1;
     unsigned                         ended:1;    /* a statement's results */
@@ -359,14 +358,6 @@ ngx_http_redisgate_pg_init_process(ngx_http_redisgate_pg_t *pg,
         pc->timer.handler = ngx_http_redisgate_pg_timer_handler;
         pc->timer.data = pc;
         pc->timer.log = cycle->log;
-
-        if (pg->many) {
-            pc->arrays = ngx_pnalloc(cycle->pool,
-                                     NGX_HTTP_REDISGATE_PG_ARRAYS);
-            if (pc->arrays == NULL) {
-                return NGX_ERROR;
-            }
-        }
     }
 
     /*
@@ -924,6 +915,9 @@ ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc)
     ngx_uint_t                       i;
     ngx_http_redisgate_pg_lookup_t  *lk;
 
+    /* libpq copies a statement's parameters into its output buffer */
+    u_char                           arrays[NGX_HTTP_REDISGATE_PG_ARRAYS];
+
     /* busy from here: a failure below closes it, answering the jobs */
     pc->state = NGX_HTTP_REDISGATE_PG_BUSY;
     pc->nsynced = 0;
@@ -940,8 +934,8 @@ ngx_http_redisgate_pg_send(ngx_http_redisgate_pg_conn_t *pc)
 
     if (!pc->pipeline) {
         /* {hash,...} and {uuid,...}: hex digits and dashes, no quotes */
-        values[0] = (const char *) pc->arrays;
-        p = ngx_http_redisgate_pg_array(pc->arrays, pc,
+        values[0] = (const char *) arrays;
+        p = ngx_http_redisgate_pg_array(arrays, pc,
                           offsetof(ngx_http_redisgate_pg_lookup_t, hash_hex),
                           64);
         values[1] = (const char *) p;
